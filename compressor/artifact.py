@@ -1,0 +1,165 @@
+"""Handles to models on disk and the description of their inputs.
+
+A :class:`ModelArtifact` names a model file, its detected format and (when known) its
+input specification. Passes take an artifact and return a new one; they never change their
+input. (Pattern after Olive's model handlers.)
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from compressor.errors import UsageError
+
+#: dtype names accepted in ``--input-shape`` and stored in specs (numpy names).
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+class ModelFormat(str, enum.Enum):
+    """Model file formats, detected from file content (never the extension)."""
+
+    ONNX = "onnx"
+    EXPORTED_PROGRAM = "exported_program"
+    TORCHSCRIPT = "torchscript"
+    TORCH_MODULE = "torch_module_pickle"
+    STATE_DICT = "state_dict"
+
+    @property
+    def is_torch(self) -> bool:
+        """True for every PyTorch format (everything but ONNX)."""
+        return self is not ModelFormat.ONNX
+
+    @property
+    def has_python_classes(self) -> bool:
+        """True when loading gives the model's own ``nn.Module`` classes (needed by structured pruning)."""
+        return self in (ModelFormat.TORCH_MODULE, ModelFormat.STATE_DICT)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output.
+
+    Attributes:
+        name: Tensor name (ONNX input name or ``forward`` argument name).
+        dtype: numpy dtype name, e.g. ``"float32"`` or ``"int64"``.
+        shape: One entry per axis: an ``int`` for a fixed size, a ``str`` for a named
+            dynamic axis (e.g. ``"batch"``), or ``None`` for an unnamed dynamic axis.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+    @property
+    def is_static(self) -> bool:
+        """True when every axis has a fixed size."""
+        return all(isinstance(d, int) for d in self.shape)
+
+    def concrete_shape(self, *, batch_size: int | None = None) -> tuple[int, ...]:
+        """Shape with the batch axis (axis 0) set to ``batch_size``.
+
+        Raises:
+            UsageError: An axis other than the batch axis is dynamic.
+        """
+        dims: list[int] = []
+        for axis, d in enumerate(self.shape):
+            if axis == 0 and batch_size is not None:
+                dims.append(batch_size)
+            elif isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif axis == 0:
+                dims.append(1)
+            else:
+                raise UsageError(
+                    f"input '{self.name}' has dynamic axis {axis} ({d!r}); pass "
+                    f"--input-shape {self.name}:1x...:{self.dtype} or --calibration-data FILE.npz"
+                )
+        return tuple(dims)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form: ``{"name", "dtype", "shape"}``."""
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """Inputs (in call order) and, when known, outputs of a model."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the inputs in call order."""
+        return [t.name for t in self.inputs]
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A model on disk.
+
+    Attributes:
+        path: File path of the model.
+        format: Detected :class:`ModelFormat`.
+        io: Input/output spec when the file carries one (ONNX, ExportedProgram), else None.
+        loaded: The in-memory model once :func:`compressor.loading.load_model` ran
+            (``onnx.ModelProto``, ``torch.export.ExportedProgram`` or ``torch.nn.Module``).
+        details: Free-form facts gathered while loading (e.g. ``{"pickle_classes": [...]}``).
+    """
+
+    path: Path
+    format: ModelFormat
+    io: IOSpec | None = None
+    loaded: Any = field(default=None, repr=False, compare=False)
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def with_io(self, io: IOSpec) -> ModelArtifact:
+        """Copy of this artifact with ``io`` set."""
+        return replace(self, io=io)
+
+
+def file_size_bytes(path: Path) -> int:
+    """Size of a model on disk in bytes, ONNX external data files included.
+
+    Args:
+        path: Model file. For an ONNX model, every external-data file its initializers
+            name (relative to the model's folder) is added once.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if path.suffix == ".onnx" or _looks_like_onnx(path):
+        for loc in onnx_external_locations(path):
+            p = path.parent / loc
+            if p.exists():
+                size += p.stat().st_size
+    return size
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head[:1] == b"\x08"  # field 1 (ir_version), varint: how every ONNX file starts
+
+
+def onnx_external_locations(path: Path) -> set[str]:
+    """External-data file names referenced by an ONNX model's initializers (no data loaded)."""
+    import onnx
+
+    try:
+        model = onnx.load_model(os.fspath(path), load_external_data=False)
+    except Exception:  # not ONNX: no external data
+        return set()
+    locs = set()
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            for kv in init.external_data:
+                if kv.key == "location":
+                    locs.add(kv.value)
+    return locs

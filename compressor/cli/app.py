@@ -1,0 +1,279 @@
+"""Typer app: ``compressor prune | quantize | export | bench``.
+
+Exit codes: 0 success; 1 a step failed (export, parity, quantization, session); 2 bad usage
+or bad input; 3 a quality gate failed. Heavy libraries load inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from compressor.errors import EXIT_STEP_FAILED, CompressorError, UsageError
+
+EPILOG = "Exit codes: 0 success, 1 a step failed (export, parity, quantization, session), 2 bad usage or input, 3 a quality gate failed."
+
+app = typer.Typer(
+    name="compressor",
+    help="Prune or quantize a deep-learning model for CPU, export it to ONNX, and measure size, latency and fidelity.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# ----------------------------------------------------------------------------- shared options
+ModelArg = Annotated[Path, typer.Argument(help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content).", show_default=False)]
+OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default: <stem>.pruned.onnx / <stem>.quantized.onnx beside the input).")]
+InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", help=".npz of inputs keyed by input name (samples first), or a folder of <name>.npy.")]
+EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", help=".npz of inputs plus 'labels': report top-1 accuracy of baseline and result.")]
+ModelClassOpt = Annotated[Optional[str], typer.Option("--model-class", help="package.module:ClassName to load a state_dict into (current folder is importable).")]
+ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", help="JSON object of constructor arguments for --model-class.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow pickles that need classes outside torch.nn (runs code from the file).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout and nothing else.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report to this file.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset version for export.")]
+AtolOpt = Annotated[float, typer.Option("--atol", help="Absolute tolerance of the export parity check against PyTorch.")]
+ExporterOpt = Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript-based), dynamo or torchscript.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads (0 = its default).")]
+RunsOpt = Annotated[Optional[int], typer.Option("--runs", min=1, help="Timed rounds (default: at least 20 rounds and 3 s).")]
+WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed warm-up runs per model.")]
+
+
+def _command_line() -> str:
+    return "compressor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _run(debug: bool, fn: Callable[[], int | None]) -> None:
+    """Run a command body, mapping errors to one stderr line and an exit code."""
+    try:
+        code = fn() or 0
+    except CompressorError as e:
+        if debug:
+            traceback.print_exc()
+        _err(str(e))
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _err("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as e:  # a bug or an unexpected library failure: still one line
+        if debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        _err(f"unexpected {type(e).__name__}: {first}; rerun with --debug for the traceback")
+        raise typer.Exit(EXIT_STEP_FAILED) from None
+    raise typer.Exit(code)
+
+
+def _load_options(model_class: str | None, model_kwargs: str | None, trust_pickle: bool):
+    from compressor.loading import LoadOptions
+
+    kwargs: dict[str, Any] = {}
+    if model_kwargs:
+        try:
+            kwargs = json.loads(model_kwargs)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}); write e.g. '{{\"width\": 32}}'") from e
+        if not isinstance(kwargs, dict):
+            raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"width\": 32}'")
+    return LoadOptions(trust_pickle=trust_pickle, model_class=model_class, model_kwargs=kwargs)
+
+
+def _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out):
+    from compressor.benchmark import BenchmarkSettings
+    from compressor.context import ExportSettings
+    from compressor.inputs import parse_input_shapes
+    from compressor.pipeline import RunOptions
+
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise UsageError(f"--exporter '{exporter}' is unknown; use auto, dynamo or torchscript")
+    return RunOptions(
+        input_shapes=parse_input_shapes(input_shape or []),
+        calibration_data=calibration_data,
+        eval_data=eval_data,
+        batch_size=batch_size,
+        export=ExportSettings(opset=opset, atol=atol, exporter=exporter),
+        bench=BenchmarkSettings(runs=runs, warmup=warmup, threads=threads),
+        quiet=False,
+    )
+
+
+def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None) -> None:
+    from compressor.report import render_table, to_json, write_json_atomic
+
+    if report_path is not None:
+        write_json_atomic(report, report_path)
+    if json_out:
+        sys.stdout.write(to_json(report) + "\n")
+        return
+    from rich.console import Console
+
+    Console().print(render_table(report))
+
+
+# ----------------------------------------------------------------------------- commands
+@app.command(epilog=EPILOG)
+def prune(
+    model: ModelArg,
+    ratio: Annotated[float, typer.Option("--ratio", help="Structured: fraction of channels removed per layer. Unstructured: target sparsity. In (0, 1).")] = 0.5,
+    method: Annotated[str, typer.Option("--method", help="structured (remove channels, Torch-Pruning, L1 norm) or unstructured (zero weights, global L1 magnitude).")] = "structured",
+    output: OutputOpt = None,
+    input_shape: InputShapeOpt = None,
+    calibration_data: CalibOpt = None,
+    eval_data: EvalOpt = None,
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustOpt = False,
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = 0,
+    runs: RunsOpt = None,
+    warmup: WarmupOpt = 10,
+    opset: OpsetOpt = 18,
+    atol: AtolOpt = 1e-4,
+    exporter: ExporterOpt = "auto",
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Prune a model (structured by default), export it to ONNX and compare it with the original."""
+
+    def body() -> int:
+        from compressor.commands import compress
+        from compressor.passes.configs import PruneConfig
+
+        config = PruneConfig(method=method, ratio=ratio)
+        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out)
+        rep = compress(model, "prune", config, output=output, options=opts,
+                       load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
+        _emit(rep, json_out, report)
+        return 0
+
+    _run(debug, body)
+
+
+@app.command(epilog=EPILOG)
+def quantize(
+    model: ModelArg,
+    scheme: Annotated[Optional[str], typer.Option("--scheme", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="One scale per output channel (default) or one per tensor.")] = True,
+    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights (default: on only for u8 x s8 on CPUs without VNNI).", show_default=False)] = None,
+    mode: Annotated[str, typer.Option("--mode", help="dynamic (weights int8 ahead of time, activations at run time).")] = "dynamic",
+    output: OutputOpt = None,
+    input_shape: InputShapeOpt = None,
+    calibration_data: CalibOpt = None,
+    eval_data: EvalOpt = None,
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustOpt = False,
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = 0,
+    runs: RunsOpt = None,
+    warmup: WarmupOpt = 10,
+    opset: OpsetOpt = 18,
+    atol: AtolOpt = 1e-4,
+    exporter: ExporterOpt = "auto",
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Quantize a model to int8 with ONNX Runtime (PyTorch inputs are exported first) and compare it with fp32."""
+
+    def body() -> int:
+        from compressor.commands import compress
+        from compressor.passes.configs import QuantizeConfig
+
+        config = QuantizeConfig(mode=mode, scheme=scheme, per_channel=per_channel, reduce_range=reduce_range)
+        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out)
+        rep = compress(model, "quantize", config, output=output, options=opts,
+                       load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
+        _emit(rep, json_out, report)
+        return 0
+
+    _run(debug, body)
+
+
+@app.command(epilog=EPILOG)
+def export(
+    model: ModelArg,
+    output: OutputOpt = None,
+    input_shape: InputShapeOpt = None,
+    calibration_data: CalibOpt = None,
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustOpt = False,
+    opset: OpsetOpt = 18,
+    atol: AtolOpt = 1e-4,
+    exporter: ExporterOpt = "auto",
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a PyTorch model to ONNX (dynamic batch axis) and check it against PyTorch."""
+
+    def body() -> int:
+        from compressor.commands import export_model
+
+        opts = _run_options(input_shape, calibration_data, None, None, 0, None, 10, opset, atol, exporter, json_out)
+        rep = export_model(model, output=output, options=opts,
+                           load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
+        if report is not None or json_out:
+            _emit(rep, json_out, report)
+        if not json_out:
+            ex = rep["export"]
+            print(f"wrote {rep['output']} ({ex['exporter']} exporter, max abs diff vs PyTorch {ex['max_abs_diff']:.3g})")
+        return 0
+
+    _run(debug, body)
+
+
+@app.command(epilog=EPILOG)
+def bench(
+    model: ModelArg,
+    input_shape: InputShapeOpt = None,
+    calibration_data: CalibOpt = None,
+    eval_data: EvalOpt = None,
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustOpt = False,
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = 0,
+    runs: RunsOpt = None,
+    warmup: WarmupOpt = 10,
+    opset: OpsetOpt = 18,
+    atol: AtolOpt = 1e-4,
+    exporter: ExporterOpt = "auto",
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Measure one model's size, parameters and ONNX Runtime CPU latency (PyTorch inputs are exported first)."""
+
+    def body() -> int:
+        from compressor.commands import bench_model
+
+        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out)
+        rep = bench_model(model, options=opts, load_options=_load_options(model_class, model_kwargs, trust_pickle),
+                          command=_command_line())
+        _emit(rep, json_out, report)
+        return 0
+
+    _run(debug, body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,187 @@
+"""Library entry points behind the CLI commands: compress (prune / quantize), export, bench.
+
+Each returns the report dict; the CLI renders it and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compressor.artifact import ModelFormat, file_size_bytes
+from compressor.benchmark import benchmark_interleaved
+from compressor.context import RunContext
+from compressor.errors import UsageError
+from compressor.fidelity import compare_outputs, is_classifier_output, run_onnx, top1_accuracy
+from compressor.loading import LoadOptions, load_model
+from compressor.pipeline import (
+    RunOptions,
+    bench_feeds,
+    check_output,
+    default_output,
+    export_baseline,
+    make_context,
+    publish,
+    scratch_dir,
+)
+from compressor.report import new_report
+from compressor.runtime import cpu_info
+
+
+def _model_entry(path: Path, onnx_path: Path, shown_path: Path) -> dict[str, Any]:
+    import onnx
+
+    from compressor.onnx_stats import graph_stats
+
+    stats = graph_stats(onnx.load_model(str(onnx_path)))
+    return {
+        "path": str(shown_path),
+        "size_bytes": file_size_bytes(onnx_path),
+        "parameters": stats["parameters"],
+        "sparsity": stats["sparsity"],
+        "op_types": stats["op_types"],
+    }
+
+
+def _measure(ctx: RunContext, options: RunOptions, report: dict[str, Any], baseline: Path, result: Path | None) -> None:
+    """Fidelity, accuracy and interleaved latency of baseline (and result) into ``report``."""
+    paths = [baseline] + ([result] if result is not None else [])
+    outs = [run_onnx(p, ctx.data) for p in paths]
+    keys = ["baseline", "result"][: len(paths)]
+    if result is not None:
+        report["fidelity"] = {**compare_outputs(outs[0], outs[1]), "inputs": ctx.data.source,
+                              "against": "baseline fp32 ONNX (checked against the original PyTorch model)"
+                              if ctx.artifact.format.is_torch else "baseline ONNX"}
+    if options.eval_data is not None:
+        from compressor.inputs import check_data_fits, load_npz
+
+        ev = check_data_fits(ctx.io, load_npz(options.eval_data, want_labels=True))
+        accs = []
+        for key, p in zip(keys, paths, strict=True):
+            logits = run_onnx(p, ev)[0]
+            if not is_classifier_output(logits):
+                raise UsageError(f"--eval-data needs a classifier ([samples, classes] output); {p.name} gives {list(logits.shape)}")
+            acc = top1_accuracy(logits, ev.labels)
+            report[key]["accuracy"] = acc
+            accs.append(acc)
+        report["accuracy"] = {"metric": "top1", "eval_data": str(options.eval_data), "samples": int(ev.labels.shape[0]),
+                              "baseline": accs[0]}
+        if len(accs) == 2:
+            report["accuracy"].update(result=accs[1], drop_points=100.0 * (accs[0] - accs[1]))
+    feeds, batch = bench_feeds(ctx.io, ctx.data, options)
+    stats = benchmark_interleaved(paths, feeds, options.bench)
+    for key, s in zip(keys, stats, strict=True):
+        report[key]["latency_ms"] = s.to_json()
+    if result is not None:
+        report["size_ratio"] = report["result"]["size_bytes"] / report["baseline"]["size_bytes"]
+        report["speedup"] = stats[0].p50 / stats[1].p50
+    report["benchmark"] = {
+        "batch_size": batch,
+        "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
+        "interleaved": len(paths) > 1,
+        "settings": options.bench.to_json(),
+        "cpu": cpu_info(),
+    }
+
+
+def compress(
+    model_path: Path,
+    pass_name: str,
+    config: Any,
+    *,
+    output: Path | None,
+    options: RunOptions,
+    load_options: LoadOptions,
+    command: str,
+) -> dict[str, Any]:
+    """Run one pass end to end and write the result ONNX file.
+
+    Args:
+        model_path: Input model (any supported format).
+        pass_name: Registered pass name (``"prune"`` or ``"quantize"``).
+        config: The pass's config object.
+        output: Result path; default ``<stem>.pruned.onnx`` / ``<stem>.quantized.onnx`` beside the input.
+        options: Inputs and measurement settings.
+        load_options: Pickle trust and state_dict class.
+        command: The command line, stored in the report.
+
+    Returns:
+        The report dict (see :mod:`compressor.report`).
+
+    Raises:
+        CompressorError: Any failure; nothing is written at ``output`` then.
+    """
+    from compressor.passes import config_to_json, get_pass
+
+    spec = get_pass(pass_name)
+    model_path = Path(model_path)
+    artifact = load_model(model_path, load_options)
+    out = Path(output) if output else default_output(model_path, "pruned" if pass_name == "prune" else "quantized")
+    check_output(model_path, out)
+    report = new_report(command)
+    with scratch_dir(out) as work:
+        ctx = make_context(artifact, options, work)
+        report["input"] = {"path": str(model_path), "format": artifact.format.value,
+                           "size_bytes": file_size_bytes(model_path), "inputs": [s.to_json() for s in ctx.io.inputs]}
+        baseline = export_baseline(ctx)
+        outcome = spec.load_runner()(ctx, config)
+        report["settings"] = {"pass": pass_name, **config_to_json(config)}
+        report["baseline"] = _model_entry(baseline, baseline, model_path)
+        report["result"] = _model_entry(outcome.path, outcome.path, out)
+        if artifact.format is not ModelFormat.ONNX:
+            report["baseline"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
+        _measure(ctx, options, report, baseline, outcome.path)
+        report["pruning" if pass_name == "prune" else "quantization"] = outcome.details
+        exports = [s for s in ctx.steps if s["name"] == "export"]
+        if exports:
+            report["export"] = exports[0]
+        report["steps"] = ctx.steps
+        publish(outcome.path, out)
+    report["output"] = str(out)
+    report["warnings"] = ctx.warnings
+    return report
+
+
+def export_model(
+    model_path: Path, *, output: Path | None, options: RunOptions, load_options: LoadOptions, command: str
+) -> dict[str, Any]:
+    """Export a PyTorch model to ONNX, checked against PyTorch (``compressor export``).
+
+    Raises:
+        UsageError: The input is already ONNX or bad; ExportError: both exporters failed.
+    """
+    model_path = Path(model_path)
+    artifact = load_model(model_path, load_options)
+    if artifact.format is ModelFormat.ONNX:
+        raise UsageError(f"{model_path} is already ONNX; export takes a PyTorch model")
+    out = Path(output) if output else model_path.with_name(model_path.name.split(".")[0] + ".onnx")
+    check_output(model_path, out)
+    report = new_report(command)
+    with scratch_dir(out) as work:
+        ctx = make_context(artifact, options, work)
+        baseline = export_baseline(ctx)
+        report["input"] = {"path": str(model_path), "format": artifact.format.value,
+                           "size_bytes": file_size_bytes(model_path), "inputs": [s.to_json() for s in ctx.io.inputs]}
+        report["export"] = ctx.steps[0]
+        report["result"] = _model_entry(baseline, baseline, out)
+        publish(baseline, out)
+    report["output"] = str(out)
+    report["warnings"] = ctx.warnings
+    return report
+
+
+def bench_model(model_path: Path, *, options: RunOptions, load_options: LoadOptions, command: str) -> dict[str, Any]:
+    """Benchmark one model alone (``compressor bench``); PyTorch inputs are exported first."""
+    model_path = Path(model_path)
+    artifact = load_model(model_path, load_options)
+    report = new_report(command)
+    with scratch_dir(model_path) as work:
+        ctx = make_context(artifact, options, work)
+        baseline = export_baseline(ctx)
+        report["input"] = {"path": str(model_path), "format": artifact.format.value,
+                           "size_bytes": file_size_bytes(model_path), "inputs": [s.to_json() for s in ctx.io.inputs]}
+        report["baseline"] = _model_entry(baseline, baseline, model_path)
+        _measure(ctx, options, report, baseline, None)
+        report["steps"] = ctx.steps
+    report["warnings"] = ctx.warnings
+    return report

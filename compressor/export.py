@@ -1,0 +1,256 @@
+"""PyTorch -> ONNX export with a parity check against PyTorch and an exporter fallback.
+
+Exporters: ``torch.onnx.export(dynamo=True)`` (torch.export based) first, then the
+TorchScript-based ``torch.onnx.export(dynamo=False)``. Every export is run in ONNX Runtime
+and compared with PyTorch on the same inputs before it is accepted. The batch axis is
+dynamic; the example used for export has a batch of 2 so that torch.export does not
+specialise it to 1 (case E1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressor.artifact import IOSpec
+from compressor.errors import ExportError, UsageError
+from compressor.inputs import SampleData
+
+DEFAULT_OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")
+_TWO_GB = 2 * 1024**3
+
+
+@dataclass
+class ExportResult:
+    """Outcome of :func:`export_to_onnx`.
+
+    Attributes:
+        path: The ONNX file written.
+        exporter: ``"dynamo"`` or ``"torchscript"``.
+        max_abs_diff: Largest |ONNX Runtime - PyTorch| over all outputs and check inputs.
+        attempts: One entry per exporter tried: ``{"exporter", "ok", "error" | "max_abs_diff"}``.
+        output_names: Names of the ONNX outputs.
+    """
+
+    path: Path
+    exporter: str
+    max_abs_diff: float
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {"exporter": self.exporter, "max_abs_diff": self.max_abs_diff, "attempts": self.attempts}
+
+
+def _flatten(out: Any) -> list[Any]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flatten(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flatten(o)]
+    if hasattr(out, "to_tuple"):
+        return _flatten(out.to_tuple())
+    raise ExportError(f"the model returns {type(out).__name__}; compressor exports tensor, tuple or dict outputs")
+
+
+def torch_forward(model: Any, feeds: dict[str, np.ndarray], io_spec: IOSpec) -> list[np.ndarray]:
+    """Run a PyTorch model (nn.Module, ScriptModule or ExportedProgram) on numpy inputs.
+
+    Args:
+        model: The model; an ExportedProgram is run through ``.module()``.
+        feeds: ``name -> ndarray`` for every input in ``io_spec`` order.
+        io_spec: Input order.
+
+    Returns:
+        Flattened outputs as float32/int numpy arrays.
+
+    Raises:
+        UsageError: The model rejects inputs of this shape or dtype.
+    """
+    import torch
+
+    fn = model.module() if isinstance(model, torch.export.ExportedProgram) else model
+    args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in io_spec.input_names]
+    try:
+        with torch.inference_mode():
+            out = fn(*args)
+    except Exception as e:
+        shapes = {n: list(feeds[n].shape) for n in io_spec.input_names}
+        raise UsageError(
+            f"the model fails on inputs of shape {shapes}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+            "check --input-shape / --calibration-data"
+        ) from e
+    return [t.detach().cpu().numpy() for t in _flatten(out)]
+
+
+def _quiet():
+    """Silence exporter chatter (warnings, prints, logs) so stdout stays clean for --json."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return stack
+
+
+def export_to_onnx(
+    model: Any,
+    io_spec: IOSpec,
+    out_path: Path,
+    *,
+    check_data: SampleData,
+    opset: int = DEFAULT_OPSET,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    exporter: str = "auto",
+) -> ExportResult:
+    """Export a PyTorch model to one ONNX file and verify it against PyTorch.
+
+    Args:
+        model: ``torch.nn.Module`` (eval mode), ``torch.jit.ScriptModule`` or ``ExportedProgram``.
+        io_spec: Inputs in call order; axis 0 of each becomes the dynamic ``batch`` axis.
+        out_path: Destination ``.onnx`` (one file unless the weights exceed 2 GB).
+        check_data: Inputs to compare on; the first sample and the first two samples are used.
+        opset: ONNX opset version.
+        atol: Absolute tolerance of the parity check.
+        rtol: Relative tolerance of the parity check (``|a-b| <= atol + rtol*|b|``).
+        exporter: ``"auto"`` (dynamo, then TorchScript), ``"dynamo"`` or ``"torchscript"``.
+
+    Returns:
+        :class:`ExportResult` of the first exporter whose output matched.
+
+    Raises:
+        ExportError: Every exporter failed or mismatched; the message lists each with its
+            error or max abs diff.
+    """
+    import torch
+
+    is_ep = isinstance(model, torch.export.ExportedProgram)
+    is_script = isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction))
+    order = list(EXPORTERS) if exporter == "auto" else [exporter]
+    if is_ep:
+        order = [e for e in order if e == "dynamo"] or ["dynamo"]
+    if is_script:
+        order = [e for e in order if e == "torchscript"] or ["torchscript"]
+
+    n = check_data.num_samples
+    batches = [check_data.batch(0, 1)] + ([check_data.batch(0, 2)] if n >= 2 else [])
+    example = check_data.batch(0, 2) if n >= 2 else check_data.batch(0, 1)
+    refs = [torch_forward(model, b, io_spec) for b in batches]
+    output_names = ["output"] if len(refs[0]) == 1 else [f"output_{i}" for i in range(len(refs[0]))]
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in io_spec.input_names)
+    big = _param_bytes(model) > 0.9 * _TWO_GB
+
+    attempts: list[dict[str, Any]] = []
+    for name in order:
+        try:
+            with _quiet():
+                _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big, is_ep)
+        except Exception as e:  # exporter internals raise anything
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            attempts.append({"exporter": name, "ok": False, "error": f"{type(e).__name__}: {msg}"})
+            continue
+        try:
+            diff, ok = _parity(out_path, batches, refs, atol, rtol)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0][:300]
+            attempts.append({"exporter": name, "ok": False, "error": f"ONNX Runtime could not run the export: {msg}"})
+            continue
+        attempts.append({"exporter": name, "ok": ok, "max_abs_diff": diff})
+        if ok:
+            return ExportResult(out_path, name, diff, attempts, output_names)
+    for p in (out_path, out_path.with_name(out_path.name + ".data")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    parts = []
+    for a in attempts:
+        if "error" in a:
+            parts.append(f"{a['exporter']} failed ({a['error']})")
+        else:
+            parts.append(f"{a['exporter']} output differs from PyTorch by max abs diff {a['max_abs_diff']:.3g} > atol {atol:g}")
+    raise ExportError(
+        "ONNX export failed: " + "; ".join(parts) + "; try --opset, a looser --atol, or --debug for details"
+    )
+
+
+def _param_bytes(model: Any) -> int:
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        tensors = list(model.state_dict.values())
+    else:
+        tensors = list(model.state_dict().values())
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big, is_ep) -> None:
+    import torch
+
+    input_names = io_spec.input_names
+    if name == "dynamo":
+        dynamic_shapes = None
+        if not is_ep:
+            batch = torch.export.Dim("batch", min=1, max=1 << 20)
+            dynamic_shapes = tuple({0: batch} for _ in input_names)
+        torch.onnx.export(
+            model,
+            args,
+            os.fspath(out_path),
+            dynamo=True,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            external_data=big,
+            optimize=True,
+        )
+    else:
+        axes = {n: {0: "batch"} for n in [*input_names, *output_names]}
+        torch.onnx.export(
+            model,
+            args,
+            os.fspath(out_path),
+            dynamo=False,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
+    if not out_path.exists():
+        raise ExportError(f"the {name} exporter wrote no file")
+
+
+def _parity(path: Path, batches, refs, atol: float, rtol: float) -> tuple[float, bool]:
+    from compressor.runtime import make_session
+
+    sess = make_session(path)
+    worst = 0.0
+    ok = True
+    for feeds, ref in zip(batches, refs, strict=True):
+        outs = sess.run(None, feeds)
+        if len(outs) != len(ref):
+            return float("inf"), False
+        for o, r in zip(outs, ref, strict=True):
+            if o.shape != r.shape:
+                return float("inf"), False
+            if o.size == 0:
+                continue
+            o64, r64 = o.astype(np.float64), r.astype(np.float64)
+            worst = max(worst, float(np.max(np.abs(o64 - r64))))
+            ok = ok and bool(np.allclose(o64, r64, atol=atol, rtol=rtol))
+    return worst, ok

@@ -1,0 +1,85 @@
+"""Structure statistics of ONNX graphs: parameter count, weight sparsity, op-type histogram."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+#: Ops whose weight initializers count for sparsity (input index of the weight).
+WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvInteger": 1, "MatMulInteger": 1,
+              "QLinearConv": 3, "QLinearMatMul": 3, "Gather": 0, "MatMulNBits": 1}
+_QPARAM_INPUTS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "DynamicQuantizeLinear": (),
+                  "ConvInteger": (2, 3), "MatMulInteger": (2, 3), "QLinearConv": (1, 2, 4, 5, 6, 7),
+                  "QLinearMatMul": (1, 2, 4, 5, 6, 7), "MatMulNBits": (2, 3)}
+
+
+def graph_stats(model: Any) -> dict[str, Any]:
+    """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto`` (external data loaded).
+
+    Returns:
+        ``parameters``: elements of float and 8-bit initializers, quantization scales and zero
+        points and integer shape constants excluded;
+        ``sparsity``: fraction of zero weights (zero = equal to the zero point for quantized
+        weights) in the weight inputs of Conv / ConvTranspose / Gemm / MatMul and their
+        quantized forms (embedding tables of Gather excluded);
+        ``op_types``: node count per op type, sorted by name.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    qparams: set[str] = set()
+    for node in model.graph.node:
+        for idx in _QPARAM_INPUTS.get(node.op_type, ()):
+            if idx < len(node.input):
+                qparams.add(node.input[idx])
+    # weight inputs (possibly through a DequantizeLinear)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    weights: dict[str, Any] = {}  # initializer name -> zero point (or 0)
+    for node in model.graph.node:
+        idx = WEIGHT_OPS.get(node.op_type)
+        if idx is None or node.op_type == "Gather" or idx >= len(node.input):
+            continue
+        name = node.input[idx]
+        zp_name = None
+        if name not in inits and name in producers:
+            p = producers[name]
+            if p.op_type == "DequantizeLinear" and p.input[0] in inits:
+                name = p.input[0]
+                zp_name = p.input[2] if len(p.input) > 2 else None
+            elif p.op_type in ("Transpose", "Reshape", "Identity") and p.input[0] in inits:
+                name = p.input[0]
+        if node.op_type in ("ConvInteger", "MatMulInteger") and len(node.input) > 3:
+            zp_name = node.input[3] or None
+        if node.op_type in ("QLinearConv", "QLinearMatMul"):
+            zp_name = node.input[5]
+        if name in inits:
+            weights[name] = zp_name
+
+    params = 0
+    for name, init in inits.items():
+        if name in qparams:
+            continue
+        if init.data_type in (1, 10, 11, 16, 2, 3, 21, 22):  # float, fp16, double, bf16, u8, s8, u4, s4
+            n = int(np.prod(init.dims)) if len(init.dims) else 1
+            params += n
+    zeros = 0
+    total = 0
+    for name, zp_name in weights.items():
+        arr = numpy_helper.to_array(inits[name])
+        zp = 0
+        if zp_name and zp_name in inits:
+            zp = numpy_helper.to_array(inits[zp_name])
+            if zp.ndim == 1 and arr.ndim >= 1 and zp.shape[0] != 1:
+                axis = next((a for a, d in enumerate(arr.shape) if d == zp.shape[0]), 0)
+                shape = [1] * arr.ndim
+                shape[axis] = zp.shape[0]
+                zp = zp.reshape(shape)
+        zeros += int(np.count_nonzero(arr == zp))
+        total += arr.size
+    return {
+        "parameters": params,
+        "sparsity": float(zeros / total) if total else 0.0,
+        "op_types": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+    }

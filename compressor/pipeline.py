@@ -1,0 +1,162 @@
+"""The one pipeline every command runs.
+
+``load -> [pass] -> export to ONNX -> verify -> benchmark baseline and result -> Report``.
+Intermediate files live in a scratch folder beside the output; the result is moved into
+place only after it loaded and ran in ONNX Runtime (verify, then write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, file_size_bytes, onnx_external_locations
+from compressor.benchmark import BenchmarkSettings, benchmark_interleaved
+from compressor.context import ExportSettings, RunContext
+from compressor.errors import UsageError
+from compressor.inputs import (
+    SampleData,
+    apply_shapes_to_spec,
+    check_data_fits,
+    load_npz,
+    random_data,
+    shape_batch_size,
+    torch_io_spec,
+)
+
+FIDELITY_MAX_SAMPLES = 512
+RANDOM_SAMPLES = 64
+
+
+@dataclass
+class RunOptions:
+    """Inputs and measurement settings shared by the commands.
+
+    Attributes:
+        input_shapes: Parsed ``--input-shape`` values.
+        calibration_data: ``--calibration-data`` file or folder.
+        eval_data: ``--eval-data`` file (inputs plus ``labels``).
+        batch_size: Benchmark batch size (None: from ``--input-shape`` or the graph, else 1).
+        export: Export settings.
+        bench: Benchmark settings.
+        quiet: Keep warnings off stderr (they still go to the report).
+    """
+
+    input_shapes: list[tuple[str | None, tuple[int, ...], str]] = field(default_factory=list)
+    calibration_data: Path | None = None
+    eval_data: Path | None = None
+    batch_size: int | None = None
+    export: ExportSettings = field(default_factory=ExportSettings)
+    bench: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    quiet: bool = False
+
+
+def resolve_io(artifact: ModelArtifact, options: RunOptions, data: SampleData | None) -> IOSpec:
+    """Input spec from the file, ``--input-shape`` or the data (in that order).
+
+    Raises:
+        UsageError: No source gives the inputs, or the given shapes contradict the file.
+    """
+    if artifact.io is not None:
+        return apply_shapes_to_spec(artifact.io, options.input_shapes)
+    return torch_io_spec(artifact.loaded, options.input_shapes, data)
+
+
+def prepare_data(io: IOSpec, options: RunOptions, calib: SampleData | None, evald: SampleData | None) -> SampleData:
+    """The inputs that checks and fidelity run on: calibration data, else eval inputs, else seeded random."""
+    for d in (calib, evald):
+        if d is not None:
+            d = check_data_fits(io, d)
+            n = min(d.num_samples, FIDELITY_MAX_SAMPLES)
+            return SampleData({k: v[:n] for k, v in d.arrays.items()}, None if d.labels is None else d.labels[:n], d.source)
+    dims = None
+    if options.input_shapes:
+        named = apply_shapes_to_spec(io, options.input_shapes) if io.inputs else io
+        dims = {s.name: s.concrete_shape(batch_size=1)[1:] for s in named.inputs}
+    return random_data(io, num_samples=RANDOM_SAMPLES, dims=dims)
+
+
+def bench_feeds(io: IOSpec, data: SampleData, options: RunOptions) -> tuple[dict[str, Any], int]:
+    """One benchmark batch: ``--batch-size``, else the ``--input-shape`` batch, else a fixed graph batch, else 1."""
+    batch = options.batch_size or shape_batch_size(options.input_shapes)
+    if batch is None:
+        first = io.inputs[0].shape[0] if io.inputs and io.inputs[0].shape else None
+        batch = first if isinstance(first, int) and first > 0 else 1
+    if data.num_samples >= batch:
+        return data.batch(0, batch), batch
+    reps = -(-batch // data.num_samples)
+    import numpy as np
+
+    return {k: np.concatenate([v] * reps)[:batch] for k, v in data.arrays.items()}, batch
+
+
+@contextlib.contextmanager
+def scratch_dir(near: Path):
+    """A temporary folder in ``near``'s folder (same file system, so the final rename is atomic)."""
+    parent = near.parent if near.parent.exists() else Path(".")
+    try:
+        d = Path(tempfile.mkdtemp(prefix=".compressor-", dir=parent))
+    except OSError as e:
+        raise UsageError(f"cannot write in {parent}: {e.strerror}; choose another -o/--output") from e
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def publish(tmp_model: Path, final: Path) -> None:
+    """Move a verified ONNX model (and its external data files) to ``final`` atomically per file."""
+    for loc in onnx_external_locations(tmp_model):
+        os.replace(tmp_model.parent / loc, final.parent / loc)
+    os.replace(tmp_model, final)
+
+
+def default_output(input_path: Path, suffix: str) -> Path:
+    """``<stem>.<suffix>.onnx`` next to the input."""
+    return input_path.with_name(f"{input_path.name.split('.')[0]}.{suffix}.onnx")
+
+
+def check_output(input_path: Path, output: Path) -> None:
+    """Refuse an output that would overwrite the input or land in a missing folder.
+
+    Raises:
+        UsageError: Same path as the input, or the folder does not exist.
+    """
+    if output.resolve() == input_path.resolve() or (output.exists() and output.samefile(input_path)):
+        raise UsageError(f"output {output} is the input file; choose another -o/--output (inputs are never overwritten)")
+    if not output.parent.exists():
+        raise UsageError(f"output folder {output.parent} does not exist; create it or choose another -o/--output")
+    if output.is_dir():
+        raise UsageError(f"output {output} is a folder; give a file name such as {output / 'model.onnx'}")
+
+
+def make_context(artifact: ModelArtifact, options: RunOptions, workdir: Path) -> RunContext:
+    """Resolve inputs and data and build the :class:`RunContext` for a command."""
+    calib = load_npz(options.calibration_data) if options.calibration_data else None
+    evald = load_npz(options.eval_data, want_labels=True) if options.eval_data else None
+    io = resolve_io(artifact, options, calib or evald)
+    data = prepare_data(io, options, calib, evald)
+    return RunContext(artifact=artifact, io=io, data=data, workdir=workdir, export=options.export, quiet=options.quiet)
+
+
+def export_baseline(ctx: RunContext) -> Path:
+    """The fp32 ONNX baseline: the input itself for ONNX, else an export checked against PyTorch."""
+    from compressor.export import export_to_onnx
+
+    art = ctx.artifact
+    if art.format is ModelFormat.ONNX:
+        ctx.baseline_onnx = art.path
+        return art.path
+    path = ctx.workdir / "baseline.onnx"
+    res = export_to_onnx(art.loaded, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset,
+                         atol=ctx.export.atol, rtol=ctx.export.rtol, exporter=ctx.export.exporter)
+    ctx.steps.append({"name": "export", "of": "original model", **res.to_json()})
+    for a in res.attempts[:-1]:
+        ctx.warn(f"exporter {a['exporter']} was not used: {a.get('error') or 'max abs diff %.3g' % a['max_abs_diff']}")
+    ctx.baseline_onnx = path
+    return path
