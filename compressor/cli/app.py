@@ -7,6 +7,7 @@ or bad input; 3 a quality gate failed. Heavy libraries load inside the commands.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import traceback
@@ -16,6 +17,8 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from compressor.errors import EXIT_STEP_FAILED, CompressorError, UsageError
+
+_JSON_FD: int | None = None  # the real stdout while --json sends library chatter to stderr
 
 EPILOG = "Exit codes: 0 success, 1 a step failed (export, parity, quantization, session), 2 bad usage or input, 3 a quality gate failed."
 
@@ -58,8 +61,21 @@ def _err(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
 
 
-def _run(debug: bool, fn: Callable[[], int | None]) -> None:
-    """Run a command body, mapping errors to one stderr line and an exit code."""
+def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -> None:
+    """Run a command body, mapping errors to one stderr line and an exit code.
+
+    Library warnings are hidden unless ``--debug``. With ``--json``, everything the libraries
+    print (Python or C level) is sent to stderr so that stdout carries the JSON alone.
+    """
+    import warnings
+
+    if not debug:
+        warnings.filterwarnings("ignore")
+    global _JSON_FD
+    if json_out and _JSON_FD is None:
+        sys.stdout.flush()
+        _JSON_FD = os.dup(1)
+        os.dup2(2, 1)
     try:
         code = fn() or 0
     except CompressorError as e:
@@ -118,7 +134,13 @@ def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None) -> N
     if report_path is not None:
         write_json_atomic(report, report_path)
     if json_out:
-        sys.stdout.write(to_json(report) + "\n")
+        text = (to_json(report) + "\n").encode()
+        if _JSON_FD is not None:
+            sys.stdout.flush()
+            os.write(_JSON_FD, text)
+        else:
+            sys.stdout.buffer.write(text)
+            sys.stdout.flush()
         return
     from rich.console import Console
 
@@ -162,7 +184,7 @@ def prune(
         _emit(rep, json_out, report)
         return 0
 
-    _run(debug, body)
+    _run(debug, body, json_out=json_out)
 
 
 @app.command(epilog=EPILOG)
@@ -203,7 +225,7 @@ def quantize(
         _emit(rep, json_out, report)
         return 0
 
-    _run(debug, body)
+    _run(debug, body, json_out=json_out)
 
 
 @app.command(epilog=EPILOG)
@@ -237,7 +259,7 @@ def export(
             print(f"wrote {rep['output']} ({ex['exporter']} exporter, max abs diff vs PyTorch {ex['max_abs_diff']:.3g})")
         return 0
 
-    _run(debug, body)
+    _run(debug, body, json_out=json_out)
 
 
 @app.command(epilog=EPILOG)
@@ -271,7 +293,7 @@ def bench(
         _emit(rep, json_out, report)
         return 0
 
-    _run(debug, body)
+    _run(debug, body, json_out=json_out)
 
 
 def main() -> None:

@@ -53,12 +53,20 @@ def run_prune(ctx: RunContext, config: PruneConfig) -> PassOutcome:
 
 # ----------------------------------------------------------------------------- structured
 
+_FORMAT_NAMES = {
+    ModelFormat.EXPORTED_PROGRAM: "an ExportedProgram (.pt2)",
+    ModelFormat.TORCHSCRIPT: "a TorchScript file",
+    ModelFormat.ONNX: "an ONNX file",
+    ModelFormat.TORCH_MODULE: "a pickled module",
+    ModelFormat.STATE_DICT: "a state_dict",
+}
+
 
 def _structured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
     art = ctx.artifact
     if not art.format.has_python_classes:
         raise UnsupportedModelError(
-            f"structured pruning needs the model's Python classes, which a {art.format.value} file does not carry; "
+            f"structured pruning needs the model's Python classes, which {_FORMAT_NAMES[art.format]} does not carry; "
             "either (1) load it from a torch.save(model) pickle or a state_dict with --model-class package.module:ClassName, "
             "or (2) use --method unstructured"
         )
