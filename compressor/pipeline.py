@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, file_size_bytes, onnx_external_locations
-from compressor.benchmark import BenchmarkSettings, benchmark_interleaved
+from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, onnx_external_locations
+from compressor.benchmark import BenchmarkSettings
 from compressor.context import ExportSettings, RunContext
 from compressor.errors import UsageError
 from compressor.inputs import (

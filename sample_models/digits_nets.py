@@ -11,7 +11,6 @@ importing ``torch``.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["build_digits_cnn", "DigitsResNet", "DigitsMLP", "BasicBlock"]
