@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import textwrap
 import warnings
 
@@ -208,10 +209,13 @@ def test_debug_shows_traceback(tmp_path):
     assert r.code == 2 and "Traceback" in r.stderr
 
 
-def test_bench_single_model(samples):
-    r = run_cli("bench", samples / "digits_cnn.pt", "--input-shape", "4,1,8,8", "--json", *FAST_BENCH)
+def test_bench_single_model_and_report_file(samples, tmp_path):
+    report_file = tmp_path / "bench.json"
+    r = run_cli("bench", samples / "digits_cnn.pt", "--input-shape", "4,1,8,8", "--json", "--report", report_file,
+                *FAST_BENCH)
     assert r.code == 0, r.stderr
     rep = r.report
+    assert json.loads(report_file.read_text()) == rep
     assert rep["command"].startswith("compressor bench")
     assert rep["benchmark"]["batch_size"] == 4 and rep["baseline"]["latency_ms"]["runs"] == 20
     assert "result" not in rep and rep["baseline"]["parameters"] > 0

@@ -98,35 +98,6 @@ def parse_json_report(stdout: str) -> dict[str, Any]:
     raise ValueError("no JSON object found on the CLI's stdout")
 
 
-def find_p50_ms(section: Any) -> float | None:
-    """Best-effort lookup of a p50 latency in milliseconds inside a report section.
-
-    Accepts e.g. ``{"p50_ms": x}``, ``{"latency_p50_ms": x}``,
-    ``{"latency_ms": {"p50": x}}`` (searched depth-first).  Returns None if no
-    such key exists, so a schema mismatch shows up as "n/a" instead of a crash.
-    """
-
-    def search(node: Any, parent_in_ms: bool) -> float | None:
-        if not isinstance(node, dict):
-            return None
-        for key, value in node.items():
-            k = str(key).lower()
-            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if (
-                is_number
-                and ("p50" in k or "median" in k)
-                and ("ms" in k or parent_in_ms)
-            ):
-                return float(value)
-        for key, value in node.items():
-            found = search(value, parent_in_ms or "ms" in str(key).lower())
-            if found is not None:
-                return found
-        return None
-
-    return search(section, False)
-
-
 def _fmt(value: Any, spec: str = ".3f") -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return format(value, spec)
@@ -171,7 +142,7 @@ def run_cli(onnx_path: Path, calib_path: Path, out_path: Path) -> dict[str, Any]
     return report
 
 
-def benchmark(work_dir: Path) -> int:
+def benchmark(work_dir: Path, check: bool = False) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         onnx_path, calib_path = ensure_export(work_dir)
@@ -203,8 +174,8 @@ def benchmark(work_dir: Path) -> int:
         ("size_ratio", _fmt(report.get("size_ratio"))),
         ("file size fp32 -> quantized", f"{base_size:.1f} MB -> {quant_size:.1f} MB"),
         ("speedup", _fmt(report.get("speedup"))),
-        ("baseline p50 ms", _fmt(find_p50_ms(report.get("baseline")), ".2f")),
-        ("result p50 ms", _fmt(find_p50_ms(report.get("result")), ".2f")),
+        ("baseline p50 ms", _fmt(report["baseline"]["latency_ms"]["p50"], ".2f")),
+        ("result p50 ms", _fmt(report["result"]["latency_ms"]["p50"], ".2f")),
         ("pooled cosine min", _fmt(float(cos.min()), ".6f")),
         ("pooled cosine mean", _fmt(float(cos.mean()), ".6f")),
         ("last_hidden_state max|diff|", _fmt(max_abs, ".4f")),
@@ -219,6 +190,19 @@ def benchmark(work_dir: Path) -> int:
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     print("  per-sentence cosine:", " ".join(f"{c:.5f}" for c in cos))
+    if check:
+        # acceptance of issue 2 ("the main job end to end") on this model
+        failed = []
+        if not report["size_ratio"] <= 0.30:
+            failed.append(f"size_ratio {report['size_ratio']:.3f} > 0.30")
+        if not report["speedup"] > 1.3:
+            failed.append(f"speedup {report['speedup']:.3f} <= 1.3")
+        if not float(cos.mean()) >= 0.99:
+            failed.append(f"mean pooled cosine {float(cos.mean()):.5f} < 0.99")
+        if failed:
+            print("CHECK FAILED: " + "; ".join(failed), file=sys.stderr)
+            return 1
+        print("check passed: size_ratio <= 0.30, speedup > 1.3, mean pooled cosine >= 0.99")
     return 0
 
 
@@ -231,11 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         help="where to put/reuse minilm.onnx, minilm_calib.npz and the quantized "
         "model (default: a temporary directory, deleted afterwards)",
     )
+    parser.add_argument("--check", action="store_true", help="exit 1 unless the acceptance targets are met")
     args = parser.parse_args(argv)
     if args.work_dir is not None:
-        return benchmark(args.work_dir)
+        return benchmark(args.work_dir, args.check)
     with tempfile.TemporaryDirectory(prefix="minilm_quantize_") as tmp:
-        return benchmark(Path(tmp))
+        return benchmark(Path(tmp), args.check)
 
 
 if __name__ == "__main__":
