@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.artifact import ModelFormat, file_size_bytes
-from compressor.benchmark import benchmark_interleaved
+from compressor.benchmark import benchmark_detailed, paired_speedup, session_peak_rss_bytes
 from compressor.context import RunContext
 from compressor.errors import UsageError
 from compressor.fidelity import compare_outputs, is_classifier_output, run_onnx, top1_accuracy
@@ -69,19 +69,44 @@ def _measure(ctx: RunContext, options: RunOptions, report: dict[str, Any], basel
         if len(accs) == 2:
             report["accuracy"].update(result=accs[1], drop_points=100.0 * (accs[0] - accs[1]))
     feeds, batch = bench_feeds(ctx.io, ctx.data, options)
-    stats = benchmark_interleaved(paths, feeds, options.bench)
-    for key, s in zip(keys, stats, strict=True):
+    det = benchmark_detailed(paths, feeds, options.bench)
+    stats = det["latency"]
+    for i, (key, s) in enumerate(zip(keys, stats, strict=True)):
         report[key]["latency_ms"] = s.to_json()
+        report[key]["session_load_ms"] = det["session_load_ms"][i]
+        if options.bench.measure_memory:
+            report[key]["session_peak_rss_bytes"] = session_peak_rss_bytes(paths[i], feeds, threads=options.bench.threads)
     if result is not None:
         report["size_ratio"] = report["result"]["size_bytes"] / report["baseline"]["size_bytes"]
-        report["speedup"] = stats[0].p50 / stats[1].p50
+        report["speedup"], ci = paired_speedup(stats[0].samples_ms, stats[1].samples_ms, block_ids=det["block_ids"])
+        report["speedup_ci95"] = list(ci)
     report["benchmark"] = {
         "batch_size": batch,
         "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
         "interleaved": len(paths) > 1,
+        "warmup_runs": det["warmup_runs"],
         "settings": options.bench.to_json(),
         "cpu": cpu_info(),
     }
+    if options.batch_sizes:
+        report["sweep"] = _sweep(ctx, options, paths)
+
+
+def _sweep(ctx: RunContext, options: RunOptions, paths: list[Path]) -> list[dict[str, Any]]:
+    """Latency (and speedup) per batch size of ``--batch-sizes``."""
+    import dataclasses
+
+    rows = []
+    for b in options.batch_sizes:
+        feeds, _ = bench_feeds(ctx.io, ctx.data, dataclasses.replace(options, batch_size=b))
+        det = benchmark_detailed(paths, feeds, options.bench)
+        stats = det["latency"]
+        row: dict[str, Any] = {"batch_size": b, "baseline_latency_ms": stats[0].to_json()}
+        if len(stats) == 2:
+            sp, ci = paired_speedup(stats[0].samples_ms, stats[1].samples_ms, block_ids=det["block_ids"])
+            row.update(result_latency_ms=stats[1].to_json(), speedup=sp, speedup_ci95=list(ci))
+        rows.append(row)
+    return rows
 
 
 def compress(
@@ -114,6 +139,7 @@ def compress(
     from compressor.passes import config_to_json, get_pass
 
     spec = get_pass(pass_name)
+    options.gates.check_usable(has_eval_data=options.eval_data is not None, compares=True)
     model_path = Path(model_path)
     artifact = load_model(model_path, load_options)
     out = Path(output) if output else default_output(model_path, "pruned" if pass_name == "prune" else "quantized")
@@ -136,6 +162,8 @@ def compress(
         if exports:
             report["export"] = exports[0]
         report["steps"] = ctx.steps
+        if options.gates.any:
+            report["gates"] = options.gates.evaluate(report)
         publish(outcome.path, out)
     report["output"] = str(out)
     report["warnings"] = ctx.warnings
@@ -170,10 +198,26 @@ def export_model(
     return report
 
 
-def bench_model(model_path: Path, *, options: RunOptions, load_options: LoadOptions, command: str) -> dict[str, Any]:
-    """Benchmark one model alone (``compressor bench``); PyTorch inputs are exported first."""
+def bench_model(
+    model_path: Path,
+    *,
+    options: RunOptions,
+    load_options: LoadOptions,
+    command: str,
+    other_path: Path | None = None,
+) -> dict[str, Any]:
+    """Benchmark one model, or compare two on the same inputs (``compressor bench A [B]``).
+
+    PyTorch inputs are exported first. With two models, A is the baseline and B the result:
+    the report gets fidelity, ``size_ratio``, ``speedup`` and ``speedup_ci95`` as for a pass.
+
+    Raises:
+        UsageError: Bad inputs, or B's inputs differ from A's.
+    """
     model_path = Path(model_path)
+    options.gates.check_usable(has_eval_data=options.eval_data is not None, compares=other_path is not None)
     artifact = load_model(model_path, load_options)
+    other = load_model(Path(other_path), load_options) if other_path is not None else None
     report = new_report(command)
     with scratch_dir(model_path) as work:
         ctx = make_context(artifact, options, work)
@@ -181,7 +225,30 @@ def bench_model(model_path: Path, *, options: RunOptions, load_options: LoadOpti
         report["input"] = {"path": str(model_path), "format": artifact.format.value,
                            "size_bytes": file_size_bytes(model_path), "inputs": [s.to_json() for s in ctx.io.inputs]}
         report["baseline"] = _model_entry(baseline, baseline, model_path)
-        _measure(ctx, options, report, baseline, None)
+        second = None
+        if other is not None:
+            second = _as_onnx(other, ctx, work)
+            report["result"] = _model_entry(second, second, Path(other_path))
+        _measure(ctx, options, report, baseline, second)
         report["steps"] = ctx.steps
+        if options.gates.any:
+            report["gates"] = options.gates.evaluate(report)
     report["warnings"] = ctx.warnings
     return report
+
+
+def _as_onnx(artifact: Any, ctx: RunContext, work: Path) -> Path:
+    """The second model of ``bench A B`` as ONNX with the same inputs as A."""
+    from compressor.export import export_to_onnx
+
+    if artifact.format is ModelFormat.ONNX:
+        names = [s.name for s in artifact.io.inputs]
+        if sorted(names) != sorted(ctx.io.input_names):
+            raise UsageError(f"{artifact.path} has inputs {names} but {ctx.artifact.path} has {ctx.io.input_names}; "
+                             "bench compares models with the same inputs")
+        return artifact.path
+    path = work / "second.onnx"
+    res = export_to_onnx(artifact.loaded, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset,
+                         atol=ctx.export.atol, rtol=ctx.export.rtol, exporter=ctx.export.exporter)
+    ctx.steps.append({"name": "export", "of": str(artifact.path), **res.to_json()})
+    return path

@@ -59,7 +59,7 @@ def graph_stats(model: Any) -> dict[str, Any]:
 
     params = 0
     for name, init in inits.items():
-        if name in qparams:
+        if name in qparams or name.endswith(("_scale", "_zero_point")):  # ONNX Runtime's names for quant params
             continue
         if init.data_type in (1, 10, 11, 16, 2, 3, 21, 22):  # float, fp16, double, bf16, u8, s8, u4, s4
             n = int(np.prod(init.dims)) if len(init.dims) else 1

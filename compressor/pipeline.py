@@ -19,6 +19,7 @@ from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, onnx_externa
 from compressor.benchmark import BenchmarkSettings
 from compressor.context import ExportSettings, RunContext
 from compressor.errors import UsageError
+from compressor.gates import Gates
 from compressor.inputs import (
     SampleData,
     apply_shapes_to_spec,
@@ -44,6 +45,8 @@ class RunOptions:
         batch_size: Benchmark batch size (None: from ``--input-shape`` or the graph, else 1).
         export: Export settings.
         bench: Benchmark settings.
+        batch_sizes: ``--batch-sizes`` sweep (empty: none).
+        gates: Quality gates.
         quiet: Keep warnings off stderr (they still go to the report).
     """
 
@@ -53,6 +56,8 @@ class RunOptions:
     batch_size: int | None = None
     export: ExportSettings = field(default_factory=ExportSettings)
     bench: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    batch_sizes: list[int] = field(default_factory=list)
+    gates: Gates = field(default_factory=Gates)
     quiet: bool = False
 
 

@@ -17,6 +17,13 @@ from compressor import __version__
 SCHEMA_VERSION = "1.0"
 
 
+def schema() -> dict[str, Any]:
+    """The published JSON Schema (Draft 2020-12) of the report, shipped as ``compressor/report.schema.json``."""
+    from importlib.resources import files
+
+    return json.loads(files("compressor").joinpath("report.schema.json").read_text())
+
+
 def new_report(command: str) -> dict[str, Any]:
     """An empty report for ``command`` with ``schema_version``, tool version and time."""
     return {
@@ -46,11 +53,16 @@ def _clean(x: Any) -> Any:
 
 def write_json_atomic(report: dict[str, Any], path: Path) -> None:
     """Write the JSON report to ``path`` via a temp file and a rename."""
+    write_text_atomic(to_json(report) + "\n", path)
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` via a temp file and a rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else ".")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(to_json(report) + "\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -79,7 +91,7 @@ def render_table(report: dict[str, Any]) -> Any:
 
     parts: list[Any] = []
     models = [(k, report[k]) for k in ("baseline", "result") if report.get(k)]
-    t = Table(title=f"compressor {report['command']}", title_justify="left")
+    t = Table(title=report["command"], title_justify="left")
     t.add_column("")
     for name, _ in models:
         t.add_column(name, justify="right")
@@ -90,6 +102,7 @@ def render_table(report: dict[str, Any]) -> Any:
         ("sparsity", lambda m: _f(m.get("sparsity"))),
         ("latency p50 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p50"))),
         ("latency p90 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p90"))),
+        ("latency p99 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p99"))),
         ("latency mean (ms)", lambda m: _f((m.get("latency_ms") or {}).get("mean"))),
         ("top-1 accuracy", lambda m: _f(m.get("accuracy"), ".4f")),
     ]
@@ -100,7 +113,9 @@ def render_table(report: dict[str, Any]) -> Any:
     if report.get("size_ratio") is not None:
         summary.append(f"size ratio {report['size_ratio']:.3f}")
     if report.get("speedup") is not None:
-        summary.append(f"speedup {report['speedup']:.2f}x (p50, batch {report.get('benchmark', {}).get('batch_size')})")
+        ci = report.get("speedup_ci95") or [None, None]
+        summary.append(f"speedup {report['speedup']:.2f}x, 95% CI [{_f(ci[0])}, {_f(ci[1])}] "
+                       f"(p50, batch {report.get('benchmark', {}).get('batch_size')})")
     fid = report.get("fidelity")
     if fid:
         s = f"fidelity: max abs diff {_f(fid.get('max_abs_diff'), '.3g')}, cosine mean {_f(fid.get('cosine_mean'), '.5f')}"
@@ -124,16 +139,73 @@ def render_table(report: dict[str, Any]) -> Any:
     ex = report.get("export")
     if ex:
         summary.append(f"export: {ex.get('exporter')} exporter, max abs diff vs PyTorch {_f(ex.get('max_abs_diff'), '.3g')}")
+    gates = report.get("gates")
+    if gates:
+        verdict = "passed" if gates["passed"] else "FAILED: " + ", ".join(g["gate"] for g in gates["failed"])
+        summary.append(f"quality gates: {verdict}")
     for s in summary:
         parts.append(Text(s))
+    ops = sorted({op for _, m in models for op in (m.get("op_types") or {})})
+    if ops:
+        h = Table(title="ONNX op types", title_justify="left")
+        h.add_column("op type")
+        for name, _ in models:
+            h.add_column(name, justify="right")
+        for op in ops:
+            h.add_row(op, *[str((m.get("op_types") or {}).get(op, 0)) for _, m in models])
+        parts.append(h)
     return Group(*parts)
 
 
+def _md_cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    """A GitHub-flavoured Markdown table of the headline numbers."""
+    """GitHub-flavoured Markdown: headline table, verdicts, gates and op-type histogram.
+
+    Ready for a pull-request comment or ``$GITHUB_STEP_SUMMARY``.
+    """
     models = [(k, report[k]) for k in ("baseline", "result") if report.get(k)]
-    lines = ["| metric | " + " | ".join(k for k, _ in models) + " |", "|---|" + "---|" * len(models)]
-    for label, key in (("size_bytes", "size_bytes"), ("parameters", "parameters"), ("sparsity", "sparsity")):
-        lines.append(f"| {label} | " + " | ".join(str(m.get(key)) for _, m in models) + " |")
-    lines.append("| latency p50 (ms) | " + " | ".join(_f((m.get("latency_ms") or {}).get("p50")) for _, m in models) + " |")
-    return "\n".join(lines) + "\n"
+    out = [f"### compressor: `{report['command']}`", ""]
+    rows = [
+        ["path"] + [f"`{m.get('path')}`" for _, m in models],
+        ["size (bytes)"] + [m.get("size_bytes") for _, m in models],
+        ["parameters"] + [m.get("parameters") for _, m in models],
+        ["sparsity"] + [_f(m.get("sparsity"), ".4f") for _, m in models],
+    ]
+    for stat in ("p50", "p90", "p99", "mean", "std"):
+        rows.append([f"latency {stat} (ms)"] + [_f((m.get("latency_ms") or {}).get(stat), ".4f") for _, m in models])
+    if any(m.get("accuracy") is not None for _, m in models):
+        rows.append(["top-1 accuracy"] + [_f(m.get("accuracy"), ".4f") for _, m in models])
+    out += _md_table(["metric"] + [k for k, _ in models], rows)
+    summary = []
+    if report.get("size_ratio") is not None:
+        summary.append(["size_ratio", _f(report["size_ratio"], ".4f")])
+    if report.get("speedup") is not None:
+        ci = report.get("speedup_ci95") or [None, None]
+        summary.append(["speedup (95% CI)", f"{report['speedup']:.3f} [{_f(ci[0])}, {_f(ci[1])}]"])
+    fid = report.get("fidelity") or {}
+    for key in ("max_abs_diff", "cosine_mean", "cosine_min", "sqnr_db", "top1_agreement"):
+        if key in fid:
+            summary.append([key, _f(fid[key], ".5g")])
+    if summary:
+        out += [""] + _md_table(["summary", "value"], summary)
+    gates = report.get("gates")
+    if gates:
+        out += ["", f"**Quality gates: {'passed' if gates['passed'] else 'FAILED'}**", ""]
+        out += _md_table(["gate", "threshold", "measured", "result"],
+                         [[g["gate"], g["threshold"], _f(g["measured"], ".4g"), "pass" if g["passed"] else "FAIL"]
+                          for g in gates["checked"]])
+    ops = sorted({op for _, m in models for op in (m.get("op_types") or {})})
+    if ops:
+        out += ["", "<details><summary>ONNX op types</summary>", ""]
+        out += _md_table(["op type"] + [k for k, _ in models], [[op] + [(m.get("op_types") or {}).get(op, 0) for _, m in models] for op in ops])
+        out += ["", "</details>"]
+    return "\n".join(out) + "\n"

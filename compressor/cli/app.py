@@ -50,7 +50,15 @@ ExporterOpt = Annotated[str, typer.Option("--exporter", help="auto (dynamo, then
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads (0 = its default).")]
 RunsOpt = Annotated[Optional[int], typer.Option("--runs", min=1, help="Timed rounds (default: at least 20 rounds and 3 s).")]
-WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed warm-up runs per model.")]
+WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Fewest untimed warm-up runs per model (warm-up continues until timings settle, bounded).")]
+MinTimeOpt = Annotated[float, typer.Option("--min-time", min=0.0, help="Least total timed seconds when --runs is not given.")]
+InterThreadsOpt = Annotated[int, typer.Option("--inter-threads", min=0, help="ONNX Runtime inter-op threads (0 = its default).")]
+BatchSizesOpt = Annotated[Optional[str], typer.Option("--batch-sizes", help="Also time a sweep of batch sizes, e.g. 1,8,32.")]
+MaxAccDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: largest top-1 accuracy drop in percentage points (needs --eval-data).")]
+MinSpeedupOpt = Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: least speedup, judged on the lower bound of its 95% confidence interval.")]
+MaxSizeRatioOpt = Annotated[Optional[float], typer.Option("--max-size-ratio", help="Gate: largest result/baseline size ratio.")]
+MinCosineOpt = Annotated[Optional[float], typer.Option("--min-cosine", help="Gate: least cosine similarity of any sample's output (fidelity.cosine_min).")]
+MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", help="Write a GitHub-flavoured Markdown summary (for PR comments / CI step summaries).")]
 
 
 def _command_line() -> str:
@@ -109,30 +117,57 @@ def _load_options(model_class: str | None, model_kwargs: str | None, trust_pickl
     return LoadOptions(trust_pickle=trust_pickle, model_class=model_class, model_kwargs=kwargs)
 
 
-def _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out):
+def _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter,
+                 json_out, extra):
     from compressor.benchmark import BenchmarkSettings
     from compressor.context import ExportSettings
+    from compressor.gates import Gates
     from compressor.inputs import parse_input_shapes
     from compressor.pipeline import RunOptions
 
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise UsageError(f"--exporter '{exporter}' is unknown; use auto, dynamo or torchscript")
+    sizes: list[int] = []
+    if extra.get("batch_sizes"):
+        try:
+            sizes = [int(b) for b in extra["batch_sizes"].split(",")]
+        except ValueError:
+            sizes = [0]
+        if any(b < 1 for b in sizes):
+            raise UsageError(
+                f"--batch-sizes must be positive integers separated by commas, e.g. 1,8,32; got '{extra['batch_sizes']}'"
+            )
+    gates = Gates(max_accuracy_drop=extra.get("max_accuracy_drop"), min_speedup=extra.get("min_speedup"),
+                  max_size_ratio=extra.get("max_size_ratio"), min_cosine=extra.get("min_cosine"))
     return RunOptions(
+        batch_sizes=sizes,
+        gates=gates,
         input_shapes=parse_input_shapes(input_shape or []),
         calibration_data=calibration_data,
         eval_data=eval_data,
         batch_size=batch_size,
         export=ExportSettings(opset=opset, atol=atol, exporter=exporter),
-        bench=BenchmarkSettings(runs=runs, warmup=warmup, threads=threads),
+        bench=BenchmarkSettings(runs=runs, warmup=warmup, threads=threads, inter_threads=extra.get("inter_threads", 0),
+                                min_time_s=extra.get("min_time", 3.0)),
         quiet=False,
     )
 
 
-def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None) -> None:
-    from compressor.report import render_table, to_json, write_json_atomic
+def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, markdown: Path | None = None) -> int:
+    """Write/print the report; returns 3 when a quality gate failed, else 0."""
+    from compressor.errors import EXIT_GATE_FAILED
+    from compressor.gates import Gates
+    from compressor.report import render_markdown, render_table, to_json, write_json_atomic, write_text_atomic
 
     if report_path is not None:
         write_json_atomic(report, report_path)
+    if markdown is not None:
+        write_text_atomic(render_markdown(report), markdown)
+    code = 0
+    gates = report.get("gates")
+    if gates and not gates["passed"]:
+        code = EXIT_GATE_FAILED
+        _err(Gates.describe(gates["failed"]))
     if json_out:
         text = (to_json(report) + "\n").encode()
         if _JSON_FD is not None:
@@ -141,10 +176,11 @@ def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None) -> N
         else:
             sys.stdout.buffer.write(text)
             sys.stdout.flush()
-        return
+        return code
     from rich.console import Console
 
     Console().print(render_table(report))
+    return code
 
 
 # ----------------------------------------------------------------------------- commands
@@ -161,9 +197,17 @@ def prune(
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
     batch_size: BatchOpt = None,
+    batch_sizes: BatchSizesOpt = None,
     threads: ThreadsOpt = 0,
+    inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,
+    min_time: MinTimeOpt = 3.0,
+    max_accuracy_drop: MaxAccDropOpt = None,
+    min_speedup: MinSpeedupOpt = None,
+    max_size_ratio: MaxSizeRatioOpt = None,
+    min_cosine: MinCosineOpt = None,
+    markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     exporter: ExporterOpt = "auto",
@@ -172,17 +216,19 @@ def prune(
     debug: DebugOpt = False,
 ) -> None:
     """Prune a model (structured by default), export it to ONNX and compare it with the original."""
+    extra = {"batch_sizes": batch_sizes, "inter_threads": inter_threads, "min_time": min_time,
+             "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
+             "min_cosine": min_cosine}
 
     def body() -> int:
         from compressor.commands import compress
         from compressor.passes.configs import PruneConfig
 
         config = PruneConfig(method=method, ratio=ratio)
-        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out)
+        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
         rep = compress(model, "prune", config, output=output, options=opts,
                        load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
-        _emit(rep, json_out, report)
-        return 0
+        return _emit(rep, json_out, report, markdown)
 
     _run(debug, body, json_out=json_out)
 
@@ -202,9 +248,17 @@ def quantize(
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
     batch_size: BatchOpt = None,
+    batch_sizes: BatchSizesOpt = None,
     threads: ThreadsOpt = 0,
+    inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,
+    min_time: MinTimeOpt = 3.0,
+    max_accuracy_drop: MaxAccDropOpt = None,
+    min_speedup: MinSpeedupOpt = None,
+    max_size_ratio: MaxSizeRatioOpt = None,
+    min_cosine: MinCosineOpt = None,
+    markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     exporter: ExporterOpt = "auto",
@@ -213,17 +267,19 @@ def quantize(
     debug: DebugOpt = False,
 ) -> None:
     """Quantize a model to int8 with ONNX Runtime (PyTorch inputs are exported first) and compare it with fp32."""
+    extra = {"batch_sizes": batch_sizes, "inter_threads": inter_threads, "min_time": min_time,
+             "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
+             "min_cosine": min_cosine}
 
     def body() -> int:
         from compressor.commands import compress
         from compressor.passes.configs import QuantizeConfig
 
         config = QuantizeConfig(mode=mode, scheme=scheme, per_channel=per_channel, reduce_range=reduce_range)
-        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out)
+        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
         rep = compress(model, "quantize", config, output=output, options=opts,
                        load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
-        _emit(rep, json_out, report)
-        return 0
+        return _emit(rep, json_out, report, markdown)
 
     _run(debug, body, json_out=json_out)
 
@@ -249,7 +305,7 @@ def export(
     def body() -> int:
         from compressor.commands import export_model
 
-        opts = _run_options(input_shape, calibration_data, None, None, 0, None, 10, opset, atol, exporter, json_out)
+        opts = _run_options(input_shape, calibration_data, None, None, 0, None, 10, opset, atol, exporter, json_out, {})
         rep = export_model(model, output=output, options=opts,
                            load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
         if report is not None or json_out:
@@ -265,6 +321,7 @@ def export(
 @app.command(epilog=EPILOG)
 def bench(
     model: ModelArg,
+    other: Annotated[Optional[Path], typer.Argument(help="Optional second model: compare it with MODEL (speedup with 95% CI, fidelity, gates).", show_default=False)] = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
@@ -272,9 +329,17 @@ def bench(
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
     batch_size: BatchOpt = None,
+    batch_sizes: BatchSizesOpt = None,
     threads: ThreadsOpt = 0,
+    inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,
+    min_time: MinTimeOpt = 3.0,
+    max_accuracy_drop: MaxAccDropOpt = None,
+    min_speedup: MinSpeedupOpt = None,
+    max_size_ratio: MaxSizeRatioOpt = None,
+    min_cosine: MinCosineOpt = None,
+    markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     exporter: ExporterOpt = "auto",
@@ -282,16 +347,18 @@ def bench(
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Measure one model's size, parameters and ONNX Runtime CPU latency (PyTorch inputs are exported first)."""
+    """Measure one model's size and ONNX Runtime CPU latency, or compare two models on the same inputs."""
+    extra = {"batch_sizes": batch_sizes, "inter_threads": inter_threads, "min_time": min_time,
+             "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
+             "min_cosine": min_cosine}
 
     def body() -> int:
         from compressor.commands import bench_model
 
-        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out)
+        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
         rep = bench_model(model, options=opts, load_options=_load_options(model_class, model_kwargs, trust_pickle),
-                          command=_command_line())
-        _emit(rep, json_out, report)
-        return 0
+                          command=_command_line(), other_path=other)
+        return _emit(rep, json_out, report, markdown)
 
     _run(debug, body, json_out=json_out)
 
