@@ -88,24 +88,57 @@ def _measure(ctx: RunContext, options: RunOptions, report: dict[str, Any], basel
         "settings": options.bench.to_json(),
         "cpu": cpu_info(),
     }
-    if options.batch_sizes:
+    if options.batch_sizes or options.seq_lens:
         report["sweep"] = _sweep(ctx, options, paths)
 
 
+def _with_seq_len(feeds: dict[str, Any], io: Any, seq_len: int) -> dict[str, Any]:
+    """Token inputs (integer, rank >= 2) cut or padded (with 0: padding id / masked) to ``seq_len`` on axis 1.
+
+    Raises:
+        UsageError: No token input, or a token input whose axis 1 is fixed in the graph.
+    """
+    import numpy as np
+
+    out = dict(feeds)
+    touched = False
+    for spec in io.inputs:
+        arr = feeds[spec.name]
+        if arr.dtype.kind not in "iu" or arr.ndim < 2:
+            continue
+        if isinstance(spec.shape[1], int) and spec.shape[1] > 0 and spec.shape[1] != seq_len:
+            raise UsageError(f"input '{spec.name}' has a fixed sequence length {spec.shape[1]}; --seq-lens cannot change it")
+        if arr.shape[1] >= seq_len:
+            out[spec.name] = np.ascontiguousarray(arr[:, :seq_len])
+        else:
+            pad = [(0, 0)] * arr.ndim
+            pad[1] = (0, seq_len - arr.shape[1])
+            out[spec.name] = np.pad(arr, pad)
+        touched = True
+    if not touched:
+        raise UsageError("--seq-lens needs token inputs (integer arrays with a sequence axis 1); this model has none")
+    return out
+
+
 def _sweep(ctx: RunContext, options: RunOptions, paths: list[Path]) -> list[dict[str, Any]]:
-    """Latency (and speedup) per batch size of ``--batch-sizes``."""
+    """Latency (and speedup) for each ``--batch-sizes`` x ``--seq-lens`` combination."""
     import dataclasses
 
     rows = []
-    for b in options.batch_sizes:
-        feeds, _ = bench_feeds(ctx.io, ctx.data, dataclasses.replace(options, batch_size=b))
-        det = benchmark_detailed(paths, feeds, options.bench)
-        stats = det["latency"]
-        row: dict[str, Any] = {"batch_size": b, "baseline_latency_ms": stats[0].to_json()}
-        if len(stats) == 2:
-            sp, ci = paired_speedup(stats[0].samples_ms, stats[1].samples_ms, block_ids=det["block_ids"])
-            row.update(result_latency_ms=stats[1].to_json(), speedup=sp, speedup_ci95=list(ci))
-        rows.append(row)
+    for b in options.batch_sizes or [None]:
+        for seq in options.seq_lens or [None]:
+            feeds, batch = bench_feeds(ctx.io, ctx.data, dataclasses.replace(options, batch_size=b))
+            if seq is not None:
+                feeds = _with_seq_len(feeds, ctx.io, seq)
+            det = benchmark_detailed(paths, feeds, options.bench)
+            stats = det["latency"]
+            row: dict[str, Any] = {"batch_size": batch, "baseline_latency_ms": stats[0].to_json()}
+            if seq is not None:
+                row["seq_len"] = seq
+            if len(stats) == 2:
+                sp, ci = paired_speedup(stats[0].samples_ms, stats[1].samples_ms, block_ids=det["block_ids"])
+                row.update(result_latency_ms=stats[1].to_json(), speedup=sp, speedup_ci95=list(ci))
+            rows.append(row)
     return rows
 
 

@@ -46,6 +46,7 @@ class RunOptions:
         export: Export settings.
         bench: Benchmark settings.
         batch_sizes: ``--batch-sizes`` sweep (empty: none).
+        seq_lens: ``--seq-lens`` sweep of token inputs' axis 1 (empty: none).
         gates: Quality gates.
         quiet: Keep warnings off stderr (they still go to the report).
     """
@@ -57,6 +58,7 @@ class RunOptions:
     export: ExportSettings = field(default_factory=ExportSettings)
     bench: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     batch_sizes: list[int] = field(default_factory=list)
+    seq_lens: list[int] = field(default_factory=list)
     gates: Gates = field(default_factory=Gates)
     quiet: bool = False
 

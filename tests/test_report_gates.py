@@ -148,3 +148,34 @@ def test_noise_check_copy_of_itself(cnn_onnx, tmp_path):
     low, high = r.report["speedup_ci95"]
     assert low <= 1.0 <= high
     assert 0.95 <= r.report["speedup"] <= 1.05
+
+
+def _token_model(path):
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    ids = helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "sequence"])
+    out = helper.make_tensor_value_info("pooled", onnx.TensorProto.FLOAT, ["batch", 16])
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32), "table")
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32), "w")
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
+             helper.make_node("MatMul", ["emb", "w"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["pooled"], axes=[1], keepdims=0)]
+    graph = helper.make_graph(nodes, "tok", [ids], [out], [table, w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_sequence_length_sweep(tmp_path):
+    import numpy as np
+
+    model = tmp_path / "tok.onnx"
+    _token_model(model)
+    np.savez(tmp_path / "calib.npz", input_ids=np.random.default_rng(0).integers(0, 100, (4, 20)))
+    r = run_cli("bench", model, "--calibration-data", tmp_path / "calib.npz", "--batch-sizes", "1,2", "--seq-lens", "8,32",
+                "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    _validate(r.report)
+    assert [(row["batch_size"], row["seq_len"]) for row in r.report["sweep"]] == [(1, 8), (1, 32), (2, 8), (2, 32)]
+    r = run_cli("bench", "sample_models/digits_mlp.pt2", "--seq-lens", "8", *FAST_BENCH)
+    assert r.code == 2 and "token inputs" in r.stderr

@@ -54,6 +54,7 @@ WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Fewest untimed 
 MinTimeOpt = Annotated[float, typer.Option("--min-time", min=0.0, help="Least total timed seconds when --runs is not given.")]
 InterThreadsOpt = Annotated[int, typer.Option("--inter-threads", min=0, help="ONNX Runtime inter-op threads (0 = its default).")]
 BatchSizesOpt = Annotated[Optional[str], typer.Option("--batch-sizes", help="Also time a sweep of batch sizes, e.g. 1,8,32.")]
+SeqLensOpt = Annotated[Optional[str], typer.Option("--seq-lens", help="Also time a sweep of sequence lengths of token inputs (axis 1), e.g. 64,128.")]
 MaxAccDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: largest top-1 accuracy drop in percentage points (needs --eval-data).")]
 MinSpeedupOpt = Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: least speedup, judged on the lower bound of its 95% confidence interval.")]
 MaxSizeRatioOpt = Annotated[Optional[float], typer.Option("--max-size-ratio", help="Gate: largest result/baseline size ratio.")]
@@ -117,6 +118,18 @@ def _load_options(model_class: str | None, model_kwargs: str | None, trust_pickl
     return LoadOptions(trust_pickle=trust_pickle, model_class=model_class, model_kwargs=kwargs)
 
 
+def _int_list(text: str | None, flag: str, example: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = [0]
+    if any(v < 1 for v in values):
+        raise UsageError(f"{flag} must be positive integers separated by commas, e.g. {example}; got '{text}'")
+    return values
+
+
 def _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter,
                  json_out, extra):
     from compressor.benchmark import BenchmarkSettings
@@ -127,20 +140,13 @@ def _run_options(input_shape, calibration_data, eval_data, batch_size, threads, 
 
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise UsageError(f"--exporter '{exporter}' is unknown; use auto, dynamo or torchscript")
-    sizes: list[int] = []
-    if extra.get("batch_sizes"):
-        try:
-            sizes = [int(b) for b in extra["batch_sizes"].split(",")]
-        except ValueError:
-            sizes = [0]
-        if any(b < 1 for b in sizes):
-            raise UsageError(
-                f"--batch-sizes must be positive integers separated by commas, e.g. 1,8,32; got '{extra['batch_sizes']}'"
-            )
+    sizes = _int_list(extra.get("batch_sizes"), "--batch-sizes", "1,8,32")
+    seq_lens = _int_list(extra.get("seq_lens"), "--seq-lens", "64,128")
     gates = Gates(max_accuracy_drop=extra.get("max_accuracy_drop"), min_speedup=extra.get("min_speedup"),
                   max_size_ratio=extra.get("max_size_ratio"), min_cosine=extra.get("min_cosine"))
     return RunOptions(
         batch_sizes=sizes,
+        seq_lens=seq_lens,
         gates=gates,
         input_shapes=parse_input_shapes(input_shape or []),
         calibration_data=calibration_data,
@@ -198,6 +204,7 @@ def prune(
     trust_pickle: TrustOpt = False,
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
+    seq_lens: SeqLensOpt = None,
     threads: ThreadsOpt = 0,
     inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
@@ -216,7 +223,7 @@ def prune(
     debug: DebugOpt = False,
 ) -> None:
     """Prune a model (structured by default), export it to ONNX and compare it with the original."""
-    extra = {"batch_sizes": batch_sizes, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 
@@ -249,6 +256,7 @@ def quantize(
     trust_pickle: TrustOpt = False,
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
+    seq_lens: SeqLensOpt = None,
     threads: ThreadsOpt = 0,
     inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
@@ -267,7 +275,7 @@ def quantize(
     debug: DebugOpt = False,
 ) -> None:
     """Quantize a model to int8 with ONNX Runtime (PyTorch inputs are exported first) and compare it with fp32."""
-    extra = {"batch_sizes": batch_sizes, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 
@@ -330,6 +338,7 @@ def bench(
     trust_pickle: TrustOpt = False,
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
+    seq_lens: SeqLensOpt = None,
     threads: ThreadsOpt = 0,
     inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
@@ -348,7 +357,7 @@ def bench(
     debug: DebugOpt = False,
 ) -> None:
     """Measure one model's size and ONNX Runtime CPU latency, or compare two models on the same inputs."""
-    extra = {"batch_sizes": batch_sizes, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 
