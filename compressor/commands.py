@@ -191,6 +191,10 @@ def compress(
             report["baseline"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
         _measure(ctx, options, report, baseline, outcome.path)
         report["pruning" if pass_name == "prune" else "quantization"] = outcome.details
+        if report["speedup_ci95"][1] < 1.0:
+            ctx.warn(f"the result is slower than the baseline on this CPU (speedup {report['speedup']:.2f}, 95% CI "
+                     f"[{report['speedup_ci95'][0]:.2f}, {report['speedup_ci95'][1]:.2f}]) at batch "
+                     f"{report['benchmark']['batch_size']}; see the op types in the report")
         exports = [s for s in ctx.steps if s["name"] == "export"]
         if exports:
             report["export"] = exports[0]

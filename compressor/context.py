@@ -38,6 +38,7 @@ class RunContext:
         data: Inputs every check runs on (calibration data, eval inputs, or seeded random).
         workdir: Scratch folder beside the output; removed at the end.
         baseline_onnx: fp32 ONNX baseline (the input itself for ONNX inputs).
+        calibration: Calibration inputs from ``--calibration-data`` (or the random opt-in), else None.
         export: Export settings.
         steps: Report entries, one per step that ran.
         warnings: Warnings shown on stderr and stored in the report.
@@ -49,6 +50,7 @@ class RunContext:
     data: SampleData
     workdir: Path
     baseline_onnx: Path | None = None
+    calibration: SampleData | None = None
     export: ExportSettings = field(default_factory=ExportSettings)
     steps: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

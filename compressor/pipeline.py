@@ -143,12 +143,27 @@ def check_output(input_path: Path, output: Path) -> None:
 
 
 def make_context(artifact: ModelArtifact, options: RunOptions, workdir: Path) -> RunContext:
-    """Resolve inputs and data and build the :class:`RunContext` for a command."""
-    calib = load_npz(options.calibration_data) if options.calibration_data else None
+    """Resolve inputs and data and build the :class:`RunContext` for a command.
+
+    ``--calibration-data random`` (no such file) is an explicit opt-in to seeded random
+    calibration inputs, with a warning.
+    """
+    random_calib = options.calibration_data is not None and str(options.calibration_data) == "random" and not Path(
+        "random"
+    ).exists()
+    calib = load_npz(options.calibration_data) if options.calibration_data and not random_calib else None
     evald = load_npz(options.eval_data, want_labels=True) if options.eval_data else None
     io = resolve_io(artifact, options, calib or evald)
     data = prepare_data(io, options, calib, evald)
-    return RunContext(artifact=artifact, io=io, data=data, workdir=workdir, export=options.export, quiet=options.quiet)
+    ctx = RunContext(artifact=artifact, io=io, data=data, workdir=workdir, export=options.export, quiet=options.quiet)
+    if calib is not None:
+        ctx.calibration = check_data_fits(io, calib)
+    elif random_calib:
+        dims = {k: v.shape[1:] for k, v in data.arrays.items()}
+        ctx.calibration = random_data(io, num_samples=RANDOM_SAMPLES, seed=1, dims=dims)
+        ctx.warn("--calibration-data random: activation ranges come from random inputs, not real data; "
+                 "expect worse accuracy than with real samples")
+    return ctx
 
 
 def export_baseline(ctx: RunContext) -> Path:

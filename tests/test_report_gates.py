@@ -56,7 +56,9 @@ def test_every_command_report_validates(samples, tmp_path, cnn_onnx):
     for key in ("p50", "p90", "p99", "mean", "std", "runs"):
         assert key in q["result"]["latency_ms"]
     assert q["benchmark"]["cpu"]["isa"] and "onnxruntime" in q["benchmark"]["cpu"]
-    assert q["result"]["op_types"].get("ConvInteger") == 3 and q["baseline"]["op_types"].get("Conv") == 3
+    # CNN + calibration data: static QDQ by default
+    assert q["quantization"]["mode"] == "static" and q["quantization"]["quantized_nodes"] == {"Conv": 3, "Gemm": 2}
+    assert q["result"]["op_types"].get("QuantizeLinear", 0) > 0 and q["baseline"]["op_types"].get("Conv") == 3
     # a report that breaks the contract is refused by the schema (the check can fail)
     broken = json.loads(json.dumps(q))
     del broken["result"]["size_bytes"]
@@ -136,7 +138,7 @@ def test_markdown_is_gfm_tables(samples, tmp_path, cnn_onnx):
     headline = {row[0]: row[1:] for row in tables[0][1:]}
     assert tables[0][0] == ["metric", "baseline", "result"] and "latency p50 (ms)" in headline
     ops = next(t for t in tables if t[0][0] == "op type")
-    assert ["ConvInteger", "0", "3"] in ops
+    assert ["ConvInteger", "0", "3"] in ops  # no calibration data: dynamic
 
 
 def test_noise_check_copy_of_itself(cnn_onnx, tmp_path):

@@ -36,7 +36,7 @@ app = typer.Typer(
 ModelArg = Annotated[Path, typer.Argument(help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content).", show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default: <stem>.pruned.onnx / <stem>.quantized.onnx beside the input).")]
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
-CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", help=".npz of inputs keyed by input name (samples first), or a folder of <name>.npy.")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
 EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", help=".npz of inputs plus 'labels': report top-1 accuracy of baseline and result.")]
 ModelClassOpt = Annotated[Optional[str], typer.Option("--model-class", help="package.module:ClassName to load a state_dict into (current folder is importable).")]
 ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", help="JSON object of constructor arguments for --model-class.")]
@@ -246,7 +246,14 @@ def quantize(
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="One scale per output channel (default) or one per tensor.")] = True,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights (default: on only for u8 x s8 on CPUs without VNNI).", show_default=False)] = None,
-    mode: Annotated[str, typer.Option("--mode", help="dynamic (weights int8 ahead of time, activations at run time).")] = "dynamic",
+    mode: Annotated[str, typer.Option("--mode", help="auto (static QDQ for CNNs with --calibration-data, else dynamic), dynamic or static.")] = "auto",
+    weight_scheme: Annotated[Optional[str], typer.Option("--weight-scheme", help="Override --scheme for weights.")] = None,
+    activation_scheme: Annotated[Optional[str], typer.Option("--activation-scheme", help="Override --scheme for activations (static).")] = None,
+    weight_type: Annotated[Optional[str], typer.Option("--weight-type", help="int8 or uint8 (default follows the weight scheme).")] = None,
+    activation_type: Annotated[Optional[str], typer.Option("--activation-type", help="int8 or uint8 (static; default follows the activation scheme).")] = None,
+    calibration_method: Annotated[str, typer.Option("--calibration-method", help="Static: minmax, entropy or percentile.")] = "minmax",
+    percentile: Annotated[float, typer.Option("--percentile", help="Static, percentile calibration: percentile kept.")] = 99.999,
+    calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", help="Static: use at most N calibration samples.")] = None,
     output: OutputOpt = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
@@ -274,7 +281,7 @@ def quantize(
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Quantize a model to int8 with ONNX Runtime (PyTorch inputs are exported first) and compare it with fp32."""
+    """Quantize a model to int8 with ONNX Runtime, dynamic or static QDQ (PyTorch inputs are exported first)."""
     extra = {"batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
@@ -283,7 +290,10 @@ def quantize(
         from compressor.commands import compress
         from compressor.passes.configs import QuantizeConfig
 
-        config = QuantizeConfig(mode=mode, scheme=scheme, per_channel=per_channel, reduce_range=reduce_range)
+        config = QuantizeConfig(mode=mode, scheme=scheme, weight_scheme=weight_scheme, activation_scheme=activation_scheme,
+                                weight_type=weight_type, activation_type=activation_type, per_channel=per_channel,
+                                reduce_range=reduce_range, calibration_method=calibration_method, percentile=percentile,
+                                calibration_samples=calibration_samples)
         opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
         rep = compress(model, "quantize", config, output=output, options=opts,
                        load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())

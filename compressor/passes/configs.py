@@ -9,7 +9,9 @@ from compressor.errors import UsageError
 PRUNE_METHODS = ("structured", "unstructured")
 PRUNE_CRITERIA = ("l1",)
 QUANT_SCHEMES = ("symmetric", "asymmetric")
-QUANT_MODES = ("dynamic",)
+QUANT_MODES = ("auto", "dynamic", "static")
+QUANT_TYPES = ("int8", "uint8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
@@ -45,29 +47,65 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """Settings of the quantize pass (ONNX Runtime dynamic quantization).
+    """Settings of the quantize pass (ONNX Runtime quantization tool).
 
     Attributes:
-        mode: ``"dynamic"``: int8 weights stored, activations quantized at run time.
-        scheme: ``"symmetric"`` (int8 weights, zero point 0), ``"asymmetric"`` (uint8 weights
-            with zero points), or None to let compressor choose for this CPU.
+        mode: ``"dynamic"`` (int8 weights stored, uint8 activations quantized at run time),
+            ``"static"`` (QDQ format; activation ranges from calibration data), or ``"auto"``
+            (static for graphs with convolutions when calibration data is given, else dynamic,
+            following ONNX Runtime's guidance: dynamic for transformers, static for CNNs).
+        scheme: ``"symmetric"`` (zero point 0) or ``"asymmetric"`` (zero points) for weights and
+            activations; None lets compressor choose for this CPU.
+        weight_scheme: Overrides ``scheme`` for weights.
+        activation_scheme: Overrides ``scheme`` for activations (static only).
+        weight_type: ``"int8"`` or ``"uint8"``; None follows the weight scheme.
+        activation_type: ``"int8"`` or ``"uint8"`` (static only); None follows the scheme.
         per_channel: One scale (and zero point) per output channel instead of per tensor.
-        reduce_range: Quantize weights to 7 bits; None lets compressor decide (on for u8 x s8
-            on CPUs without VNNI, where 16-bit intermediates can saturate).
+        reduce_range: 7-bit weights; None lets compressor decide (on for u8 x s8 on CPUs
+            without VNNI, where 16-bit intermediates can saturate).
+        calibration_method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (static only).
+        percentile: Percentile kept by ``"percentile"`` calibration, in (90, 100].
+        calibration_samples: Use at most this many calibration samples (None: all).
     """
 
-    mode: str = "dynamic"
+    mode: str = "auto"
     scheme: str | None = None
+    weight_scheme: str | None = None
+    activation_scheme: str | None = None
+    weight_type: str | None = None
+    activation_type: str | None = None
     per_channel: bool = True
     reduce_range: bool | None = None
+    calibration_method: str = "minmax"
+    percentile: float = 99.999
+    calibration_samples: int | None = None
 
     def __post_init__(self) -> None:
-        """Validate.
+        """Validate each field and refuse combinations the runtime cannot run.
 
         Raises:
-            UsageError: Unknown mode or scheme.
+            UsageError: Unknown values, or a combination ONNX Runtime cannot run (with the reason).
         """
         if self.mode not in QUANT_MODES:
             raise UsageError(f"--mode '{self.mode}' is unknown; use one of {', '.join(QUANT_MODES)}")
-        if self.scheme is not None and self.scheme not in QUANT_SCHEMES:
-            raise UsageError(f"--scheme '{self.scheme}' is unknown; use one of {', '.join(QUANT_SCHEMES)}")
+        for flag, value in (("--scheme", self.scheme), ("--weight-scheme", self.weight_scheme),
+                            ("--activation-scheme", self.activation_scheme)):
+            if value is not None and value not in QUANT_SCHEMES:
+                raise UsageError(f"{flag} '{value}' is unknown; use one of {', '.join(QUANT_SCHEMES)}")
+        for flag, value in (("--weight-type", self.weight_type), ("--activation-type", self.activation_type)):
+            if value is not None and value not in QUANT_TYPES:
+                raise UsageError(f"{flag} '{value}' is unknown; use one of {', '.join(QUANT_TYPES)}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise UsageError(
+                f"--calibration-method '{self.calibration_method}' is unknown; use one of {', '.join(CALIBRATION_METHODS)}"
+            )
+        if not 90.0 < self.percentile <= 100.0:
+            raise UsageError(f"--percentile must be in (90, 100], got {self.percentile}; e.g. 99.999")
+        if self.calibration_samples is not None and self.calibration_samples < 1:
+            raise UsageError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
+        if self.mode == "dynamic":
+            if self.activation_type == "int8" or self.activation_scheme == "symmetric":
+                raise UsageError(
+                    "dynamic quantization computes uint8 asymmetric activations at run time (DynamicQuantizeLinear); "
+                    "int8 or symmetric activations need --mode static with --calibration-data"
+                )

@@ -16,47 +16,133 @@ from compressor.passes.configs import QuantizeConfig
 from compressor.passes.prune import PassOutcome
 from compressor.runtime import cpu_info, has_vnni, make_session
 
+WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
 
-def choose_settings(config: QuantizeConfig) -> dict[str, Any]:
-    """Resolve a config into the settings used on this CPU.
 
-    The default (no ``--scheme``) is symmetric int8 weights (zero point 0) with per-channel
-    scales: ONNX Runtime's u8 x s8 integer kernels are the fast path on x86 (measured on
-    MiniLM-L6: 1.47x for s8 weights against 0.89x for u8 weights, case Q8), and per-channel
-    scales keep fidelity (cosine 0.99 against 0.95 per tensor). Without VNNI, u8 x s8 can
-    saturate 16-bit intermediates (case Q7), so 7-bit weights (``reduce_range``) are used.
+def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calibration: bool = False) -> dict[str, Any]:
+    """Resolve a config into the settings used on this CPU, with the reason for each choice.
+
+    Defaults follow ONNX Runtime's CPU guidance: dynamic quantization for transformer-style
+    MatMul graphs; static QDQ with int8 activations and int8 weights (S8S8), both symmetric,
+    for convolutional graphs when calibration data is given. Weights default to symmetric int8
+    per channel: the u8 x s8 integer kernels are the fast path on x86 (measured on MiniLM-L6:
+    1.47x for s8 weights against 0.89x for u8 weights, case Q8), and per-channel scales keep
+    fidelity (cosine 0.99 against 0.95 per tensor). Without VNNI, u8 x s8 can saturate 16-bit
+    intermediates (case Q7), so 7-bit weights (``reduce_range``) are used there.
+
+    Args:
+        config: The user's settings.
+        has_conv: The graph has Conv/ConvTranspose nodes.
+        has_calibration: Calibration data was given.
 
     Returns:
         ``{"mode", "weight_type", "weight_scheme", "activation_type", "activation_scheme",
-        "per_channel", "reduce_range", "chosen_by", "reason"}``.
+        "per_channel", "reduce_range", "calibration_method", "chosen_by", "reason"}``.
+
+    Raises:
+        UsageError: Static mode without calibration data.
     """
-    scheme = config.scheme or "symmetric"
-    weight_type = "int8" if scheme == "symmetric" else "uint8"
+    from compressor.errors import UsageError
+
+    reasons = []
+    mode = config.mode
+    if mode == "auto":
+        mode = "static" if has_conv and has_calibration else "dynamic"
+        if has_conv and not has_calibration:
+            reasons.append("mode dynamic (no --calibration-data; static QDQ suits convolutions better)")
+        else:
+            reasons.append(f"mode {mode} ({'convolutions with calibration data' if mode == 'static' else 'MatMul/Gemm graph'})")
+    else:
+        reasons.append(f"--mode {mode}")
+    if mode == "static" and not has_calibration:
+        raise UsageError(
+            "static quantization needs calibration data: pass --calibration-data FILE.npz (arrays keyed by input "
+            "name, samples first) or a folder of <input>.npy files; --calibration-data random uses random inputs"
+        )
+    w_scheme = config.weight_scheme or config.scheme or "symmetric"
+    w_type = config.weight_type or ("int8" if w_scheme == "symmetric" else "uint8")
+    if mode == "dynamic":
+        a_type, a_scheme = "uint8", "asymmetric"
+    else:
+        a_scheme = config.activation_scheme or config.scheme or "symmetric"
+        a_type = config.activation_type or ("int8" if a_scheme == "symmetric" else "uint8")
     vnni = has_vnni()
     if config.reduce_range is not None:
         reduce_range = config.reduce_range
-        why_rr = "set by --reduce-range/--no-reduce-range"
+        reasons.append("reduce_range set by flag")
     else:
-        reduce_range = weight_type == "int8" and not vnni and cpu_info()["machine"] in ("x86_64", "AMD64")
-        why_rr = ("CPU has no AVX512-VNNI/AVX-VNNI: 7-bit weights avoid u8 x s8 saturation" if reduce_range
-                  else "full 8-bit range")
-    if config.scheme is None:
-        reason = ("default: symmetric int8 weights per channel are the fast and accurate choice on this CPU "
-                  f"({'VNNI' if vnni else 'no VNNI'}); uint8 (asymmetric) weights ran slower than fp32 on x86 in our measurements")
-    else:
-        reason = f"--scheme {config.scheme}"
-        if scheme == "asymmetric":
-            reason += " (uint8 weights with zero points: usually slower than symmetric int8 on x86)"
+        u8s8 = a_type == "uint8" and w_type == "int8"
+        reduce_range = u8s8 and not vnni and cpu_info()["machine"] in ("x86_64", "AMD64")
+        if reduce_range:
+            reasons.append("7-bit weights: u8 activations x s8 weights can saturate without AVX512-VNNI/AVX-VNNI")
+    if config.scheme is None and config.weight_scheme is None:
+        reasons.append(f"symmetric int8 weights per channel: fast and accurate on this CPU ({'VNNI' if vnni else 'no VNNI'})")
+    if w_type == "uint8":
+        reasons.append("uint8 weights: usually slower than int8 on x86 (measured 0.89x vs 1.47x on MiniLM-L6)")
+    user = any(v is not None for v in (config.scheme, config.weight_scheme, config.activation_scheme,
+                                        config.weight_type, config.activation_type)) or config.mode != "auto"
     return {
-        "mode": config.mode,
-        "weight_type": weight_type,
-        "weight_scheme": scheme,
-        "activation_type": "uint8",
-        "activation_scheme": "asymmetric (dynamic, per tensor, computed at run time)",
+        "mode": mode,
+        "format": "QDQ" if mode == "static" else "integer ops (MatMulInteger/ConvInteger)",
+        "weight_type": w_type,
+        "weight_scheme": w_scheme,
+        "activation_type": a_type,
+        "activation_scheme": a_scheme + (" (dynamic, per tensor, computed at run time)" if mode == "dynamic" else ""),
         "per_channel": config.per_channel,
         "reduce_range": reduce_range,
-        "chosen_by": "default" if config.scheme is None else "user",
-        "reason": f"{reason}; reduce_range: {why_rr}",
+        "calibration_method": config.calibration_method if mode == "static" else None,
+        "chosen_by": "user" if user else "default",
+        "reason": "; ".join(reasons),
+    }
+
+
+class _NpzReader:
+    """ONNX Runtime ``CalibrationDataReader`` over :class:`SampleData`, in batches."""
+
+    def __init__(self, data: Any, batch_size: int = 16) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.start = 0
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self.start >= self.data.num_samples:
+            return None
+        b = self.data.batch(self.start, self.batch_size)
+        self.start += self.batch_size
+        return b
+
+    def rewind(self) -> None:
+        self.start = 0
+
+
+def _node_summary(baseline: Any, result: Any) -> dict[str, Any]:
+    """Quantized and unquantized weight nodes by op type (baseline op types)."""
+    from collections import Counter
+
+    before = Counter(n.op_type for n in baseline.graph.node if n.op_type in WEIGHT_OPS)
+    producers = {o: n for n in result.graph.node for o in n.output}
+    quantized: Counter[str] = Counter()
+    for n in result.graph.node:
+        if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"):
+            quantized["MatMul"] += 1
+        elif n.op_type in ("ConvInteger", "QLinearConv"):
+            quantized["Conv"] += 1
+        elif n.op_type in ("GatherBlockQuantized",):
+            quantized["Gather"] += 1
+        elif n.op_type in WEIGHT_OPS:
+            idx = 0 if n.op_type == "Gather" else 1
+            p = producers.get(n.input[idx]) if len(n.input) > idx else None
+            if p is not None and p.op_type == "DequantizeLinear":
+                quantized[n.op_type] += 1
+    # Gemm may become MatMulInteger: count it under Gemm when the baseline had no MatMul left over
+    if quantized["MatMul"] > before.get("MatMul", 0) and before.get("Gemm"):
+        extra = quantized["MatMul"] - before.get("MatMul", 0)
+        quantized["MatMul"] -= extra
+        quantized["Gemm"] += extra
+    unquantized = {op: before[op] - min(before[op], quantized.get(op, 0)) for op in before}
+    return {
+        "quantized_nodes": {k: v for k, v in sorted(quantized.items()) if v},
+        "unquantized_nodes": {k: v for k, v in sorted(unquantized.items()) if v},
     }
 
 
@@ -86,37 +172,71 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
 
 
 def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
-    """Quantize the baseline ONNX model dynamically to int8.
+    """Quantize the baseline ONNX model to int8 (dynamic, or static QDQ with calibration).
+
+    Every quantized model is loaded into ONNX Runtime and run on real inputs before it is
+    accepted.
 
     Raises:
+        UsageError: Static mode without calibration data.
         QuantizationError: ONNX Runtime's tool failed, quantized no node, or its model does
             not load or run in ONNX Runtime.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     assert ctx.baseline_onnx is not None
-    settings = choose_settings(config)
+    base_model = onnx.load_model(str(ctx.baseline_onnx), load_external_data=False)
+    has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in base_model.graph.node)
+    settings = choose_settings(config, has_conv=has_conv, has_calibration=ctx.calibration is not None)
     pre, pre_label = preprocess(ctx.baseline_onnx, ctx.workdir / "preprocessed.onnx", ctx)
     out = ctx.workdir / "result.onnx"
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     try:
-        quantize_dynamic(
-            str(pre),
-            str(out),
-            per_channel=settings["per_channel"],
-            reduce_range=settings["reduce_range"],
-            weight_type=QuantType.QInt8 if settings["weight_type"] == "int8" else QuantType.QUInt8,
-            extra_options={"MatMulConstBOnly": True},
-        )
+        if settings["mode"] == "dynamic":
+            quantize_dynamic(
+                str(pre),
+                str(out),
+                per_channel=settings["per_channel"],
+                reduce_range=settings["reduce_range"],
+                weight_type=qtype[settings["weight_type"]],
+                extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric"},
+            )
+        else:
+            calib = ctx.calibration
+            if config.calibration_samples is not None and calib.num_samples > config.calibration_samples:
+                calib = type(calib)({k: v[: config.calibration_samples] for k, v in calib.arrays.items()}, None, calib.source)
+            method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                      "percentile": CalibrationMethod.Percentile}[settings["calibration_method"]]
+            extra = {
+                "ActivationSymmetric": settings["activation_scheme"] == "symmetric",
+                "WeightSymmetric": settings["weight_scheme"] == "symmetric",
+                "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1},
+            }
+            if settings["calibration_method"] == "percentile":
+                extra["CalibPercentile"] = config.percentile
+            quantize_static(
+                str(pre),
+                str(out),
+                _NpzReader(calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=settings["per_channel"],
+                reduce_range=settings["reduce_range"],
+                activation_type=qtype[settings["activation_type"]],
+                weight_type=qtype[settings["weight_type"]],
+                calibrate_method=method,
+                extra_options=extra,
+            )
+            settings["calibration_samples"] = calib.num_samples
+            settings["calibration_data"] = calib.source
     except Exception as e:
         raise QuantizationError(
-            f"ONNX Runtime quantize_dynamic failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            f"ONNX Runtime quantize_{settings['mode']} failed: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
         ) from e
-    import onnx
-
     qmodel = onnx.load_model(str(out), load_external_data=False)
-    ops = [n.op_type for n in qmodel.graph.node]
-    quantized = [o for o in ops if o in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul")]
-    if not quantized and not any(o == "DequantizeLinear" for o in ops):
+    summary = _node_summary(base_model, qmodel)
+    if not summary["quantized_nodes"]:
         raise QuantizationError(
             "quantization quantized no node (no Conv, MatMul or Gemm with constant weights); nothing would change"
         )
@@ -126,8 +246,9 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
         raise QuantizationError(
             f"the quantized model does not load in ONNX Runtime ({e}); try --scheme asymmetric or --per-tensor"
         ) from e
+    ops = [n.op_type for n in qmodel.graph.node]
     if "ConvInteger" in ops:
         ctx.warn("dynamic quantization turned convolutions into ConvInteger, which is often slower than fp32 "
-                 "on CPU; static quantization suits CNNs better (see the latency numbers)")
-    ctx.steps.append({"name": "quantize", "preprocess": pre_label, **{k: v for k, v in settings.items()}})
-    return PassOutcome(out, {**settings, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]})
+                 "on CPU; static quantization suits CNNs better: pass --calibration-data FILE.npz (see the latency numbers)")
+    ctx.steps.append({"name": "quantize", "preprocess": pre_label, **settings, **summary})
+    return PassOutcome(out, {**settings, **summary, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]})
