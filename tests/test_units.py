@@ -84,6 +84,6 @@ def test_cli_import_is_light():
 
 def test_help_lists_commands():
     out = subprocess.run([sys.executable, "-m", "compressor", "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("prune", "quantize", "export", "bench"):
+    for cmd in ("prune", "quantize", "export", "bench", "doctor"):
         assert cmd in out
     assert "Exit codes" in out

@@ -254,6 +254,11 @@ def quantize(
     calibration_method: Annotated[str, typer.Option("--calibration-method", help="Static: minmax, entropy or percentile.")] = "minmax",
     percentile: Annotated[float, typer.Option("--percentile", help="Static, percentile calibration: percentile kept.")] = 99.999,
     calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", help="Static: use at most N calibration samples.")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="int8; int4 (weight-only blockwise, MatMulNBits, embeddings too); fp16.")] = "int8",
+    block_size: Annotated[int, typer.Option("--block-size", help="int4 block size (power of two >= 16).")] = 32,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
+    op_types: Annotated[Optional[str], typer.Option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,Gather).")] = None,
+    keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs (default).")] = True,
     output: OutputOpt = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
@@ -293,7 +298,10 @@ def quantize(
         config = QuantizeConfig(mode=mode, scheme=scheme, weight_scheme=weight_scheme, activation_scheme=activation_scheme,
                                 weight_type=weight_type, activation_type=activation_type, per_channel=per_channel,
                                 reduce_range=reduce_range, calibration_method=calibration_method, percentile=percentile,
-                                calibration_samples=calibration_samples)
+                                calibration_samples=calibration_samples, precision=precision, block_size=block_size,
+                                exclude=tuple(exclude or ()),
+                                op_types=tuple(o.strip() for o in (op_types or "").split(",") if o.strip()),
+                                keep_io_types=keep_io_types)
         opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
         rep = compress(model, "quantize", config, output=output, options=opts,
                        load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
@@ -385,3 +393,37 @@ def bench(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+@app.command(epilog=EPILOG)
+def doctor(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Show this CPU's instruction sets, ONNX Runtime version and providers, and the quantization defaults they imply."""
+
+    def body() -> int:
+        from compressor.passes.configs import QuantizeConfig
+        from compressor.passes.quantize import choose_settings
+        from compressor.report import new_report
+        from compressor.runtime import cpu_info, has_vnni
+
+        info = cpu_info()
+        rep = new_report(_command_line())
+        rep["cpu"] = info
+        rep["vnni"] = has_vnni()
+        rep["defaults"] = {
+            "transformer (MatMul) graph": choose_settings(QuantizeConfig(), has_conv=False, has_calibration=False),
+            "CNN with calibration data": choose_settings(QuantizeConfig(), has_conv=True, has_calibration=True),
+        }
+        rep["warnings"] = []
+        if json_out:
+            _emit(rep, True, None)
+            return 0
+        print(f"CPU:          {info['cpu_model']} ({info['machine']}, {info['logical_cores']} logical cores)")
+        print("ISA:          " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info["isa"].items()))
+        print(f"VNNI:         {'yes: u8 x s8 int8 kernels run without 16-bit saturation' if rep['vnni'] else 'no: reduce_range is used for u8 x s8 (7-bit weights)'}")
+        print(f"ONNX Runtime: {info['onnxruntime']}; providers: {', '.join(info['providers'])}")
+        for name, s in rep["defaults"].items():
+            print(f"default for a {name}: {s['mode']}, weights {s['weight_type']} {s['weight_scheme']}, "
+                  f"activations {s['activation_type']} {s['activation_scheme']}, reduce_range={s['reduce_range']}")
+        return 0
+
+    _run(debug, body, json_out=json_out)

@@ -12,6 +12,7 @@ QUANT_SCHEMES = ("symmetric", "asymmetric")
 QUANT_MODES = ("auto", "dynamic", "static")
 QUANT_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+PRECISIONS = ("int8", "int4", "fp16")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class QuantizeConfig:
         calibration_method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (static only).
         percentile: Percentile kept by ``"percentile"`` calibration, in (90, 100].
         calibration_samples: Use at most this many calibration samples (None: all).
+        precision: ``"int8"``; ``"int4"`` (weight-only, blockwise, ONNX Runtime MatMulNBits, embedding
+            tables too); ``"fp16"`` (float16 weights and compute).
+        block_size: int4 block size along the reduction axis (power of two, >= 16).
+        exclude: Node-name globs kept in float (each must match a node).
+        op_types: Quantize only these op types (e.g. ``("MatMul",)``); empty: the tool's default.
+        keep_io_types: fp16: keep float32 model inputs and outputs.
     """
 
     mode: str = "auto"
@@ -79,6 +86,11 @@ class QuantizeConfig:
     calibration_method: str = "minmax"
     percentile: float = 99.999
     calibration_samples: int | None = None
+    precision: str = "int8"
+    block_size: int = 32
+    exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = ()
+    keep_io_types: bool = True
 
     def __post_init__(self) -> None:
         """Validate each field and refuse combinations the runtime cannot run.
@@ -103,6 +115,20 @@ class QuantizeConfig:
             raise UsageError(f"--percentile must be in (90, 100], got {self.percentile}; e.g. 99.999")
         if self.calibration_samples is not None and self.calibration_samples < 1:
             raise UsageError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision '{self.precision}' is unknown; use one of {', '.join(PRECISIONS)}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise UsageError(f"--block-size must be a power of two of at least 16, got {self.block_size}")
+        if self.precision != "int8":
+            int8_only = {"--mode": self.mode != "auto", "--activation-scheme": self.activation_scheme,
+                         "--activation-type": self.activation_type, "--weight-type": self.weight_type}
+            if self.precision == "fp16":
+                int8_only.update({"--scheme": self.scheme, "--weight-scheme": self.weight_scheme})
+            given = [k for k, v in int8_only.items() if v]
+            if given:
+                raise UsageError(
+                    f"{', '.join(given)} apply to int8 quantization, not --precision {self.precision}; drop them"
+                )
         if self.mode == "dynamic":
             if self.activation_type == "int8" or self.activation_scheme == "symmetric":
                 raise UsageError(

@@ -171,6 +171,69 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
     return src, "skipped"
 
 
+def resolve_excludes(model: Any, patterns: tuple[str, ...]) -> list[str]:
+    """Node names matched by ``--exclude`` globs (fnmatch).
+
+    Raises:
+        UsageError: A pattern that matches no node (the message shows a few node names).
+    """
+    import fnmatch
+
+    from compressor.errors import UsageError
+
+    names = [n.name for n in model.graph.node if n.name]
+    matched: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            sample = ", ".join(names[:5])
+            raise UsageError(f"--exclude '{pat}' matches no node; node names look like: {sample}")
+        matched += [h for h in hits if h not in matched]
+    return matched
+
+
+def _check_op_types(model: Any, op_types: tuple[str, ...]) -> None:
+    from compressor.errors import UsageError
+
+    present = {n.op_type for n in model.graph.node}
+    missing = [o for o in op_types if o not in present]
+    if missing:
+        raise UsageError(f"--op-types {', '.join(missing)} not in the graph; it has {', '.join(sorted(present))}")
+
+
+def _quantize_int4(ctx: RunContext, config: QuantizeConfig, src: Path, out: Path, excluded: list[str]) -> dict[str, Any]:
+    """Weight-only blockwise int4 (ONNX Runtime MatMulNBits; embedding tables as GatherBlockQuantized)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    op_types = config.op_types or ("MatMul", "Gather")
+    model = onnx.load_model(str(src))
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=config.block_size, is_symmetric=True,
+                             nodes_to_exclude=excluded, op_types_to_quantize=tuple(op_types),
+                             quant_axes=(("MatMul", 0), ("Gather", 1)))
+    q.process()
+    onnx.save_model(q.model.model, str(out))
+    return {"mode": "weight-only", "format": "MatMulNBits / GatherBlockQuantized", "weight_type": "int4",
+            "weight_scheme": "symmetric", "activation_type": "float32", "activation_scheme": "none (weight-only)",
+            "per_channel": False, "block_size": config.block_size, "reduce_range": False, "calibration_method": None,
+            "chosen_by": "user", "reason": f"--precision int4: blockwise (block {config.block_size}) symmetric int4 weights "
+            f"of {', '.join(op_types)}; activations stay float32"}
+
+
+def _quantize_fp16(config: QuantizeConfig, src: Path, out: Path, excluded: list[str]) -> dict[str, Any]:
+    """float16 conversion (ONNX Runtime's float16 converter), inputs and outputs float32 unless asked."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load_model(str(src)), keep_io_types=config.keep_io_types,
+                                     node_block_list=excluded or None)
+    onnx.save_model(model, str(out))
+    return {"mode": "fp16", "format": "float16", "weight_type": "float16", "weight_scheme": "none",
+            "activation_type": "float16", "activation_scheme": "none", "per_channel": False, "reduce_range": False,
+            "calibration_method": None, "chosen_by": "user",
+            "reason": f"--precision fp16; inputs and outputs {'kept float32' if config.keep_io_types else 'float16'}"}
+
+
 def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     """Quantize the baseline ONNX model to int8 (dynamic, or static QDQ with calibration).
 
@@ -188,19 +251,34 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     assert ctx.baseline_onnx is not None
     base_model = onnx.load_model(str(ctx.baseline_onnx), load_external_data=False)
     has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in base_model.graph.node)
-    settings = choose_settings(config, has_conv=has_conv, has_calibration=ctx.calibration is not None)
     pre, pre_label = preprocess(ctx.baseline_onnx, ctx.workdir / "preprocessed.onnx", ctx)
+    pre_model = onnx.load_model(str(pre), load_external_data=False)
+    excluded = resolve_excludes(pre_model, config.exclude)
+    _check_op_types(pre_model, config.op_types)
+    del pre_model
     out = ctx.workdir / "result.onnx"
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    if config.precision != "int8":
+        settings = {}
+    else:
+        settings = choose_settings(config, has_conv=has_conv, has_calibration=ctx.calibration is not None)
+    op_types = list(config.op_types) or None
     try:
-        if settings["mode"] == "dynamic":
+        if config.precision == "int4":
+            settings = _quantize_int4(ctx, config, pre, out, excluded)
+        elif config.precision == "fp16":
+            settings = _quantize_fp16(config, pre, out, excluded)
+        elif settings["mode"] == "dynamic":
             quantize_dynamic(
                 str(pre),
                 str(out),
                 per_channel=settings["per_channel"],
                 reduce_range=settings["reduce_range"],
                 weight_type=qtype[settings["weight_type"]],
-                extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric"},
+                op_types_to_quantize=op_types,
+                nodes_to_exclude=excluded,
+                extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
+                               "DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         else:
             calib = ctx.calibration
@@ -212,6 +290,7 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
                 "ActivationSymmetric": settings["activation_scheme"] == "symmetric",
                 "WeightSymmetric": settings["weight_scheme"] == "symmetric",
                 "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 1},
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
             }
             if settings["calibration_method"] == "percentile":
                 extra["CalibPercentile"] = config.percentile
@@ -225,17 +304,28 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
                 activation_type=qtype[settings["activation_type"]],
                 weight_type=qtype[settings["weight_type"]],
                 calibrate_method=method,
+                op_types_to_quantize=op_types,
+                nodes_to_exclude=excluded,
                 extra_options=extra,
             )
             settings["calibration_samples"] = calib.num_samples
             settings["calibration_data"] = calib.source
     except Exception as e:
         raise QuantizationError(
-            f"ONNX Runtime quantize_{settings['mode']} failed: {type(e).__name__}: "
+            f"ONNX Runtime {config.precision} quantization ({settings.get('mode', config.precision)}) failed: {type(e).__name__}: "
             f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
         ) from e
     qmodel = onnx.load_model(str(out), load_external_data=False)
     summary = _node_summary(base_model, qmodel)
+    summary["excluded_nodes"] = excluded
+    if config.precision == "fp16":  # every float node converts, but the ones kept in float32
+        from collections import Counter
+
+        kept = set(excluded)
+        summary["quantized_nodes"] = dict(Counter(n.op_type for n in base_model.graph.node
+                                                  if n.op_type in WEIGHT_OPS and n.name not in kept))
+        summary["unquantized_nodes"] = dict(Counter(n.op_type for n in base_model.graph.node
+                                                    if n.op_type in WEIGHT_OPS and n.name in kept))
     if not summary["quantized_nodes"]:
         raise QuantizationError(
             "quantization quantized no node (no Conv, MatMul or Gemm with constant weights); nothing would change"
