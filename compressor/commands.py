@@ -191,6 +191,11 @@ def compress(
             report["baseline"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
         _measure(ctx, options, report, baseline, outcome.path)
         report["pruning" if pass_name == "prune" else "quantization"] = outcome.details
+        fid = report["fidelity"]
+        if pass_name == "prune" and (fid.get("top1_agreement", 1.0) < 0.9 or fid["cosine_mean"] < 0.9):
+            agree = f"top-1 agreement {fid['top1_agreement']:.2f}, " if "top1_agreement" in fid else ""
+            ctx.warn(f"the pruned model's outputs moved far from the original ({agree}cosine {fid['cosine_mean']:.2f}); "
+                     "pruning without fine-tuning loses accuracy: measure it with --eval-data, or use a lower --ratio")
         if report["speedup_ci95"][1] < 1.0:
             ctx.warn(f"the result is slower than the baseline on this CPU (speedup {report['speedup']:.2f}, 95% CI "
                      f"[{report['speedup_ci95'][0]:.2f}, {report['speedup_ci95'][1]:.2f}]) at batch "
@@ -219,7 +224,7 @@ def export_model(
     artifact = load_model(model_path, load_options)
     if artifact.format is ModelFormat.ONNX:
         raise UsageError(f"{model_path} is already ONNX; export takes a PyTorch model")
-    out = Path(output) if output else model_path.with_name(model_path.name.split(".")[0] + ".onnx")
+    out = Path(output) if output else model_path.with_suffix(".onnx")
     check_output(model_path, out)
     report = new_report(command)
     with scratch_dir(out) as work:
@@ -256,7 +261,7 @@ def bench_model(
     artifact = load_model(model_path, load_options)
     other = load_model(Path(other_path), load_options) if other_path is not None else None
     report = new_report(command)
-    with scratch_dir(model_path) as work:
+    with scratch_dir(None) as work:
         ctx = make_context(artifact, options, work)
         baseline = export_baseline(ctx)
         report["input"] = {"path": str(model_path), "format": artifact.format.value,

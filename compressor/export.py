@@ -39,6 +39,7 @@ class ExportResult:
         max_abs_diff: Largest |ONNX Runtime - PyTorch| over all outputs and check inputs.
         attempts: One entry per exporter tried: ``{"exporter", "ok", "error" | "max_abs_diff"}``.
         output_names: Names of the ONNX outputs.
+        opset: The default-domain opset the file declares (may differ from the one asked for).
     """
 
     path: Path
@@ -46,10 +47,12 @@ class ExportResult:
     max_abs_diff: float
     attempts: list[dict[str, Any]] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
+    opset: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary."""
-        return {"exporter": self.exporter, "max_abs_diff": self.max_abs_diff, "attempts": self.attempts}
+        return {"exporter": self.exporter, "opset": self.opset, "max_abs_diff": self.max_abs_diff,
+                "attempts": self.attempts}
 
 
 def _flatten(out: Any) -> list[Any]:
@@ -142,6 +145,8 @@ def export_to_onnx(
     is_ep = isinstance(model, torch.export.ExportedProgram)
     is_script = isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction))
     order = list(EXPORTERS) if exporter == "auto" else [exporter]
+    if exporter == "auto" and opset < 18:  # the dynamo exporter writes opset 18 at least
+        order = ["torchscript", "dynamo"]
     if is_ep:
         order = [e for e in order if e == "dynamo"] or ["dynamo"]
     if is_script:
@@ -172,7 +177,9 @@ def export_to_onnx(
             continue
         attempts.append({"exporter": name, "ok": ok, "max_abs_diff": diff})
         if ok:
-            return ExportResult(out_path, name, diff, attempts, output_names)
+            res = ExportResult(out_path, name, diff, attempts, output_names)
+            res.opset = _opset_of(out_path)
+            return res
     for p in (out_path, out_path.with_name(out_path.name + ".data")):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
@@ -185,6 +192,13 @@ def export_to_onnx(
     raise ExportError(
         "ONNX export failed: " + "; ".join(parts) + "; try --opset, a looser --atol, or --debug for details"
     )
+
+
+def _opset_of(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _param_bytes(model: Any) -> int:

@@ -131,8 +131,16 @@ def load_npz(path: Path, *, want_labels: bool = False) -> SampleData:
         else:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise UsageError(f"cannot read {path} as .npz input data ({e}); save it with numpy.savez") from e
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(e).split(".")[0]
+        raise UsageError(
+            f"cannot read {path} as input data ({reason}); save arrays keyed by input name with numpy.savez"
+        ) from e
+    for k, v in arrays.items():
+        if v.dtype.kind not in "biuf":
+            raise UsageError(f"array '{k}' in {path} has dtype {v.dtype}; input data must be numeric")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise UsageError(f"array '{k}' in {path} contains NaN or infinite values; clean the data first")
     labels = arrays.pop("labels", None)
     if want_labels and labels is None:
         raise UsageError(f"{path} has no 'labels' array; evaluation data needs inputs plus labels")

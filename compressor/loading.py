@@ -261,6 +261,8 @@ def _load_pickle(path: Path, options: LoadOptions) -> ModelArtifact:
 
     if isinstance(obj, torch.nn.Module):
         obj.eval()
+        if options.model_class:
+            details["warnings"] = [f"--model-class {options.model_class} is ignored: {path.name} holds a whole module"]
         return ModelArtifact(path=path, format=ModelFormat.TORCH_MODULE, loaded=obj, details=details)
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return _load_state_dict(path, obj, options, details)

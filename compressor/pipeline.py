@@ -103,8 +103,18 @@ def bench_feeds(io: IOSpec, data: SampleData, options: RunOptions) -> tuple[dict
 
 
 @contextlib.contextmanager
-def scratch_dir(near: Path):
-    """A temporary folder in ``near``'s folder (same file system, so the final rename is atomic)."""
+def scratch_dir(near: Path | None):
+    """A temporary folder in ``near``'s folder (same file system, so the final rename is atomic).
+
+    ``near=None`` uses the system's temp folder (commands that publish no file).
+    """
+    if near is None:
+        d = Path(tempfile.mkdtemp(prefix="compressor-"))
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        return
     parent = near.parent if near.parent.exists() else Path(".")
     try:
         d = Path(tempfile.mkdtemp(prefix=".compressor-", dir=parent))
@@ -124,8 +134,39 @@ def publish(tmp_model: Path, final: Path) -> None:
 
 
 def default_output(input_path: Path, suffix: str) -> Path:
-    """``<stem>.<suffix>.onnx`` next to the input."""
-    return input_path.with_name(f"{input_path.name.split('.')[0]}.{suffix}.onnx")
+    """``<name without its last extension>.<suffix>.onnx`` next to the input (``m.v1.pt2`` -> ``m.v1.quantized.onnx``)."""
+    return input_path.with_name(f"{input_path.stem}.{suffix}.onnx")
+
+
+def check_side_files(paths: dict[str, Path | None], protected: dict[str, Path | None]) -> None:
+    """Refuse report files that would overwrite an input or the output, or land in a missing or read-only folder.
+
+    Args:
+        paths: Flag name -> file to write (``--report``, ``--markdown``), None when not given.
+        protected: Description -> file that must not be overwritten.
+
+    Raises:
+        UsageError: A clash or an unwritable folder, before any work is done.
+    """
+    written: dict[Path, str] = {}
+    for flag, path in paths.items():
+        if path is None:
+            continue
+        path = Path(path)
+        target = path.resolve()
+        for what, other in protected.items():
+            if other is not None and Path(other).resolve() == target:
+                raise UsageError(f"{flag} {path} is the {what}; choose another file name")
+        if target in written:
+            raise UsageError(f"{flag} and {written[target]} name the same file {path}; choose two names")
+        written[target] = flag
+        if path.is_dir():
+            raise UsageError(f"{flag} {path} is a folder; give a file name")
+        parent = path.parent
+        if not parent.exists():
+            raise UsageError(f"{flag}: folder {parent} does not exist; create it or choose another path")
+        if not os.access(parent, os.W_OK):
+            raise UsageError(f"{flag}: cannot write in {parent}; choose another path")
 
 
 def check_output(input_path: Path, output: Path) -> None:
@@ -156,6 +197,8 @@ def make_context(artifact: ModelArtifact, options: RunOptions, workdir: Path) ->
     io = resolve_io(artifact, options, calib or evald)
     data = prepare_data(io, options, calib, evald)
     ctx = RunContext(artifact=artifact, io=io, data=data, workdir=workdir, export=options.export, quiet=options.quiet)
+    for w in artifact.details.get("warnings", []):
+        ctx.warn(w)
     if calib is not None:
         ctx.calibration = check_data_fits(io, calib)
     elif random_calib:
@@ -178,6 +221,8 @@ def export_baseline(ctx: RunContext) -> Path:
     res = export_to_onnx(art.loaded, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset,
                          atol=ctx.export.atol, rtol=ctx.export.rtol, exporter=ctx.export.exporter)
     ctx.steps.append({"name": "export", "of": "original model", **res.to_json()})
+    if res.opset is not None and res.opset != ctx.export.opset:
+        ctx.warn(f"asked for opset {ctx.export.opset} but the {res.exporter} exporter wrote opset {res.opset}")
     for a in res.attempts[:-1]:
         ctx.warn(f"exporter {a['exporter']} was not used: {a.get('error') or 'max abs diff %.3g' % a['max_abs_diff']}")
     ctx.baseline_onnx = path

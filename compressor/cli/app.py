@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 
 # ----------------------------------------------------------------------------- shared options
-ModelArg = Annotated[Path, typer.Argument(help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content).", show_default=False)]
+ModelArg = Annotated[Path, typer.Argument(metavar="MODEL", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content).", show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default: <stem>.pruned.onnx / <stem>.quantized.onnx beside the input).")]
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
@@ -44,8 +44,9 @@ TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow pickles th
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout and nothing else.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report to this file.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
-OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset version for export.")]
-AtolOpt = Annotated[float, typer.Option("--atol", help="Absolute tolerance of the export parity check against PyTorch.")]
+OpsetOpt = Annotated[int, typer.Option("--opset", min=13, max=23, help="ONNX opset version for export (the dynamo exporter needs 18 or later).")]
+AtolOpt = Annotated[float, typer.Option("--atol", min=0.0, help="Export parity check: pass when |onnx - torch| <= atol + rtol * |torch|.")]
+RtolOpt = Annotated[float, typer.Option("--rtol", min=0.0, help="Relative tolerance of the export parity check.")]
 ExporterOpt = Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript-based), dynamo or torchscript.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads (0 = its default).")]
@@ -68,6 +69,10 @@ def _command_line() -> str:
 
 def _err(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
+
+
+def _err_plain(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -> None:
@@ -99,7 +104,7 @@ def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -
         if debug:
             traceback.print_exc()
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        _err(f"unexpected {type(e).__name__}: {first}; rerun with --debug for the traceback")
+        _err(f"unexpected {type(e).__name__}: {first}" + ("" if debug else "; rerun with --debug for the traceback"))
         raise typer.Exit(EXIT_STEP_FAILED) from None
     raise typer.Exit(code)
 
@@ -152,11 +157,20 @@ def _run_options(input_shape, calibration_data, eval_data, batch_size, threads, 
         calibration_data=calibration_data,
         eval_data=eval_data,
         batch_size=batch_size,
-        export=ExportSettings(opset=opset, atol=atol, exporter=exporter),
+        export=ExportSettings(opset=opset, atol=atol, rtol=extra.get("rtol", 1e-3), exporter=exporter),
         bench=BenchmarkSettings(runs=runs, warmup=warmup, threads=threads, inter_threads=extra.get("inter_threads", 0),
                                 min_time_s=extra.get("min_time", 3.0)),
         quiet=False,
     )
+
+
+def _check_side_files(model: Path, output: Path | None, report: Path | None, markdown: Path | None,
+                      calibration_data: Path | None = None, eval_data: Path | None = None) -> None:
+    from compressor.pipeline import check_side_files
+
+    check_side_files({"--report": report, "--markdown": markdown},
+                     {"input model": model, "output model": output, "calibration data": calibration_data,
+                      "evaluation data": eval_data})
 
 
 def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, markdown: Path | None = None) -> int:
@@ -186,6 +200,8 @@ def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, mark
     from rich.console import Console
 
     Console().print(render_table(report))
+    if report.get("output"):
+        _err_plain(f"wrote {report['output']}")
     return code
 
 
@@ -217,13 +233,14 @@ def prune(
     markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Prune a model (structured by default), export it to ONNX and compare it with the original."""
-    extra = {"batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 
@@ -233,7 +250,11 @@ def prune(
 
         config = PruneConfig(method=method, ratio=ratio)
         opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
-        rep = compress(model, "prune", config, output=output, options=opts,
+        from compressor.pipeline import default_output
+
+        out = output or default_output(model, "pruned")
+        _check_side_files(model, out, report, markdown, calibration_data, eval_data)
+        rep = compress(model, "prune", config, output=out, options=opts,
                        load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
         return _emit(rep, json_out, report, markdown)
 
@@ -281,13 +302,14 @@ def quantize(
     markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Quantize a model to int8 with ONNX Runtime, dynamic or static QDQ (PyTorch inputs are exported first)."""
-    extra = {"batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 
@@ -303,7 +325,11 @@ def quantize(
                                 op_types=tuple(o.strip() for o in (op_types or "").split(",") if o.strip()),
                                 keep_io_types=keep_io_types)
         opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
-        rep = compress(model, "quantize", config, output=output, options=opts,
+        from compressor.pipeline import default_output
+
+        out = output or default_output(model, "quantized")
+        _check_side_files(model, out, report, markdown, calibration_data, eval_data)
+        rep = compress(model, "quantize", config, output=out, options=opts,
                        load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
         return _emit(rep, json_out, report, markdown)
 
@@ -313,7 +339,7 @@ def quantize(
 @app.command(epilog=EPILOG)
 def export(
     model: ModelArg,
-    output: OutputOpt = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default: the input's name with .onnx).")] = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
     model_class: ModelClassOpt = None,
@@ -321,6 +347,7 @@ def export(
     trust_pickle: TrustOpt = False,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
     json_out: JsonOpt = False,
     report: ReportOpt = None,
@@ -331,7 +358,9 @@ def export(
     def body() -> int:
         from compressor.commands import export_model
 
-        opts = _run_options(input_shape, calibration_data, None, None, 0, None, 10, opset, atol, exporter, json_out, {})
+        opts = _run_options(input_shape, calibration_data, None, None, 0, None, 10, opset, atol, exporter, json_out,
+                            {"rtol": rtol})
+        _check_side_files(model, output or model.with_suffix(".onnx"), report, None, calibration_data)
         rep = export_model(model, output=output, options=opts,
                            load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
         if report is not None or json_out:
@@ -347,7 +376,7 @@ def export(
 @app.command(epilog=EPILOG)
 def bench(
     model: ModelArg,
-    other: Annotated[Optional[Path], typer.Argument(help="Optional second model: compare it with MODEL (speedup with 95% CI, fidelity, gates).", show_default=False)] = None,
+    other: Annotated[Optional[Path], typer.Argument(metavar="[OTHER]", help="Optional second model: compare it with MODEL (speedup with 95% CI, fidelity, gates).", show_default=False)] = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
@@ -369,13 +398,14 @@ def bench(
     markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Measure one model's size and ONNX Runtime CPU latency, or compare two models on the same inputs."""
-    extra = {"batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 
@@ -383,6 +413,7 @@ def bench(
         from compressor.commands import bench_model
 
         opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
+        _check_side_files(model, other, report, markdown, calibration_data, eval_data)
         rep = bench_model(model, options=opts, load_options=_load_options(model_class, model_kwargs, trust_pickle),
                           command=_command_line(), other_path=other)
         return _emit(rep, json_out, report, markdown)
@@ -390,9 +421,43 @@ def bench(
     _run(debug, body, json_out=json_out)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from compressor import __version__
+
+        print(f"compressor {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Prune or quantize a deep-learning model for CPU, export it to ONNX, and measure size, latency and fidelity."""
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors are one line on stderr with exit code 2."""
+    try:  # Typer 0.22+ vendors click as typer._click; older releases use click itself
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover
+        from click import exceptions as cx
+
+    try:
+        code = app(standalone_mode=False)
+    except cx.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
+            print(e.ctx.get_help())
+            sys.exit(0)
+        cmd = e.ctx.command_path if e.ctx is not None else "compressor"
+        _err(f"{e.format_message()}; see '{cmd} --help'")
+        sys.exit(2)
+    except cx.Abort:
+        _err("interrupted")
+        sys.exit(130)
+    except cx.Exit as e:
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command(epilog=EPILOG)

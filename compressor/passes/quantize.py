@@ -155,12 +155,16 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
     Returns:
         The path to quantize and a one-word description of what ran.
     """
+    import contextlib
+
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     errors = []
     for label, kwargs in (("full", {}), ("without symbolic shape inference", {"skip_symbolic_shape": True})):
         try:
-            quant_pre_process(str(src), str(dst), **kwargs)
+            # ONNX Runtime's symbolic shape inference writes temp files into the current folder
+            with contextlib.chdir(dst.parent):
+                quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()), **kwargs)
             if label != "full":
                 ctx.warn(f"quantization pre-processing failed with symbolic shape inference ({errors[-1]}); "
                          "ran it without")
