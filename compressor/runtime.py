@@ -28,6 +28,7 @@ def make_session(path: Path, *, threads: int = 0, inter_threads: int = 0, optimi
     """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(4)  # errors come back as exceptions; keep the C++ log off stderr
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = inter_threads

@@ -219,3 +219,46 @@ def test_bench_single_model_and_report_file(samples, tmp_path):
     assert rep["command"].startswith("compressor bench")
     assert rep["benchmark"]["batch_size"] == 4 and rep["baseline"]["latency_ms"]["runs"] == 20
     assert "result" not in rep and rep["baseline"]["parameters"] > 0
+
+
+def test_report_paths_checked_before_work(samples, tmp_path):
+    src = tmp_path / "cnn.pt"
+    src.write_bytes((samples / "digits_cnn.pt").read_bytes())
+    before = hashlib.md5(src.read_bytes()).hexdigest()
+    cases = [["--report", src], ["--report", tmp_path / "out.onnx", "-o", tmp_path / "out.onnx"],
+             ["--report", tmp_path / "missing" / "r.json"], ["--markdown", tmp_path]]
+    for extra in cases:
+        r = run_cli("prune", src, "--input-shape", "1,1,8,8", *extra)
+        assert r.code == 2 and len(r.error_lines) == 1, (extra, r.stderr)
+    assert hashlib.md5(src.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.pt"]
+
+
+def test_bad_data_files_are_usage_errors(samples, tmp_path):
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.npz"
+    text.write_text("x,y\n1,2\n")
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, x=np.full((4, 1, 8, 8), np.nan, np.float32), labels=np.zeros(4, np.int64))
+    for flag, path in (("--eval-data", empty), ("--calibration-data", text), ("--eval-data", nan)):
+        r = run_cli("quantize", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", flag, path, "-o", tmp_path / "q.onnx")
+        assert r.code == 2 and len(r.error_lines) == 1 and str(path.name) in r.stderr, r.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_usage_errors_are_one_line():
+    for args in (["prune", "m.pt", "--ratio", "abc"], ["prune", "--bogus"], ["frob"], ["bench", "m.onnx", "--threads", "-1"]):
+        r = run_cli(*args)
+        assert r.code == 2 and len(r.error_lines) == 1 and r.error_lines[0].startswith("error: "), (args, r.stderr)
+    r = run_cli("--version")
+    assert r.code == 0 and r.stdout.startswith("compressor ")
+
+
+def test_default_output_keeps_dotted_names(samples, tmp_path):
+    src = tmp_path / "mlp.v1.pt2"
+    src.write_bytes((samples / "digits_mlp.pt2").read_bytes())
+    r = run_cli("prune", src, "--method", "unstructured", "--ratio", "0.3", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    assert (tmp_path / "mlp.v1.pruned.onnx").exists()
+    assert r.stderr.strip().splitlines()[-1] == f"wrote {tmp_path / 'mlp.v1.pruned.onnx'}"

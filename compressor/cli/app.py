@@ -84,7 +84,11 @@ def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -
     import warnings
 
     if not debug:
+        import logging
+
         warnings.filterwarnings("ignore")
+        logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantization tool logs advice on the root logger
+        logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     global _JSON_FD
     if json_out and _JSON_FD is None:
         sys.stdout.flush()

@@ -160,11 +160,12 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     errors = []
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     for label, kwargs in (("full", {}), ("without symbolic shape inference", {"skip_symbolic_shape": True})):
         try:
             # ONNX Runtime's symbolic shape inference writes temp files into the current folder
             with contextlib.chdir(dst.parent):
-                quant_pre_process(str(Path(src).resolve()), str(Path(dst).resolve()), **kwargs)
+                quant_pre_process(str(src), str(dst), **kwargs)
             if label != "full":
                 ctx.warn(f"quantization pre-processing failed with symbolic shape inference ({errors[-1]}); "
                          "ran it without")
@@ -173,6 +174,41 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
             errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     ctx.warn(f"quantization pre-processing failed ({errors[-1]}); quantizing the graph as it is")
     return src, "skipped"
+
+
+def _non_2d_matmuls(path: Path) -> list[str]:
+    """Names of MatMul nodes whose constant weight (input B) is not 2-D."""
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and len(n.input) > 1 and ranks.get(n.input[1], 2) != 2 and n.name]
+
+
+def _tied_gathers(path: Path) -> dict[str, str]:
+    """Gather nodes whose table is also used as a weight elsewhere (tied embedding / output layer), by node -> table.
+
+    ONNX Runtime quantizes a Gather table per tensor; for a table tied to the output
+    projection that per-tensor error shows up in every logit and flips argmaxes (case Q3),
+    so such tables stay float (one copy) while the projection gets per-channel int8.
+    """
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    users: dict[str, list] = {}
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            if name in inits:
+                users.setdefault(name, []).append((n, i))
+    tied = {}
+    for table, uses in users.items():
+        gathers = [n for n, i in uses if n.op_type == "Gather" and i == 0]
+        others = [n for n, _ in uses if n.op_type != "Gather"]
+        if gathers and others:
+            tied.update({g.name: table for g in gathers if g.name})
+    return tied
 
 
 def resolve_excludes(model: Any, patterns: tuple[str, ...]) -> list[str]:
@@ -273,14 +309,37 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
         elif config.precision == "fp16":
             settings = _quantize_fp16(config, pre, out, excluded)
         elif settings["mode"] == "dynamic":
+            src_for_main = pre
+            # look for ties in the graph before pre-processing: constant folding may have split them into copies
+            present = {n.name for n in onnx.load_model(str(pre), load_external_data=False).graph.node}
+            tied = {g: t for g, t in _tied_gathers(ctx.baseline_onnx).items() if g not in excluded and g in present}
+            if tied:
+                ctx.warn("tied weights kept in float so that they are stored once and the output layer keeps its "
+                         f"accuracy: {', '.join(sorted(set(tied.values())))} (used by Gather {', '.join(sorted(tied))})")
+                excluded = excluded + sorted(tied)
+                settings["tied_weights_kept_float"] = sorted(set(tied.values()))
+            per_tensor_nodes = _non_2d_matmuls(pre) if settings["per_channel"] else []
+            per_tensor_nodes = [n for n in per_tensor_nodes if n not in excluded]
+            if per_tensor_nodes:
+                # case Q2: per-channel dynamic MatMul with a 3-D (batched) weight fails at run time in ONNX
+                # Runtime ("b zero point is not valid"): quantize those nodes per tensor first
+                ctx.warn(f"per-channel quantization of MatMul with a non-2-D weight fails in ONNX Runtime; "
+                         f"quantized per tensor instead: {', '.join(per_tensor_nodes)}")
+                src_for_main = ctx.workdir / "per_tensor_part.onnx"
+                quantize_dynamic(str(pre), str(src_for_main), per_channel=False, reduce_range=settings["reduce_range"],
+                                 weight_type=qtype[settings["weight_type"]], nodes_to_quantize=per_tensor_nodes,
+                                 extra_options={"MatMulConstBOnly": True,
+                                                "WeightSymmetric": settings["weight_scheme"] == "symmetric",
+                                                "DefaultTensorType": onnx.TensorProto.FLOAT})
+                settings["per_tensor_nodes"] = per_tensor_nodes
             quantize_dynamic(
-                str(pre),
+                str(src_for_main),
                 str(out),
                 per_channel=settings["per_channel"],
                 reduce_range=settings["reduce_range"],
                 weight_type=qtype[settings["weight_type"]],
                 op_types_to_quantize=op_types,
-                nodes_to_exclude=excluded,
+                nodes_to_exclude=excluded + per_tensor_nodes,
                 extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
                                "DefaultTensorType": onnx.TensorProto.FLOAT},
             )
@@ -335,10 +394,16 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
             "quantization quantized no node (no Conv, MatMul or Gemm with constant weights); nothing would change"
         )
     try:
-        make_session(out)
+        sess = make_session(out)
+        sess.run(None, ctx.data.batch(0, min(2, ctx.data.num_samples)))
     except SessionError as e:
         raise QuantizationError(
             f"the quantized model does not load in ONNX Runtime ({e}); try --scheme asymmetric or --per-tensor"
+        ) from e
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:300]
+        raise QuantizationError(
+            f"the quantized model fails when run in ONNX Runtime ({msg}); try --per-tensor or --exclude the node named"
         ) from e
     ops = [n.op_type for n in qmodel.graph.node]
     if "ConvInteger" in ops:
