@@ -284,6 +284,9 @@ def quantize(
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
     op_types: Annotated[Optional[str], typer.Option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,Gather).")] = None,
     keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs (default).")] = True,
+    rewrites: Annotated[bool, typer.Option("--rewrites/--no-rewrites", help="Result-preserving graph rewrites before dynamic/int4 quantization (softmax NaN guard, GELU fusion).")] = True,
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Dynamic int8 with --calibration-data: SmoothQuant activation smoothing.")] = True,
+    smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", help="SmoothQuant migration strength in [0, 1].")] = 0.7,
     output: OutputOpt = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
@@ -327,7 +330,8 @@ def quantize(
                                 calibration_samples=calibration_samples, precision=precision, block_size=block_size,
                                 exclude=tuple(exclude or ()),
                                 op_types=tuple(o.strip() for o in (op_types or "").split(",") if o.strip()),
-                                keep_io_types=keep_io_types)
+                                keep_io_types=keep_io_types, rewrites=rewrites, smooth=smooth,
+                                smooth_alpha=smooth_alpha)
         opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
         from compressor.pipeline import default_output
 

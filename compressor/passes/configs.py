@@ -73,6 +73,10 @@ class QuantizeConfig:
         exclude: Node-name globs kept in float (each must match a node).
         op_types: Quantize only these op types (e.g. ``("MatMul",)``); empty: the tool's default.
         keep_io_types: fp16: keep float32 model inputs and outputs.
+        rewrites: Apply the result-preserving graph rewrites of :mod:`compressor.passes.rewrites`
+            before dynamic or int4 quantization.
+        smooth: Dynamic int8 with calibration data: SmoothQuant activation smoothing.
+        smooth_alpha: SmoothQuant migration strength in [0, 1].
     """
 
     mode: str = "auto"
@@ -91,6 +95,9 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = ()
     op_types: tuple[str, ...] = ()
     keep_io_types: bool = True
+    rewrites: bool = True
+    smooth: bool = True
+    smooth_alpha: float = 0.7
 
     def __post_init__(self) -> None:
         """Validate each field and refuse combinations the runtime cannot run.
@@ -115,6 +122,8 @@ class QuantizeConfig:
             raise UsageError(f"--percentile must be in (90, 100], got {self.percentile}; e.g. 99.999")
         if self.calibration_samples is not None and self.calibration_samples < 1:
             raise UsageError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
+        if not 0.0 <= self.smooth_alpha <= 1.0:
+            raise UsageError(f"--smooth-alpha must be in [0, 1], got {self.smooth_alpha}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision '{self.precision}' is unknown; use one of {', '.join(PRECISIONS)}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):

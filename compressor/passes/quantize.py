@@ -274,6 +274,30 @@ def _quantize_fp16(config: QuantizeConfig, src: Path, out: Path, excluded: list[
             "reason": f"--precision fp16; inputs and outputs {'kept float32' if config.keep_io_types else 'float16'}"}
 
 
+def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool,
+             excluded: list[str]) -> tuple[Path, dict[str, int]]:
+    """Result-preserving rewrites, then SmoothQuant smoothing when calibration data is given."""
+    import onnx
+
+    from compressor.passes.rewrites import apply_rewrites, smooth_activations
+
+    model = onnx.load_model(str(src))
+    done = apply_rewrites(model) if config.rewrites else {}
+    if smooth and ctx.calibration is not None:
+        calib = ctx.calibration
+        if config.calibration_samples is not None:
+            calib = type(calib)({k: v[: config.calibration_samples] for k, v in calib.arrays.items()}, None, calib.source)
+        batches = [calib.batch(i, 16) for i in range(0, calib.num_samples, 16)]
+        n = smooth_activations(model, batches, alpha=config.smooth_alpha, skip_nodes=set(excluded))
+        if n:
+            done[f"smoothquant(alpha={config.smooth_alpha})"] = n
+    if not done:
+        return src, {}
+    out = ctx.workdir / "rewritten.onnx"
+    onnx.save_model(model, str(out))
+    return out, done
+
+
 def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     """Quantize the baseline ONNX model to int8 (dynamic, or static QDQ with calibration).
 
@@ -303,6 +327,9 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     else:
         settings = choose_settings(config, has_conv=has_conv, has_calibration=ctx.calibration is not None)
     op_types = list(config.op_types) or None
+    rewrites: dict[str, int] = {}
+    if config.precision == "int4" or (config.precision == "int8" and settings["mode"] == "dynamic"):
+        pre, rewrites = _rewrite(ctx, config, pre, smooth=config.precision == "int8" and config.smooth, excluded=excluded)
     try:
         if config.precision == "int4":
             settings = _quantize_int4(ctx, config, pre, out, excluded)
@@ -381,6 +408,7 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     qmodel = onnx.load_model(str(out), load_external_data=False)
     summary = _node_summary(base_model, qmodel)
     summary["excluded_nodes"] = excluded
+    summary["rewrites"] = rewrites
     if config.precision == "fp16":  # every float node converts, but the ones kept in float32
         from collections import Counter
 
