@@ -93,9 +93,12 @@ def remove_softmax_nan_guard(model: Any) -> int:
         fill = _scalar(consts, w.input[1])
         if w.input[0] != isnan[0].output[0] or w.input[2] != sm.output[0] or fill is None:
             continue
-        if w.output[0] in outputs or len(consumers.get(isnan[0].output[0], [])) != 1:
+        if len(consumers.get(isnan[0].output[0], [])) != 1:
             continue
-        _rename_uses(model, w.output[0], sm.output[0])
+        if w.output[0] in outputs:  # keep the graph output's name: the softmax writes it directly
+            sm.output[0] = w.output[0]
+        else:
+            _rename_uses(model, w.output[0], sm.output[0])
         remove += [isnan[0], w]
     for n in remove:
         model.graph.node.remove(n)
