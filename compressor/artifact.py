@@ -163,3 +163,34 @@ def onnx_external_locations(path: Path) -> set[str]:
                 if kv.key == "location":
                     locs.add(kv.value)
     return locs
+
+
+#: Models whose weights exceed this many bytes are written with external data (protobuf's 2 GB cap).
+EXTERNAL_DATA_BYTES = int(1.8 * 1024**3)
+
+
+def weights_bytes(model: Any) -> int:
+    """Bytes of an ``onnx.ModelProto``'s initializers (stored inline or external)."""
+    import numpy as np
+    import onnx
+
+    total = 0
+    for init in model.graph.initializer:
+        if init.raw_data:
+            total += len(init.raw_data)
+        else:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+            total += int(np.prod(init.dims)) * itemsize if len(init.dims) else itemsize
+    return total
+
+
+def save_onnx(model: Any, path: Path) -> None:
+    """Save an ONNX model as one file, or with one external-data file ``<name>.data`` beside it above ~1.8 GB."""
+    import onnx
+
+    path = Path(path)
+    if weights_bytes(model) > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))

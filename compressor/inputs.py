@@ -137,6 +137,11 @@ def load_npz(path: Path, *, want_labels: bool = False) -> SampleData:
             f"cannot read {path} as input data ({reason}); save arrays keyed by input name with numpy.savez"
         ) from e
     for k, v in arrays.items():
+        if v.dtype.kind == "O":
+            raise UsageError(
+                f"array '{k}' in {path} holds variable-length samples (an object array); pad them to one length "
+                "(e.g. token ids with the padding id and attention_mask 0) and save a regular numeric array"
+            )
         if v.dtype.kind not in "biuf":
             raise UsageError(f"array '{k}' in {path} has dtype {v.dtype}; input data must be numeric")
         if v.dtype.kind == "f" and not np.isfinite(v).all():

@@ -87,3 +87,29 @@ def test_help_lists_commands():
     for cmd in ("prune", "quantize", "export", "bench", "doctor"):
         assert cmd in out
     assert "Exit codes" in out
+
+
+def test_large_models_use_external_data(tmp_path, monkeypatch):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compressor import artifact
+    from compressor.pipeline import publish
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    monkeypatch.setattr(artifact, "EXTERNAL_DATA_BYTES", 1000)  # pretend 16 KB is "over 2 GB"
+    work = tmp_path / "work"
+    work.mkdir()
+    artifact.save_onnx(model, work / "result.onnx")
+    assert (work / "result.onnx.data").exists()
+    final = tmp_path / "model.quantized.onnx"
+    publish(work / "result.onnx", final)
+    assert artifact.file_size_bytes(final) > 64 * 64 * 4
+    sess = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 64)
+    assert onnx.load(str(final)).graph.initializer[0].data_location == TensorProto.EXTERNAL

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.artifact import ModelFormat
+from compressor.artifact import ModelFormat, save_onnx
 from compressor.context import RunContext
 from compressor.errors import PruningError, UnsupportedModelError
 from compressor.export import export_to_onnx
@@ -274,5 +274,5 @@ def _unstructured_onnx(ctx: RunContext, config: PruneConfig) -> PassOutcome:
         inits[n].CopyFrom(numpy_helper.from_array(new, n))
     ctx.steps.append({"name": "prune", "method": "unstructured", "weights": len(names), "sparsity": zeros / total})
     path = ctx.workdir / "result.onnx"
-    onnx.save_model(model, str(path))
+    save_onnx(model, path)
     return PassOutcome(path, _unstructured_details(config, names, zeros / total))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from compressor.artifact import EXTERNAL_DATA_BYTES, file_size_bytes, save_onnx
 from compressor.context import RunContext
 from compressor.errors import QuantizationError, SessionError
 from compressor.passes.configs import QuantizeConfig
@@ -252,7 +253,7 @@ def _quantize_int4(ctx: RunContext, config: QuantizeConfig, src: Path, out: Path
                              nodes_to_exclude=excluded, op_types_to_quantize=tuple(op_types),
                              quant_axes=(("MatMul", 0), ("Gather", 1)))
     q.process()
-    onnx.save_model(q.model.model, str(out))
+    save_onnx(q.model.model, out)
     return {"mode": "weight-only", "format": "MatMulNBits / GatherBlockQuantized", "weight_type": "int4",
             "weight_scheme": "symmetric", "activation_type": "float32", "activation_scheme": "none (weight-only)",
             "per_channel": False, "block_size": config.block_size, "reduce_range": False, "calibration_method": None,
@@ -267,7 +268,7 @@ def _quantize_fp16(config: QuantizeConfig, src: Path, out: Path, excluded: list[
 
     model = convert_float_to_float16(onnx.load_model(str(src)), keep_io_types=config.keep_io_types,
                                      node_block_list=excluded or None)
-    onnx.save_model(model, str(out))
+    save_onnx(model, out)
     return {"mode": "fp16", "format": "float16", "weight_type": "float16", "weight_scheme": "none",
             "activation_type": "float16", "activation_scheme": "none", "per_channel": False, "reduce_range": False,
             "calibration_method": None, "chosen_by": "user",
@@ -294,7 +295,7 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
     if not done:
         return src, {}
     out = ctx.workdir / "rewritten.onnx"
-    onnx.save_model(model, str(out))
+    save_onnx(model, out)
     return out, done
 
 
@@ -322,6 +323,7 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     del pre_model
     out = ctx.workdir / "result.onnx"
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    large = file_size_bytes(ctx.baseline_onnx) > EXTERNAL_DATA_BYTES  # read and written with external data
     if config.precision != "int8":
         settings = {}
     else:
@@ -354,6 +356,7 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
                          f"quantized per tensor instead: {', '.join(per_tensor_nodes)}")
                 src_for_main = ctx.workdir / "per_tensor_part.onnx"
                 quantize_dynamic(str(pre), str(src_for_main), per_channel=False, reduce_range=settings["reduce_range"],
+                                 use_external_data_format=large,
                                  weight_type=qtype[settings["weight_type"]], nodes_to_quantize=per_tensor_nodes,
                                  extra_options={"MatMulConstBOnly": True,
                                                 "WeightSymmetric": settings["weight_scheme"] == "symmetric",
@@ -367,6 +370,7 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
                 weight_type=qtype[settings["weight_type"]],
                 op_types_to_quantize=op_types,
                 nodes_to_exclude=excluded + per_tensor_nodes,
+                use_external_data_format=large,
                 extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
                                "DefaultTensorType": onnx.TensorProto.FLOAT},
             )
@@ -396,6 +400,7 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
                 calibrate_method=method,
                 op_types_to_quantize=op_types,
                 nodes_to_exclude=excluded,
+                use_external_data_format=large,
                 extra_options=extra,
             )
             settings["calibration_samples"] = calib.num_samples
