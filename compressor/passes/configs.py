@@ -122,6 +122,8 @@ class QuantizeConfig:
             raise UsageError(f"--percentile must be in (90, 100], got {self.percentile}; e.g. 99.999")
         if self.calibration_samples is not None and self.calibration_samples < 1:
             raise UsageError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))  # JSON gives lists
+        object.__setattr__(self, "op_types", tuple(self.op_types))
         if not 0.0 <= self.smooth_alpha <= 1.0:
             raise UsageError(f"--smooth-alpha must be in [0, 1], got {self.smooth_alpha}")
         if self.precision not in PRECISIONS:
