@@ -23,7 +23,7 @@ class BenchmarkSettings:
 
     Attributes:
         warmup: Fewest untimed runs per model before timing; warm-up goes on (up to
-            ``max_warmup`` runs or 5 s) until the median of the last 5 runs is within 5% of the 5 before.
+            ``max_warmup`` runs or 5 s) until the median of the last 3 runs is within 5% of the 3 before.
         max_warmup: Most warm-up runs per model.
         runs: Fixed number of timed rounds; None means run until ``min_time_s`` and ``min_runs``.
         min_runs: Fewest timed rounds when ``runs`` is None.
@@ -119,8 +119,8 @@ def _warm_up(sess: Any, feeds: dict[str, np.ndarray], settings: BenchmarkSetting
         t0 = time.perf_counter()
         sess.run(None, feeds)
         times.append(time.perf_counter() - t0)
-        if len(times) >= max(settings.warmup, 10) and len(times) % 5 == 0:
-            last, prev = np.median(times[-5:]), np.median(times[-10:-5])
+        if len(times) >= max(settings.warmup, 6) and len(times) % 3 == 0:
+            last, prev = np.median(times[-3:]), np.median(times[-6:-3])
             if abs(last - prev) <= 0.05 * prev or time.perf_counter() > t_end:
                 break
         if settings.warmup == 0:
@@ -144,6 +144,8 @@ def benchmark_detailed(
     """
     settings = settings or BenchmarkSettings()
     blocks = max(1, settings.blocks)
+    if settings.runs is not None:  # at least 4 rounds per block
+        blocks = max(1, min(blocks, settings.runs // 4))
     samples: list[list[float]] = [[] for _ in paths]
     block_ids: list[int] = []
     load_ms: list[float] = []

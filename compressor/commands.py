@@ -173,6 +173,8 @@ def compress(
 
     spec = get_pass(pass_name)
     options.gates.check_usable(has_eval_data=options.eval_data is not None, compares=True)
+    if options.save_torch is not None and pass_name != "prune":
+        raise UsageError("--save-torch applies to prune (quantized models are ONNX only)")
     model_path = Path(model_path)
     artifact = load_model(model_path, load_options)
     out = Path(output) if output else default_output(model_path, "pruned" if pass_name == "prune" else "quantized")
@@ -191,6 +193,14 @@ def compress(
             report["baseline"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
         _measure(ctx, options, report, baseline, outcome.path)
         report["pruning" if pass_name == "prune" else "quantization"] = outcome.details
+        if "macs_before" in outcome.details:
+            report["baseline"]["macs"] = outcome.details["macs_before"]
+            report["result"]["macs"] = outcome.details["macs_after"]
+            report["macs_ratio"] = outcome.details["macs_after"] / max(outcome.details["macs_before"], 1)
+        if "accuracy" in report:
+            for key in ("accuracy_before_recovery", "accuracy_after_recovery"):
+                if key in outcome.details:
+                    report["accuracy"][key.removeprefix("accuracy_")] = outcome.details[key]
         fid = report["fidelity"]
         if pass_name == "prune" and (fid.get("top1_agreement", 1.0) < 0.9 or fid["cosine_mean"] < 0.9):
             agree = f"top-1 agreement {fid['top1_agreement']:.2f}, " if "top1_agreement" in fid else ""
@@ -206,10 +216,61 @@ def compress(
         report["steps"] = ctx.steps
         if options.gates.any:
             report["gates"] = options.gates.evaluate(report)
+        if options.save_torch is not None:
+            report["torch_output"] = save_torch_model(ctx, options.save_torch)
         publish(outcome.path, out)
     report["output"] = str(out)
     report["warnings"] = ctx.warnings
     return report
+
+
+def save_torch_model(ctx: RunContext, path: Path) -> dict[str, Any]:
+    """Write the pruned PyTorch model for users who keep training, and check that it loads back.
+
+    ``.pt2``: a ``torch.export`` ExportedProgram with a dynamic batch axis (loads anywhere);
+    anything else: a full-module pickle (``torch.save``), plain ``weight`` tensors, no masks.
+
+    Raises:
+        UsageError: The pass produced no PyTorch model (ONNX input).
+        StepFailedError: The saved file does not load back or gives other outputs.
+    """
+    import os
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from compressor.errors import StepFailedError
+    from compressor.export import torch_forward
+
+    model = ctx.torch_result
+    if model is None:
+        raise UsageError("--save-torch needs a PyTorch input model; this run produced only ONNX")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    feeds = ctx.data.batch(0, 2)
+    try:
+        if path.suffix == ".pt2":
+            args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in ctx.io.input_names)
+            batch = torch.export.Dim("batch", min=1, max=1 << 20)
+            ep = torch.export.export(model, args, dynamic_shapes=tuple({0: batch} for _ in args))
+            torch.export.save(ep, tmp)
+            loaded = torch.export.load(tmp)
+            kind = "exported_program"
+        else:
+            torch.save(model, tmp)
+            loaded = torch.load(tmp, weights_only=False)
+            kind = "torch_module_pickle"
+        a = torch_forward(model, feeds, ctx.io)[0]
+        b = torch_forward(loaded, feeds, ctx.io)[0]
+        if not np.allclose(a, b, atol=1e-5, rtol=1e-4):
+            raise StepFailedError(f"the saved PyTorch model {path} does not reproduce the pruned model's outputs")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"path": str(path), "format": kind}
 
 
 def export_model(

@@ -39,6 +39,9 @@ class RunContext:
         workdir: Scratch folder beside the output; removed at the end.
         baseline_onnx: fp32 ONNX baseline (the input itself for ONNX inputs).
         calibration: Calibration inputs from ``--calibration-data`` (or the random opt-in), else None.
+        eval_data: ``--eval-data`` inputs plus labels, else None.
+        train_data: ``--train-data`` inputs plus labels (pruning recovery), else None.
+        torch_result: The compressed PyTorch model when the pass made one (for ``--save-torch``).
         export: Export settings.
         steps: Report entries, one per step that ran.
         warnings: Warnings shown on stderr and stored in the report.
@@ -51,6 +54,9 @@ class RunContext:
     workdir: Path
     baseline_onnx: Path | None = None
     calibration: SampleData | None = None
+    eval_data: SampleData | None = None
+    train_data: SampleData | None = None
+    torch_result: Any = None
     export: ExportSettings = field(default_factory=ExportSettings)
     steps: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

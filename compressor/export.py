@@ -211,6 +211,13 @@ def _param_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
+def _is_token_input(t: Any) -> bool:
+    """Integer ``[batch, sequence]`` inputs (token ids, attention masks) get a dynamic sequence axis too."""
+    import torch
+
+    return t.dim() == 2 and not t.is_floating_point() and t.dtype != torch.bool
+
+
 def _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big, is_ep) -> None:
     import torch
 
@@ -219,7 +226,8 @@ def _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big
         dynamic_shapes = None
         if not is_ep:
             batch = torch.export.Dim("batch", min=1, max=1 << 20)
-            dynamic_shapes = tuple({0: batch} for _ in input_names)
+            seq = torch.export.Dim("sequence", min=1, max=1 << 16)
+            dynamic_shapes = tuple({0: batch, 1: seq} if _is_token_input(a) else {0: batch} for a in args)
         torch.onnx.export(
             model,
             args,
@@ -233,7 +241,9 @@ def _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big
             optimize=True,
         )
     else:
-        axes = {n: {0: "batch"} for n in [*input_names, *output_names]}
+        axes = {n: ({0: "batch", 1: "sequence"} if _is_token_input(a) else {0: "batch"}) for n, a in zip(input_names, args, strict=True)}
+        token = any(_is_token_input(a) for a in args)
+        axes.update({n: ({0: "batch", 1: "sequence"} if token else {0: "batch"}) for n in output_names})
         torch.onnx.export(
             model,
             args,

@@ -42,6 +42,8 @@ class RunOptions:
         input_shapes: Parsed ``--input-shape`` values.
         calibration_data: ``--calibration-data`` file or folder.
         eval_data: ``--eval-data`` file (inputs plus ``labels``).
+        train_data: ``--train-data`` file (inputs plus ``labels``) for pruning recovery.
+        save_torch: ``--save-torch`` path for the compressed PyTorch model.
         batch_size: Benchmark batch size (None: from ``--input-shape`` or the graph, else 1).
         export: Export settings.
         bench: Benchmark settings.
@@ -54,6 +56,8 @@ class RunOptions:
     input_shapes: list[tuple[str | None, tuple[int, ...], str]] = field(default_factory=list)
     calibration_data: Path | None = None
     eval_data: Path | None = None
+    train_data: Path | None = None
+    save_torch: Path | None = None
     batch_size: int | None = None
     export: ExportSettings = field(default_factory=ExportSettings)
     bench: BenchmarkSettings = field(default_factory=BenchmarkSettings)
@@ -199,6 +203,10 @@ def make_context(artifact: ModelArtifact, options: RunOptions, workdir: Path) ->
     ctx = RunContext(artifact=artifact, io=io, data=data, workdir=workdir, export=options.export, quiet=options.quiet)
     for w in artifact.details.get("warnings", []):
         ctx.warn(w)
+    if evald is not None:
+        ctx.eval_data = check_data_fits(io, evald)
+    if options.train_data is not None:
+        ctx.train_data = check_data_fits(io, load_npz(options.train_data, want_labels=True))
     if calib is not None:
         ctx.calibration = check_data_fits(io, calib)
     elif random_calib:

@@ -82,3 +82,89 @@ def trained_tied_lm(steps: int = 300) -> TiedLM:
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def p1_one_output_conv() -> torch.nn.Sequential:
+    """Case P1: conv 3->16, conv 16->64 (k2, s2), conv 64->1, each with BatchNorm and ReLU."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 64, 2, stride=2), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 1, 1), torch.nn.BatchNorm2d(1), torch.nn.ReLU(),
+    )
+
+
+def p2_frozen_cnn() -> torch.nn.Sequential:
+    """Case P2: conv 3->16->32 with BatchNorm, every parameter requires_grad=False."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def p3_mnist_cnn() -> torch.nn.Sequential:
+    """Case P3: (conv -> BatchNorm -> ReLU -> pool) twice, then Linear; BN betas made non-zero."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 7 * 7, 10),
+    )
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.uniform_(0.1, 0.5)
+    return model
+
+
+class P4MLP(torch.nn.Module):
+    """Case P4: MLP 784 -> 300 -> 100 -> 10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 300)
+        self.fc2 = torch.nn.Linear(300, 100)
+        self.fc3 = torch.nn.Linear(100, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class BasicBlock(torch.nn.Module):
+    """ResNet basic block (He et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (x if self.down is None else self.down(x)))
+
+
+class ResNet18(torch.nn.Module):
+    """ResNet-18 shape (He et al. 2016), random init, 1000 classes, input [N,3,224,224]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False), torch.nn.BatchNorm2d(64),
+                                        torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = torch.nn.Sequential(*layers)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(512, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))

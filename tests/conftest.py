@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
 CLI = [sys.executable, "-m", "compressor"]
-FAST_BENCH = ["--runs", "20", "--warmup", "2"]
+FAST_BENCH = ["--runs", "20", "--warmup", "2", "--no-measure-memory"]
 
 
 class CliResult:

@@ -43,7 +43,8 @@ def test_every_command_report_validates(samples, tmp_path, cnn_onnx):
         "bench-pair": ["bench", path, samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--batch-sizes", "1,4"],
     }
     for name, args in runs.items():
-        r = run_cli(*args, "--json", *(FAST_BENCH if name != "doctor" else []))
+        extra = [] if name == "doctor" else [*FAST_BENCH, *(["--measure-memory"] if name == "quantize" else [])]
+        r = run_cli(*args, "--json", *extra)
         assert r.code == 0, (name, r.stderr)
         _validate(r.report)
         reports[name] = r.report

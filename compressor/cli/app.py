@@ -48,10 +48,11 @@ OpsetOpt = Annotated[int, typer.Option("--opset", min=13, max=23, help="ONNX ops
 AtolOpt = Annotated[float, typer.Option("--atol", min=0.0, help="Export parity check: pass when |onnx - torch| <= atol + rtol * |torch|.")]
 RtolOpt = Annotated[float, typer.Option("--rtol", min=0.0, help="Relative tolerance of the export parity check.")]
 ExporterOpt = Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript-based), dynamo or torchscript.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "--bench-batch-size", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads (0 = its default).")]
 RunsOpt = Annotated[Optional[int], typer.Option("--runs", min=1, help="Timed rounds (default: at least 20 rounds and 3 s).")]
 WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Fewest untimed warm-up runs per model (warm-up continues until timings settle, bounded).")]
+MemoryOpt = Annotated[bool, typer.Option("--measure-memory/--no-measure-memory", help="Measure each session's peak resident memory (in a child process, about 1 s per model).")]
 MinTimeOpt = Annotated[float, typer.Option("--min-time", min=0.0, help="Least total timed seconds when --runs is not given.")]
 InterThreadsOpt = Annotated[int, typer.Option("--inter-threads", min=0, help="ONNX Runtime inter-op threads (0 = its default).")]
 BatchSizesOpt = Annotated[Optional[str], typer.Option("--batch-sizes", help="Also time a sweep of batch sizes, e.g. 1,8,32.")]
@@ -163,9 +164,42 @@ def _run_options(input_shape, calibration_data, eval_data, batch_size, threads, 
         batch_size=batch_size,
         export=ExportSettings(opset=opset, atol=atol, rtol=extra.get("rtol", 1e-3), exporter=exporter),
         bench=BenchmarkSettings(runs=runs, warmup=warmup, threads=threads, inter_threads=extra.get("inter_threads", 0),
-                                min_time_s=extra.get("min_time", 3.0)),
+                                min_time_s=extra.get("min_time", 3.0), measure_memory=extra.get("measure_memory", True)),
         quiet=False,
     )
+
+
+def _read_layer_ratios(path: Path) -> tuple[tuple[str, float], ...]:
+    """``{"layer glob": ratio}`` from a TOML or JSON file.
+
+    Raises:
+        UsageError: Missing file, bad syntax, or non-numeric ratios.
+    """
+    import tomllib
+
+    if not path.is_file():
+        raise UsageError(f"--layer-ratios file not found: {path}")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot parse --layer-ratios {path}: {e}; write e.g. \"layer1.*\" = 0.3") from e
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise UsageError(f"--layer-ratios {path} must map layer-name globs to numbers, e.g. \"layer1.*\" = 0.3")
+    return tuple((str(k), float(v)) for k, v in data.items())
+
+
+def _print_layers(rep: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    layers = (rep.get("pruning") or {}).get("layers") or []
+    t = Table(title="channels per layer", title_justify="left")
+    for col in ("layer", "before", "after"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for la in layers:
+        t.add_row(la["name"], str(la["channels_before"]), str(la["channels_after"]))
+    Console(stderr=True).print(t)
 
 
 def _check_side_files(model: Path, output: Path | None, report: Path | None, markdown: Path | None,
@@ -215,6 +249,22 @@ def prune(
     model: ModelArg,
     ratio: Annotated[float, typer.Option("--ratio", help="Structured: fraction of channels removed per layer. Unstructured: target sparsity. In (0, 1).")] = 0.5,
     method: Annotated[str, typer.Option("--method", help="structured (remove channels, Torch-Pruning, L1 norm) or unstructured (zero weights, global L1 magnitude).")] = "structured",
+    criterion: Annotated[str, typer.Option("--criterion", help="Importance: l1, l2, fpgm, bn-scale, taylor (needs --calibration-data) or random.")] = "l1",
+    global_pruning: Annotated[bool, typer.Option("--global", help="Rank channels across layers instead of a uniform per-layer ratio.")] = False,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Layer-name glob never pruned at its outputs (repeatable; each must match).")] = None,
+    layer_ratios: Annotated[Optional[Path], typer.Option("--layer-ratios", help="TOML or JSON file: {\"layer glob\": ratio, ...} overriding --ratio.")] = None,
+    round_to: Annotated[Optional[int], typer.Option("--round-to", min=1, help="Keep channel counts multiples of N.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Iterative pruning in K steps.")] = 1,
+    heads: Annotated[Optional[float], typer.Option("--heads", help="Fraction of attention heads to remove (transformers); --ratio then applies to MLP hidden units.")] = None,
+    max_layer_ratio: Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")] = 0.9,
+    recover: Annotated[bool, typer.Option("--recover", help="Fine-tune the pruned model to match the original (knowledge distillation on --calibration-data).")] = False,
+    recover_steps: Annotated[int, typer.Option("--recover-steps", min=1, help="Recovery optimiser steps.")] = 300,
+    lr: Annotated[float, typer.Option("--lr", help="Recovery learning rate (Adam).")] = 1e-3,
+    recover_batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Recovery batch size.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Recovery seed.")] = 0,
+    train_data: Annotated[Optional[Path], typer.Option("--train-data", help=".npz of inputs plus labels: adds the supervised loss to recovery.")] = None,
+    save_torch: Annotated[Optional[Path], typer.Option("--save-torch", help="Also write the pruned PyTorch model: .pt2 (ExportedProgram) or a full-module pickle.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show per-layer channel counts.")] = False,
     output: OutputOpt = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
@@ -222,7 +272,7 @@ def prune(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
-    batch_size: BatchOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option("--bench-batch-size", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")] = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,
     threads: ThreadsOpt = 0,
@@ -230,6 +280,7 @@ def prune(
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,
     min_time: MinTimeOpt = 3.0,
+    measure_memory: MemoryOpt = True,
     max_accuracy_drop: MaxAccDropOpt = None,
     min_speedup: MinSpeedupOpt = None,
     max_size_ratio: MaxSizeRatioOpt = None,
@@ -244,7 +295,7 @@ def prune(
     debug: DebugOpt = False,
 ) -> None:
     """Prune a model (structured by default), export it to ONNX and compare it with the original."""
-    extra = {"rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"measure_memory": measure_memory, "rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 
@@ -252,14 +303,25 @@ def prune(
         from compressor.commands import compress
         from compressor.passes.configs import PruneConfig
 
-        config = PruneConfig(method=method, ratio=ratio)
+        ratios = _read_layer_ratios(layer_ratios) if layer_ratios else ()
+        config = PruneConfig(method=method, ratio=ratio, criterion=criterion, global_pruning=global_pruning,
+                             exclude=tuple(exclude or ()), layer_ratios=ratios, round_to=round_to, steps=steps,
+                             heads=heads, max_layer_ratio=max_layer_ratio, recover=recover,
+                             recover_steps=recover_steps, lr=lr, batch_size=recover_batch_size, seed=seed)
         opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
-        from compressor.pipeline import default_output
+        from compressor.pipeline import check_side_files, default_output
 
         out = output or default_output(model, "pruned")
         _check_side_files(model, out, report, markdown, calibration_data, eval_data)
+        if save_torch is not None:
+            check_side_files({"--save-torch": save_torch}, {"input model": model, "output model": out,
+                                                            "report": report, "markdown": markdown})
+        opts.train_data = train_data
+        opts.save_torch = save_torch
         rep = compress(model, "prune", config, output=out, options=opts,
                        load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
+        if verbose and not json_out:
+            _print_layers(rep)
         return _emit(rep, json_out, report, markdown)
 
     _run(debug, body, json_out=json_out)
@@ -302,6 +364,7 @@ def quantize(
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,
     min_time: MinTimeOpt = 3.0,
+    measure_memory: MemoryOpt = True,
     max_accuracy_drop: MaxAccDropOpt = None,
     min_speedup: MinSpeedupOpt = None,
     max_size_ratio: MaxSizeRatioOpt = None,
@@ -316,7 +379,7 @@ def quantize(
     debug: DebugOpt = False,
 ) -> None:
     """Quantize a model to int8 with ONNX Runtime, dynamic or static QDQ (PyTorch inputs are exported first)."""
-    extra = {"rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"measure_memory": measure_memory, "rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 
@@ -399,6 +462,7 @@ def bench(
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,
     min_time: MinTimeOpt = 3.0,
+    measure_memory: MemoryOpt = True,
     max_accuracy_drop: MaxAccDropOpt = None,
     min_speedup: MinSpeedupOpt = None,
     max_size_ratio: MaxSizeRatioOpt = None,
@@ -413,7 +477,7 @@ def bench(
     debug: DebugOpt = False,
 ) -> None:
     """Measure one model's size and ONNX Runtime CPU latency, or compare two models on the same inputs."""
-    extra = {"rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
+    extra = {"measure_memory": measure_memory, "rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
              "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
              "min_cosine": min_cosine}
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from compressor.errors import UsageError
 
 PRUNE_METHODS = ("structured", "unstructured")
-PRUNE_CRITERIA = ("l1",)
+PRUNE_CRITERIA = ("l1", "l2", "fpgm", "bn-scale", "taylor", "random")
 QUANT_SCHEMES = ("symmetric", "asymmetric")
 QUANT_MODES = ("auto", "dynamic", "static")
 QUANT_TYPES = ("int8", "uint8")
@@ -22,28 +22,75 @@ class PruneConfig:
     Attributes:
         method: ``"structured"`` removes whole output channels / hidden units (Torch-Pruning
             dependency graph); ``"unstructured"`` zeroes single weights (torch.nn.utils.prune).
-        ratio: Structured: fraction of channels removed in each prunable layer. Unstructured:
-            target sparsity over all Conv/Linear weights. In (0, 1).
-        criterion: Importance criterion; ``"l1"`` is the L1 norm (Li et al. 2017 for
-            structured; weight magnitude for unstructured).
+        ratio: Structured: fraction of channels removed in each prunable layer (or overall with
+            ``global_pruning``). Unstructured: target sparsity over all Conv/Linear weights. In (0, 1).
+        criterion: Importance criterion: ``l1`` (L1 norm, Li et al. 2017), ``l2``, ``fpgm``
+            (geometric median, He et al. 2019), ``bn-scale`` (BatchNorm gamma, network slimming,
+            Liu et al. 2017), ``taylor`` (first-order Taylor, Molchanov et al. 2019; needs
+            calibration data), ``random`` (a baseline). Unstructured pruning supports ``l1``.
+        global_pruning: Rank channels across layers instead of a uniform per-layer ratio.
+        exclude: Module-name globs never pruned at their outputs (each must match a module).
+        layer_ratios: Module-name glob -> ratio overriding ``ratio`` (from a TOML/JSON file).
+        round_to: Keep channel counts multiples of this number (None: no rounding).
+        steps: Iterative pruning in this many steps up to ``ratio``.
+        heads: Fraction of attention heads removed (nn.MultiheadAttention, BERT-style attention).
+        max_layer_ratio: No layer loses more than this fraction of its channels (never emptied).
+        recover: Fine-tune the pruned model to match the original (knowledge distillation).
+        recover_steps: Optimiser steps of recovery.
+        lr: Recovery learning rate (Adam).
+        batch_size: Recovery batch size.
+        seed: Seed of recovery (shuffling, init).
+        temperature: Distillation temperature for classifiers (Hinton et al. 2015).
     """
 
     method: str = "structured"
     ratio: float = 0.5
     criterion: str = "l1"
+    global_pruning: bool = False
+    exclude: tuple[str, ...] = ()
+    layer_ratios: tuple[tuple[str, float], ...] = ()
+    round_to: int | None = None
+    steps: int = 1
+    heads: float | None = None
+    max_layer_ratio: float = 0.9
+    recover: bool = False
+    recover_steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         """Validate.
 
         Raises:
-            UsageError: Unknown method or criterion, or a ratio outside (0, 1).
+            UsageError: Unknown method or criterion, a ratio outside (0, 1), or bad numbers.
         """
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "layer_ratios", tuple((str(k), float(v)) for k, v in self.layer_ratios))
         if self.method not in PRUNE_METHODS:
             raise UsageError(f"--method '{self.method}' is unknown; use one of {', '.join(PRUNE_METHODS)}")
         if not (isinstance(self.ratio, (int, float)) and 0.0 < float(self.ratio) < 1.0):
             raise UsageError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}; e.g. --ratio 0.5")
         if self.criterion not in PRUNE_CRITERIA:
             raise UsageError(f"--criterion '{self.criterion}' is unknown; use one of {', '.join(PRUNE_CRITERIA)}")
+        if self.method == "unstructured" and self.criterion != "l1":
+            raise UsageError("unstructured pruning ranks single weights by magnitude: use --criterion l1")
+        for name, r in self.layer_ratios:
+            if not 0.0 <= r < 1.0:
+                raise UsageError(f"layer ratio for '{name}' must be in [0, 1), got {r}")
+        if self.heads is not None and not 0.0 < self.heads < 1.0:
+            raise UsageError(f"--heads must be between 0 and 1 (exclusive), got {self.heads}")
+        if self.round_to is not None and self.round_to < 1:
+            raise UsageError(f"--round-to must be a positive integer, got {self.round_to}")
+        if self.steps < 1 or self.recover_steps < 1 or self.batch_size < 1:
+            raise UsageError("--steps, --recover-steps and --batch-size must be at least 1")
+        if not 0.0 < self.max_layer_ratio < 1.0:
+            raise UsageError(f"--max-layer-ratio must be in (0, 1), got {self.max_layer_ratio}")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise UsageError("--lr and the distillation temperature must be positive")
+        if self.method == "unstructured" and (self.heads or self.global_pruning or self.round_to or self.layer_ratios):
+            raise UsageError("--heads, --global, --round-to and layer ratios apply to structured pruning")
 
 
 @dataclass(frozen=True)

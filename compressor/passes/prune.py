@@ -19,7 +19,7 @@ import numpy as np
 
 from compressor.artifact import ModelFormat, save_onnx
 from compressor.context import RunContext
-from compressor.errors import PruningError, UnsupportedModelError
+from compressor.errors import CompressorError, PruningError, UnsupportedModelError
 from compressor.export import export_to_onnx
 from compressor.passes.configs import PruneConfig
 
@@ -73,55 +73,324 @@ def _structured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
     import torch
     import torch_pruning as tp
 
-    model = copy.deepcopy(art.loaded).eval()
+    teacher = art.loaded
+    model = copy.deepcopy(teacher).eval()
     frozen = not any(p.requires_grad for p in model.parameters())
     for p in model.parameters():  # a frozen model gives an empty dependency graph (case P2)
         p.requires_grad_(True)
     example = tuple(torch.from_numpy(np.ascontiguousarray(ctx.data.batch(0, 2)[n])) for n in ctx.io.input_names)
+    example1 = tuple(t[:1] for t in example)
+    named = dict(model.named_modules())
     ignored = _output_layers(model, example)
+    ignored += [m for m in _match_modules(named, config.exclude, "--exclude") if m not in ignored]
+    num_heads, attn_modules = _attention_heads(model)
+    if config.heads is not None and not num_heads:
+        raise UnsupportedModelError("--heads needs attention layers (nn.MultiheadAttention or BERT-style "
+                                    "self-attention with query/key/value Linear layers); this model has none")
+    if num_heads:  # transformers: prune heads and FFN hidden units only, keep the hidden (residual) width
+        keep = set(num_heads) | {m for m in named.values() if isinstance(m, torch.nn.Linear)
+                                 and m.out_features > m.in_features}
+        ignored += [m for m in named.values() if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))
+                    and m not in keep and m not in ignored]
+        ignored += [m for m in named.values() if isinstance(m, torch.nn.MultiheadAttention) and m not in ignored]
+    ratio_dict = {}
+    for pattern, r in config.layer_ratios:
+        for m in _match_modules(named, (pattern,), "layer ratio"):
+            ratio_dict[m] = r
+    macs_before, params_before = _count(model, example1)
     before = _channel_counts(model)
-    params_before = sum(p.numel() for p in model.parameters())
-    importance = tp.importance.MagnitudeImportance(
-        p=1, target_types=[torch.nn.modules.conv._ConvNd, torch.nn.Linear]
-    )
+    importance = _importance(config.criterion)
     try:
         pruner = tp.pruner.MetaPruner(
-            model, example, importance=importance, pruning_ratio=config.ratio, ignored_layers=ignored
+            model, example, importance=importance, global_pruning=config.global_pruning,
+            pruning_ratio=config.ratio, pruning_ratio_dict=ratio_dict or None,
+            max_pruning_ratio=config.max_layer_ratio, iterative_steps=config.steps, ignored_layers=ignored,
+            round_to=config.round_to, num_heads=num_heads, prune_num_heads=config.heads is not None,
+            head_pruning_ratio=config.heads or 0.0, prune_head_dims=config.heads is None and not num_heads,
         )
-        pruner.step()
+        for _ in range(config.steps):
+            if config.criterion == "taylor":
+                _taylor_gradients(model, ctx)
+            pruner.step()
+    except CompressorError:
+        raise
     except Exception as e:
         raise PruningError(f"Torch-Pruning failed on this model: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    _update_attention_attributes(attn_modules)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    params_after = sum(p.numel() for p in model.parameters())
+    macs_after, params_after = _count(model, example1)
     if params_after >= params_before:
         raise PruningError(
             f"structured pruning at ratio {config.ratio} removed no channel (no prunable Conv/Linear outside the "
-            "output layer, or every layer is too small); try a larger --ratio or --method unstructured"
+            "output layer and --exclude, or every layer is too small); try a larger --ratio or --method unstructured"
         )
     after = _channel_counts(model)
-    layers = [
-        {"name": name, "channels_before": before[name], "channels_after": after.get(name, before[name])}
-        for name in before
-    ]
-    ctx.steps.append({"name": "prune", "method": "structured", "parameters_before": params_before,
-                      "parameters_after": params_after})
-    path = ctx.workdir / "result.onnx"
-    res = export_to_onnx(model, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset, atol=ctx.export.atol,
-                         rtol=ctx.export.rtol, exporter=ctx.export.exporter)
-    ctx.steps.append({"name": "export", "of": "pruned model", **res.to_json()})
-    return PassOutcome(path, {
+    layers = [{"name": name, "channels_before": before[name], "channels_after": after.get(name, before[name])}
+              for name in before]
+    details: dict[str, Any] = {
         "method": "structured",
         "pruning_ratio": config.ratio,
-        "criterion": "l1",
-        "criterion_source": "L1 filter norm, Li et al. 2017; dependency graph: Torch-Pruning (Fang et al. 2023)",
+        "criterion": config.criterion,
+        "criterion_source": _CRITERION_SOURCES[config.criterion],
+        "global": config.global_pruning,
+        "steps": config.steps,
+        "round_to": config.round_to,
+        "heads": _head_counts(attn_modules) if attn_modules else None,
         "ignored_layers": [n for n, m in model.named_modules() if any(m is i for i in ignored)],
         "frozen_input": frozen,
         "layers": layers,
         "torch_parameters_before": params_before,
         "torch_parameters_after": params_after,
-    })
+        "macs_before": macs_before,
+        "macs_after": macs_after,
+        "lossless": False,
+        "note": "structured pruning changes the function: fidelity and accuracy are measured against the original",
+    }
+    ctx.steps.append({"name": "prune", "method": "structured", "parameters_before": params_before,
+                      "parameters_after": params_after, "macs_before": macs_before, "macs_after": macs_after})
+    if ctx.eval_data is not None:
+        details["accuracy_before_recovery"] = _torch_accuracy(model, ctx)
+    if config.recover:
+        details["recovery"] = recover(model, teacher, ctx, config)
+        if ctx.eval_data is not None:
+            details["accuracy_after_recovery"] = _torch_accuracy(model, ctx)
+    ctx.torch_result = model
+    path = ctx.workdir / "result.onnx"
+    res = export_to_onnx(model, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset, atol=ctx.export.atol,
+                         rtol=ctx.export.rtol, exporter=ctx.export.exporter)
+    ctx.steps.append({"name": "export", "of": "pruned model", **res.to_json()})
+    return PassOutcome(path, details)
+
+
+_CRITERION_SOURCES = {
+    "l1": "L1 filter norm, Li et al. 2017 (Torch-Pruning MagnitudeImportance p=1)",
+    "l2": "L2 filter norm (Torch-Pruning MagnitudeImportance p=2)",
+    "fpgm": "filter pruning via geometric median, He et al. 2019 (Torch-Pruning FPGMImportance)",
+    "bn-scale": "BatchNorm scaling factors, network slimming, Liu et al. 2017 (Torch-Pruning BNScaleImportance)",
+    "taylor": "first-order Taylor expansion, Molchanov et al. 2019 (Torch-Pruning TaylorImportance)",
+    "random": "random ranking (a baseline; Torch-Pruning RandomImportance)",
+}
+
+
+def _importance(criterion: str) -> Any:
+    import torch
+    import torch_pruning as tp
+
+    conv_linear = [torch.nn.modules.conv._ConvNd, torch.nn.Linear]
+    if criterion == "l1":
+        return tp.importance.MagnitudeImportance(p=1, target_types=conv_linear)
+    if criterion == "l2":
+        return tp.importance.MagnitudeImportance(p=2, target_types=conv_linear)
+    if criterion == "fpgm":
+        return tp.importance.FPGMImportance()
+    if criterion == "bn-scale":
+        return tp.importance.BNScaleImportance()
+    if criterion == "taylor":
+        return tp.importance.TaylorImportance()
+    return tp.importance.RandomImportance()
+
+
+def _taylor_gradients(model: Any, ctx: RunContext) -> None:
+    """Gradients for the Taylor criterion from unlabeled data: cross-entropy against the model's own predictions."""
+    import torch
+
+    from compressor.errors import UsageError
+
+    if ctx.calibration is None:
+        raise UsageError("--criterion taylor needs --calibration-data FILE.npz (gradients come from real inputs)")
+    model.zero_grad()
+    data = ctx.calibration
+    for start in range(0, min(data.num_samples, 256), 64):
+        batch = data.batch(start, 64)
+        out = _first_output(model(*[torch.from_numpy(np.ascontiguousarray(batch[n])) for n in ctx.io.input_names]))
+        if out.dim() == 2 and out.shape[1] > 1:
+            loss = torch.nn.functional.cross_entropy(out, out.detach().argmax(1))
+        else:
+            loss = out.pow(2).mean()
+        loss.backward()
+
+
+def _first_output(out: Any) -> Any:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (list, tuple)):
+        return _first_output(out[0])
+    if isinstance(out, dict):
+        return _first_output(next(iter(out.values())))
+    if hasattr(out, "to_tuple"):
+        return _first_output(out.to_tuple()[0])
+    raise PruningError(f"cannot read the model's output of type {type(out).__name__}")
+
+
+def _count(model: Any, example: tuple) -> tuple[int, int]:
+    """(MACs per sample, parameters) by Torch-Pruning's op counter."""
+    import torch
+    import torch_pruning as tp
+
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example)
+    return int(macs), int(params)
+
+
+def _match_modules(named: dict[str, Any], patterns: tuple[str, ...], flag: str) -> list[Any]:
+    """Modules whose names match the globs.
+
+    Raises:
+        UsageError: A pattern that matches no module (the message shows some module names).
+    """
+    import fnmatch
+
+    from compressor.errors import UsageError
+
+    out: list[Any] = []
+    for pat in patterns:
+        hits = [m for n, m in named.items() if n and fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            sample = ", ".join(n for n in list(named)[1:6])
+            raise UsageError(f"{flag} '{pat}' matches no layer; layer names look like: {sample}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _attention_heads(model: Any) -> tuple[dict[Any, int], list[Any]]:
+    """Torch-Pruning ``num_heads`` map for BERT-style self-attention (query/key/value Linear) and nn.MultiheadAttention."""
+    import torch
+
+    num_heads: dict[Any, int] = {}
+    modules = []
+    for m in model.modules():
+        if all(isinstance(getattr(m, a, None), torch.nn.Linear) for a in ("query", "key", "value")) and hasattr(
+            m, "num_attention_heads"
+        ):
+            for a in ("query", "key", "value"):
+                num_heads[getattr(m, a)] = int(m.num_attention_heads)
+            modules.append(m)
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            num_heads[m] = int(m.num_heads)
+            modules.append(m)
+    return num_heads, modules
+
+
+def _update_attention_attributes(modules: list[Any]) -> None:
+    """After head pruning, make BERT-style attention modules agree with their new projection sizes."""
+    for m in modules:
+        if hasattr(m, "query") and hasattr(m, "attention_head_size"):
+            m.num_attention_heads = m.query.out_features // m.attention_head_size
+            m.all_head_size = m.query.out_features
+            if hasattr(m, "config"):  # some implementations read the head count from the config
+                pass
+        elif hasattr(m, "num_heads") and hasattr(m, "head_dim"):
+            m.num_heads = m.embed_dim // m.head_dim if m.embed_dim % m.head_dim == 0 else m.num_heads
+
+
+def _head_counts(modules: list[Any]) -> list[int]:
+    return [int(getattr(m, "num_attention_heads", getattr(m, "num_heads", 0))) for m in modules]
+
+
+def _torch_accuracy(model: Any, ctx: RunContext) -> float:
+    """Top-1 accuracy of a PyTorch classifier on ``--eval-data``."""
+    import torch
+
+    data = ctx.eval_data
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, data.num_samples, 256):
+            batch = data.batch(start, 256)
+            out = _first_output(model(*[torch.from_numpy(np.ascontiguousarray(batch[n])) for n in ctx.io.input_names]))
+            correct += int((out.argmax(1).numpy() == data.labels[start : start + 256]).sum())
+    return correct / data.num_samples
+
+
+def recover(student: Any, teacher: Any, ctx: RunContext, config: PruneConfig) -> dict[str, Any]:
+    """Fine-tune a pruned model to match the original by knowledge distillation (Hinton et al. 2015).
+
+    Loss: KL divergence between temperature-softened outputs (``T^2``-scaled) for classifiers
+    (``[N, classes]`` outputs), MSE otherwise; plus cross-entropy when ``--train-data`` has labels.
+    Data: the unlabeled inputs of ``--calibration-data``. Adam, seeded sampling with replacement.
+
+    Args:
+        student: The pruned ``nn.Module`` (trained in place).
+        teacher: The original model (frozen).
+        ctx: Run context with ``calibration`` (and optionally ``train_data``).
+        config: Recovery settings.
+
+    Returns:
+        ``{"steps", "loss_first", "loss_last", "samples", "labels"}``.
+
+    Raises:
+        UsageError: No calibration or training data.
+    """
+    import torch
+
+    from compressor.errors import UsageError
+
+    data = ctx.train_data or ctx.calibration
+    if data is None:
+        raise UsageError("--recover needs inputs to learn from: pass --calibration-data FILE.npz (no labels needed) "
+                         "or --train-data FILE.npz (inputs plus labels)")
+    torch.manual_seed(config.seed)
+    names = ctx.io.input_names
+    arrays = [torch.from_numpy(np.ascontiguousarray(data.arrays[n])) for n in names]
+    teacher.eval()
+    with torch.no_grad():
+        t_out = torch.cat([_first_output(teacher(*[a[i : i + 256] for a in arrays]))
+                           for i in range(0, data.num_samples, 256)])
+    labels = torch.from_numpy(data.labels) if data.labels is not None else None
+    classifier = t_out.dim() == 2 and t_out.shape[1] > 1
+    for p in student.parameters():
+        p.requires_grad_(True)
+    student.train()
+    opt = torch.optim.Adam(student.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.recover_steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    T = config.temperature
+    losses = []
+    progress = _progress(config.recover_steps)
+    with progress as bar:
+        task = bar.add_task("recovering", total=config.recover_steps, loss=float("nan")) if bar else None
+        for _ in range(config.recover_steps):
+            idx = torch.randint(0, data.num_samples, (min(config.batch_size, data.num_samples),), generator=gen)
+            out = _first_output(student(*[a[idx] for a in arrays]))
+            if classifier:
+                loss = torch.nn.functional.kl_div(torch.log_softmax(out / T, 1), torch.softmax(t_out[idx] / T, 1),
+                                                  reduction="batchmean") * T * T
+            else:
+                loss = torch.nn.functional.mse_loss(out, t_out[idx])
+            if labels is not None and classifier:
+                loss = loss + torch.nn.functional.cross_entropy(out, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if bar:
+                bar.update(task, advance=1, loss=losses[-1])
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return {"steps": config.recover_steps, "loss_first": losses[0], "loss_last": float(np.mean(losses[-10:])),
+            "samples": data.num_samples, "data": data.source, "labels": labels is not None,
+            "method": "knowledge distillation (Hinton et al. 2015): "
+                      + ("KL on softened logits" if classifier else "MSE on outputs")
+                      + (" + cross-entropy on labels" if labels is not None else "")}
+
+
+def _progress(total: int) -> Any:
+    """A rich progress bar with the loss on stderr when it is a terminal, else a no-op context."""
+    import contextlib
+    import sys
+
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
 
 
 def _output_layers(model: Any, example: tuple) -> list[Any]:
@@ -224,6 +493,7 @@ def _unstructured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
             p.copy_(new)
     zeros = sum(int((p == 0).sum()) for _, p in named)
     total = sum(p.numel() for _, p in named)
+    ctx.torch_result = model
     ctx.steps.append({"name": "prune", "method": "unstructured", "weights": len(named), "sparsity": zeros / total})
     path = ctx.workdir / "result.onnx"
     res = export_to_onnx(model, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset, atol=ctx.export.atol,
