@@ -174,7 +174,7 @@ def test_q8_asymmetric_weights_show_their_cost(tiny_bert_onnx, tmp_path):
 
 def test_int4_and_fp16_precisions(tiny_bert_onnx, tmp_path):
     path, calib = tiny_bert_onnx
-    r = run_cli("quantize", path, "--precision", "int4", "--block-size", "32", "--calibration-data", calib,
+    r = run_cli("quantize", path, "--precision", "int4", "--block-size", "16", "--calibration-data", calib,
                 "-o", tmp_path / "int4.onnx", "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
     ops = r.report["result"]["op_types"]

@@ -342,7 +342,7 @@ def quantize(
     percentile: Annotated[float, typer.Option("--percentile", help="Static, percentile calibration: percentile kept.")] = 99.999,
     calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", help="Static: use at most N calibration samples.")] = None,
     precision: Annotated[str, typer.Option("--precision", help="int8; int4 (weight-only blockwise, MatMulNBits, embeddings too); fp16.")] = "int8",
-    block_size: Annotated[int, typer.Option("--block-size", help="int4 block size (power of two >= 16).")] = 32,
+    block_size: Annotated[int, typer.Option("--block-size", help="int4 block size (power of two >= 16).")] = 16,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
     op_types: Annotated[Optional[str], typer.Option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,Gather).")] = None,
     keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs (default).")] = True,

@@ -115,7 +115,7 @@ class QuantizeConfig:
         percentile: Percentile kept by ``"percentile"`` calibration, in (90, 100].
         calibration_samples: Use at most this many calibration samples (None: all).
         precision: ``"int8"``; ``"int4"`` (weight-only, blockwise, ONNX Runtime MatMulNBits, embedding
-            tables too); ``"fp16"`` (float16 weights and compute).
+            tables too; asymmetric unless ``scheme`` says symmetric); ``"fp16"`` (float16 weights and compute).
         block_size: int4 block size along the reduction axis (power of two, >= 16).
         exclude: Node-name globs kept in float (each must match a node).
         op_types: Quantize only these op types (e.g. ``("MatMul",)``); empty: the tool's default.
@@ -138,7 +138,7 @@ class QuantizeConfig:
     percentile: float = 99.999
     calibration_samples: int | None = None
     precision: str = "int8"
-    block_size: int = 32
+    block_size: int = 16
     exclude: tuple[str, ...] = ()
     op_types: tuple[str, ...] = ()
     keep_io_types: bool = True

