@@ -198,6 +198,7 @@ def benchmark_detailed(
         "block_ids": np.asarray(block_ids, dtype=np.int64),
         "session_load_ms": load_ms,
         "warmup_runs": warm,
+        "blocks": blocks,
     }
 
 

@@ -85,6 +85,7 @@ def _measure(ctx: RunContext, options: RunOptions, report: dict[str, Any], basel
         "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
         "interleaved": len(paths) > 1,
         "warmup_runs": det["warmup_runs"],
+        "blocks": det["blocks"],
         "settings": options.bench.to_json(),
         "cpu": cpu_info(),
     }

@@ -140,31 +140,34 @@ def _int_list(text: str | None, flag: str, example: str) -> list[int]:
     return values
 
 
-def _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter,
-                 json_out, extra):
+def _run_options(p: dict[str, Any]):
+    """RunOptions from a command's parameters (``dict(locals())``); absent flags take their defaults."""
     from compressor.benchmark import BenchmarkSettings
     from compressor.context import ExportSettings
     from compressor.gates import Gates
     from compressor.inputs import parse_input_shapes
     from compressor.pipeline import RunOptions
 
+    exporter = p.get("exporter", "auto")
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise UsageError(f"--exporter '{exporter}' is unknown; use auto, dynamo or torchscript")
-    sizes = _int_list(extra.get("batch_sizes"), "--batch-sizes", "1,8,32")
-    seq_lens = _int_list(extra.get("seq_lens"), "--seq-lens", "64,128")
-    gates = Gates(max_accuracy_drop=extra.get("max_accuracy_drop"), min_speedup=extra.get("min_speedup"),
-                  max_size_ratio=extra.get("max_size_ratio"), min_cosine=extra.get("min_cosine"))
+    sizes = _int_list(p.get("batch_sizes"), "--batch-sizes", "1,8,32")
+    seq_lens = _int_list(p.get("seq_lens"), "--seq-lens", "64,128")
+    gates = Gates(max_accuracy_drop=p.get("max_accuracy_drop"), min_speedup=p.get("min_speedup"),
+                  max_size_ratio=p.get("max_size_ratio"), min_cosine=p.get("min_cosine"))
     return RunOptions(
         batch_sizes=sizes,
         seq_lens=seq_lens,
         gates=gates,
-        input_shapes=parse_input_shapes(input_shape or []),
-        calibration_data=calibration_data,
-        eval_data=eval_data,
-        batch_size=batch_size,
-        export=ExportSettings(opset=opset, atol=atol, rtol=extra.get("rtol", 1e-3), exporter=exporter),
-        bench=BenchmarkSettings(runs=runs, warmup=warmup, threads=threads, inter_threads=extra.get("inter_threads", 0),
-                                min_time_s=extra.get("min_time", 3.0), measure_memory=extra.get("measure_memory", True)),
+        input_shapes=parse_input_shapes(p.get("input_shape") or []),
+        calibration_data=p.get("calibration_data"),
+        eval_data=p.get("eval_data"),
+        batch_size=p.get("batch_size"),
+        export=ExportSettings(opset=p.get("opset", 18), atol=p.get("atol", 1e-4), rtol=p.get("rtol", 1e-3),
+                              exporter=exporter),
+        bench=BenchmarkSettings(runs=p.get("runs"), warmup=p.get("warmup", 10), threads=p.get("threads", 0),
+                                inter_threads=p.get("inter_threads", 0), min_time_s=p.get("min_time", 3.0),
+                                measure_memory=p.get("measure_memory", True)),
         quiet=False,
     )
 
@@ -295,9 +298,7 @@ def prune(
     debug: DebugOpt = False,
 ) -> None:
     """Prune a model (structured by default), export it to ONNX and compare it with the original."""
-    extra = {"measure_memory": measure_memory, "rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
-             "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
-             "min_cosine": min_cosine}
+    params = dict(locals())
 
     def body() -> int:
         from compressor.commands import compress
@@ -308,7 +309,7 @@ def prune(
                              exclude=tuple(exclude or ()), layer_ratios=ratios, round_to=round_to, steps=steps,
                              heads=heads, max_layer_ratio=max_layer_ratio, recover=recover,
                              recover_steps=recover_steps, lr=lr, batch_size=recover_batch_size, seed=seed)
-        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
+        opts = _run_options(params)
         from compressor.pipeline import check_side_files, default_output
 
         out = output or default_output(model, "pruned")
@@ -379,9 +380,7 @@ def quantize(
     debug: DebugOpt = False,
 ) -> None:
     """Quantize a model to int8 with ONNX Runtime, dynamic or static QDQ (PyTorch inputs are exported first)."""
-    extra = {"measure_memory": measure_memory, "rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
-             "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
-             "min_cosine": min_cosine}
+    params = dict(locals())
 
     def body() -> int:
         from compressor.commands import compress
@@ -395,7 +394,7 @@ def quantize(
                                 op_types=tuple(o.strip() for o in (op_types or "").split(",") if o.strip()),
                                 keep_io_types=keep_io_types, rewrites=rewrites, smooth=smooth,
                                 smooth_alpha=smooth_alpha)
-        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
+        opts = _run_options(params)
         from compressor.pipeline import default_output
 
         out = output or default_output(model, "quantized")
@@ -425,12 +424,12 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Export a PyTorch model to ONNX (dynamic batch axis) and check it against PyTorch."""
+    params = dict(locals())
 
     def body() -> int:
         from compressor.commands import export_model
 
-        opts = _run_options(input_shape, calibration_data, None, None, 0, None, 10, opset, atol, exporter, json_out,
-                            {"rtol": rtol})
+        opts = _run_options(params)
         _check_side_files(model, output or model.with_suffix(".onnx"), report, None, calibration_data)
         rep = export_model(model, output=output, options=opts,
                            load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
@@ -477,14 +476,12 @@ def bench(
     debug: DebugOpt = False,
 ) -> None:
     """Measure one model's size and ONNX Runtime CPU latency, or compare two models on the same inputs."""
-    extra = {"measure_memory": measure_memory, "rtol": rtol, "batch_sizes": batch_sizes, "seq_lens": seq_lens, "inter_threads": inter_threads, "min_time": min_time,
-             "max_accuracy_drop": max_accuracy_drop, "min_speedup": min_speedup, "max_size_ratio": max_size_ratio,
-             "min_cosine": min_cosine}
+    params = dict(locals())
 
     def body() -> int:
         from compressor.commands import bench_model
 
-        opts = _run_options(input_shape, calibration_data, eval_data, batch_size, threads, runs, warmup, opset, atol, exporter, json_out, extra)
+        opts = _run_options(params)
         _check_side_files(model, other, report, markdown, calibration_data, eval_data)
         rep = bench_model(model, options=opts, load_options=_load_options(model_class, model_kwargs, trust_pickle),
                           command=_command_line(), other_path=other)
