@@ -48,6 +48,9 @@ def _measure(ctx: RunContext, options: RunOptions, report: dict[str, Any], basel
     paths = [baseline] + ([result] if result is not None else [])
     outs = [run_onnx(p, ctx.data) for p in paths]
     keys = ["baseline", "result"][: len(paths)]
+    if result is not None and ctx.data.source == "random":
+        ctx.warn("fidelity was measured on random inputs, which can misstate it badly; pass --calibration-data or "
+                 "--eval-data with real samples")
     if result is not None:
         report["fidelity"] = {**compare_outputs(outs[0], outs[1]), "inputs": ctx.data.source,
                               "against": "baseline fp32 ONNX (checked against the original PyTorch model)"
@@ -205,8 +208,10 @@ def compress(
         fid = report["fidelity"]
         if pass_name == "prune" and (fid.get("top1_agreement", 1.0) < 0.9 or fid["cosine_mean"] < 0.9):
             agree = f"top-1 agreement {fid['top1_agreement']:.2f}, " if "top1_agreement" in fid else ""
-            ctx.warn(f"the pruned model's outputs moved far from the original ({agree}cosine {fid['cosine_mean']:.2f}); "
-                     "pruning without fine-tuning loses accuracy: measure it with --eval-data, or use a lower --ratio")
+            advice = ("use --recover with --calibration-data, or a lower --ratio" if options.eval_data
+                      else "measure accuracy with --eval-data; --recover with --calibration-data or a lower --ratio help")
+            ctx.warn(f"the pruned model's outputs moved far from the original ({agree}cosine {fid['cosine_mean']:.2f}"
+                     f"{', on random inputs' if ctx.data.source == 'random' else ''}); {advice}")
         if report["speedup_ci95"][1] < 1.0:
             ctx.warn(f"the result is slower than the baseline on this CPU (speedup {report['speedup']:.2f}, 95% CI "
                      f"[{report['speedup_ci95'][0]:.2f}, {report['speedup_ci95'][1]:.2f}]) at batch "

@@ -142,6 +142,17 @@ def default_output(input_path: Path, suffix: str) -> Path:
     return input_path.with_name(f"{input_path.stem}.{suffix}.onnx")
 
 
+def _can_write_in(folder: Path) -> bool:
+    """True when a file can really be created in ``folder`` (``os.access`` says yes to root everywhere)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".compressor-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
 def check_side_files(paths: dict[str, Path | None], protected: dict[str, Path | None]) -> None:
     """Refuse report files that would overwrite an input or the output, or land in a missing or read-only folder.
 
@@ -169,7 +180,7 @@ def check_side_files(paths: dict[str, Path | None], protected: dict[str, Path | 
         parent = path.parent
         if not parent.exists():
             raise UsageError(f"{flag}: folder {parent} does not exist; create it or choose another path")
-        if not os.access(parent, os.W_OK):
+        if not _can_write_in(parent):
             raise UsageError(f"{flag}: cannot write in {parent}; choose another path")
 
 
@@ -183,6 +194,8 @@ def check_output(input_path: Path, output: Path) -> None:
         raise UsageError(f"output {output} is the input file; choose another -o/--output (inputs are never overwritten)")
     if not output.parent.exists():
         raise UsageError(f"output folder {output.parent} does not exist; create it or choose another -o/--output")
+    if not _can_write_in(output.parent):
+        raise UsageError(f"cannot write in {output.parent}; choose another -o/--output")
     if output.is_dir():
         raise UsageError(f"output {output} is a folder; give a file name such as {output / 'model.onnx'}")
 

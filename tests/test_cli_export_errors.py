@@ -262,3 +262,32 @@ def test_default_output_keeps_dotted_names(samples, tmp_path):
     assert r.code == 0, r.stderr
     assert (tmp_path / "mlp.v1.pruned.onnx").exists()
     assert r.stderr.strip().splitlines()[-1] == f"wrote {tmp_path / 'mlp.v1.pruned.onnx'}"
+
+
+def test_unwritable_report_folder_is_refused_up_front(samples, tmp_path):
+    r = run_cli("prune", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "-o", tmp_path / "o.onnx",
+                "--report", "/proc/r.json")
+    assert r.code == 2 and "cannot write" in r.stderr and not (tmp_path / "o.onnx").exists()
+
+
+def test_sigterm_cleans_up(samples, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "compressor", "prune", str(samples / "digits_cnn.pt"), "--input-shape",
+                             "1,1,8,8", "-o", str(tmp_path / "o.onnx"), "--min-time", "60", "--no-measure-memory"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".compressor-*/result.onnx")):
+        time.sleep(0.2)
+    assert list(tmp_path.glob(".compressor-*")), "the run never reached its scratch folder"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert list(tmp_path.iterdir()) == []  # scratch folder removed, no output written

@@ -163,3 +163,13 @@ def test_save_torch_exported_program(samples, tmp_path):
     assert ep.module()(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     assert r.report["torch_output"]["format"] == "exported_program"
     assert onnx.load(str(tmp_path / "p.onnx")) is not None
+
+
+def test_max_layer_ratio_caps_uniform_pruning(samples, tmp_path):
+    r = run_cli("prune", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--ratio", "0.5", "--max-layer-ratio", "0.25",
+                "-o", tmp_path / "p.onnx", "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    p = r.report["pruning"]
+    assert p["max_layer_ratio"] == 0.25
+    for la in p["layers"]:
+        assert la["channels_after"] >= 0.75 * la["channels_before"] - 1, la

@@ -220,3 +220,23 @@ def test_symmetric_and_asymmetric_zero_points_on_initializers(tiny_bert_onnx, tm
             assert all(np.all(z == 0) for z in zps)
         else:
             assert any(np.any(z != 128) and np.any(z != 0) for z in zps)
+
+
+def test_int4_on_gemm_model(samples, tmp_path):
+    r = run_cli("quantize", samples / "digits_mlp.pt2", "--precision", "int4", "--eval-data", samples / "digits_eval.npz",
+                "-o", tmp_path / "q.onnx", "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    assert r.report["quantization"]["rewrites"].get("gemm_to_matmul") == 3
+    assert r.report["result"]["op_types"].get("MatMulNBits") == 3
+    assert r.report["accuracy"]["drop_points"] <= 2.0
+
+
+def test_static_per_channel_asymmetric_is_reported_as_stored(samples, tmp_path):
+    r = run_cli("quantize", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--calibration-data",
+                samples / "digits_calib.npz", "--scheme", "asymmetric", "-o", tmp_path / "q.onnx", "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    q = r.report["quantization"]
+    stored = q["weight_scheme_stored"]
+    assert q["weight_scheme"] == stored
+    if stored == "symmetric":  # ONNX Runtime's QDQ per-channel weights: the user is told
+        assert any("stored symmetric" in w for w in r.report["warnings"])

@@ -105,6 +105,10 @@ def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
+    except SystemExit as e:  # SIGTERM: scratch folders were removed on the way out
+        if e.code == 143:
+            _err("terminated")
+        raise
     except Exception as e:  # a bug or an unexpected library failure: still one line
         if debug:
             traceback.print_exc()
@@ -314,6 +318,8 @@ def prune(
 
         out = output or default_output(model, "pruned")
         _check_side_files(model, out, report, markdown, calibration_data, eval_data)
+        if save_torch is not None and save_torch.suffix not in (".pt2", ".pt", ".pth"):
+            raise UsageError(f"--save-torch {save_torch}: use .pt2 (ExportedProgram) or .pt/.pth (full-module pickle)")
         if save_torch is not None:
             check_side_files({"--save-torch": save_torch}, {"input model": model, "output model": out,
                                                             "report": report, "markdown": markdown})
@@ -512,6 +518,10 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         from click import exceptions as cx
 
+    import signal
+
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so scratch folders and temp files are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         code = app(standalone_mode=False)
     except cx.UsageError as e:
@@ -519,12 +529,12 @@ def main() -> None:
             print(e.ctx.get_help())
             sys.exit(0)
         cmd = e.ctx.command_path if e.ctx is not None else "compressor"
-        _err(f"{e.format_message()}; see '{cmd} --help'")
+        _err(f"{e.format_message().rstrip('.')}; see '{cmd} --help'")
         sys.exit(2)
-    except cx.Abort:
+    except KeyboardInterrupt:
         _err("interrupted")
         sys.exit(130)
-    except cx.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -96,14 +96,15 @@ def _structured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
     ratio_dict = {}
     for pattern, r in config.layer_ratios:
         for m in _match_modules(named, (pattern,), "layer ratio"):
-            ratio_dict[m] = r
+            ratio_dict[m] = min(r, config.max_layer_ratio)
+    uniform_ratio = config.ratio if config.global_pruning else min(config.ratio, config.max_layer_ratio)
     macs_before, params_before = _count(model, example1)
     before = _channel_counts(model)
     importance = _importance(config.criterion)
     try:
         pruner = tp.pruner.MetaPruner(
             model, example, importance=importance, global_pruning=config.global_pruning,
-            pruning_ratio=config.ratio, pruning_ratio_dict=ratio_dict or None,
+            pruning_ratio=uniform_ratio, pruning_ratio_dict=ratio_dict or None,
             max_pruning_ratio=config.max_layer_ratio, iterative_steps=config.steps, ignored_layers=ignored,
             round_to=config.round_to, num_heads=num_heads, prune_num_heads=config.heads is not None,
             head_pruning_ratio=config.heads or 0.0, prune_head_dims=config.heads is None and not num_heads,
@@ -129,6 +130,12 @@ def _structured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
     after = _channel_counts(model)
     layers = [{"name": name, "channels_before": before[name], "channels_after": after.get(name, before[name])}
               for name in before]
+    over = [la["name"] for la in layers
+            if la["channels_before"] - la["channels_after"] > config.max_layer_ratio * la["channels_before"]
+            + (config.round_to or 1)]
+    if over:
+        ctx.warn(f"layers {', '.join(over)} lost more than --max-layer-ratio {config.max_layer_ratio} of their channels "
+                 "(coupled layers are pruned together); lower --ratio or --exclude them")
     details: dict[str, Any] = {
         "method": "structured",
         "pruning_ratio": config.ratio,
@@ -137,6 +144,7 @@ def _structured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
         "global": config.global_pruning,
         "steps": config.steps,
         "round_to": config.round_to,
+        "max_layer_ratio": config.max_layer_ratio,
         "heads": _head_counts(attn_modules) if attn_modules else None,
         "ignored_layers": [n for n, m in model.named_modules() if any(m is i for i in ignored)],
         "frozen_input": frozen,

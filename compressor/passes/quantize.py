@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from compressor.artifact import EXTERNAL_DATA_BYTES, file_size_bytes, save_onnx
 from compressor.context import RunContext
 from compressor.errors import QuantizationError, SessionError
@@ -283,10 +285,14 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
     """Result-preserving rewrites, then SmoothQuant smoothing when calibration data is given."""
     import onnx
 
-    from compressor.passes.rewrites import apply_rewrites, smooth_activations
+    from compressor.passes.rewrites import apply_rewrites, gemm_to_matmul, smooth_activations
 
     model = onnx.load_model(str(src))
     done = apply_rewrites(model) if config.rewrites else {}
+    if config.precision == "int4":  # MatMulNBits takes MatMul only
+        n = gemm_to_matmul(model)
+        if n:
+            done["gemm_to_matmul"] = n
     if smooth and ctx.calibration is not None:
         calib = ctx.calibration
         if config.calibration_samples is not None:
@@ -300,6 +306,36 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
     out = ctx.workdir / "rewritten.onnx"
     save_onnx(model, out)
     return out, done
+
+
+def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) -> None:
+    """Read the weight zero points actually stored and correct the report when they differ from the request.
+
+    ONNX Runtime's QDQ quantizer makes per-channel weights symmetric whatever ``WeightSymmetric`` says.
+    """
+    from onnx import numpy_helper
+
+    if settings.get("weight_type") not in ("int8", "uint8"):
+        return
+    inits = {i.name: i for i in model.graph.initializer}
+    zps = []
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2 and len(n.input) > 2:
+            zps.append(numpy_helper.to_array(inits[n.input[2]]))
+        elif n.op_type in ("MatMulInteger", "ConvInteger") and len(n.input) > 3 and n.input[3] in inits:
+            zps.append(numpy_helper.to_array(inits[n.input[3]]))
+    if not zps:
+        return
+    mid = 128 if settings["weight_type"] == "uint8" else 0
+    symmetric = all(np.all(z == mid) for z in zps)
+    actual = "symmetric" if symmetric else "asymmetric"
+    settings["weight_scheme_stored"] = actual
+    if settings["weight_scheme"] != actual:
+        ctx.warn(f"asked for {settings['weight_scheme']} weights but ONNX Runtime stored {actual} ones "
+                 f"(zero points {'all ' + str(mid) if symmetric else 'vary'}); "
+                 + ("its QDQ quantizer makes per-channel weights symmetric: use --per-tensor for zero points"
+                    if settings.get("per_channel") and settings["mode"] == "static" else "see the report"))
+        settings["weight_scheme"] = actual
 
 
 def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
@@ -332,6 +368,9 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     else:
         settings = choose_settings(config, has_conv=has_conv, has_calibration=ctx.calibration is not None)
     op_types = list(config.op_types) or None
+    if settings.get("mode") != "static" and (config.calibration_method != "minmax" or config.calibration_samples):
+        ctx.warn("--calibration-method and --calibration-samples only affect static quantization; this run is "
+                 f"{settings.get('mode', config.precision)}")
     rewrites: dict[str, int] = {}
     if config.precision == "int4" or (config.precision == "int8" and settings["mode"] == "dynamic"):
         pre, rewrites = _rewrite(ctx, config, pre, smooth=config.precision == "int8" and config.smooth, excluded=excluded)
@@ -426,9 +465,9 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
         summary["unquantized_nodes"] = dict(Counter(n.op_type for n in base_model.graph.node
                                                     if n.op_type in WEIGHT_OPS and n.name in kept))
     if not summary["quantized_nodes"]:
-        raise QuantizationError(
-            "quantization quantized no node (no Conv, MatMul or Gemm with constant weights); nothing would change"
-        )
+        what = "MatMul, Gemm or Gather" if config.precision == "int4" else "Conv, MatMul or Gemm"
+        raise QuantizationError(f"quantization quantized no node (no {what} with constant weights); nothing would change")
+    _check_weight_scheme(qmodel, settings, ctx)
     try:
         sess = make_session(out)
         sess.run(None, ctx.data.batch(0, min(2, ctx.data.num_samples)))

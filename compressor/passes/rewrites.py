@@ -169,6 +169,42 @@ def fuse_gelu(model: Any) -> int:
     return fused
 
 
+def gemm_to_matmul(model: Any) -> int:
+    """Rewrite ``Gemm(A, B, C)`` with a constant ``B`` (alpha = beta = 1, no transA) as ``MatMul(A, B') + C``.
+
+    ONNX Runtime's int4 quantizer (MatMulNBits) only takes MatMul; the rewrite is exact (``B'`` is
+    ``B`` or its transpose, stored once).
+
+    Returns:
+        The number of Gemm nodes rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    users = Counter(name for n in model.graph.node for name in n.input)
+    done = 0
+    for n in list(model.graph.node):
+        if n.op_type != "Gemm" or len(n.input) < 2 or n.input[1] not in inits or users[n.input[1]] != 1:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+            continue
+        if attrs.get("transB", 0):
+            w = numpy_helper.to_array(inits[n.input[1]])
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), n.input[1]))
+        pos = list(model.graph.node).index(n)
+        has_bias = len(n.input) > 2 and n.input[2]
+        mm_out = f"{n.output[0]}_matmul" if has_bias else n.output[0]
+        new = [helper.make_node("MatMul", [n.input[0], n.input[1]], [mm_out], name=f"{n.name}_matmul")]
+        if has_bias:
+            new.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=f"{n.name}_bias"))
+        model.graph.node.remove(n)
+        for k, node in enumerate(new):
+            model.graph.node.insert(pos + k, node)
+        done += 1
+    return done
+
+
 REWRITES = {"softmax_nan_guard": remove_softmax_nan_guard, "gelu": fuse_gelu}
 
 
