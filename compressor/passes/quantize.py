@@ -484,5 +484,6 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     if "ConvInteger" in ops:
         ctx.warn("dynamic quantization turned convolutions into ConvInteger, which is often slower than fp32 "
                  "on CPU; static quantization suits CNNs better: pass --calibration-data FILE.npz (see the latency numbers)")
+    settings["precision"] = config.precision
     ctx.steps.append({"name": "quantize", "preprocess": pre_label, **settings, **summary})
     return PassOutcome(out, {**settings, **summary, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]})
