@@ -54,11 +54,6 @@ class TensorSpec:
     dtype: str
     shape: tuple[int | str | None, ...]
 
-    @property
-    def is_static(self) -> bool:
-        """True when every axis has a fixed size."""
-        return all(isinstance(d, int) for d in self.shape)
-
     def concrete_shape(self, *, batch_size: int | None = None) -> tuple[int, ...]:
         """Shape with the batch axis (axis 0) set to ``batch_size``.
 

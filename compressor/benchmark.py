@@ -92,25 +92,6 @@ class LatencyStats:
         return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean, "std": self.std, "runs": self.runs}
 
 
-def benchmark_interleaved(
-    paths: list[Path], feeds: dict[str, np.ndarray], settings: BenchmarkSettings | None = None
-) -> list[LatencyStats]:
-    """Time several ONNX models on the same inputs, interleaved.
-
-    Args:
-        paths: ONNX files; all take ``feeds``.
-        feeds: ``input name -> ndarray`` (one batch).
-        settings: Warm-up, run count and thread settings.
-
-    Returns:
-        One :class:`LatencyStats` per path, in order.
-
-    Raises:
-        SessionError: A model cannot be loaded.
-    """
-    return benchmark_detailed(paths, feeds, settings)["latency"]
-
-
 def _warm_up(sess: Any, feeds: dict[str, np.ndarray], settings: BenchmarkSettings) -> int:
     """Run until timings settle (bounded); returns the number of warm-up runs."""
     times: list[float] = []

@@ -289,8 +289,6 @@ def _update_attention_attributes(modules: list[Any]) -> None:
         if hasattr(m, "query") and hasattr(m, "attention_head_size"):
             m.num_attention_heads = m.query.out_features // m.attention_head_size
             m.all_head_size = m.query.out_features
-            if hasattr(m, "config"):  # some implementations read the head count from the config
-                pass
         elif hasattr(m, "num_heads") and hasattr(m, "head_dim"):
             m.num_heads = m.embed_dim // m.head_dim if m.embed_dim % m.head_dim == 0 else m.num_heads
 
