@@ -7,7 +7,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compressor.passes.rewrites import fuse_gelu, remove_softmax_nan_guard, smooth_activations
+from compressor.passes.rewrites import (float_graph_outputs, fuse_gelu, reduce_mean_to_global_average_pool,
+                                        remove_softmax_nan_guard, smooth_activations)
 
 
 def _run(model, feeds):
@@ -87,3 +88,63 @@ def test_smoothquant_keeps_fp32_results():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     inv = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name.endswith("_smooth_inv_scale")))
     assert inv[3] < inv[[0, 1, 2]].min()  # the outlier channel is scaled down the most
+
+
+def _pool_model(axes, keepdims=1, rank=4):
+    shape = [2, 3, 5, 4][:rank]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("ReduceMean", ["r", "axes"], ["y"], keepdims=keepdims)]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array(axes, np.int64), "axes")])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_reduce_mean_over_spatial_axes_becomes_global_average_pool():
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    for axes in ([2, 3], [-1, -2]):
+        model = _pool_model(axes)
+        expected = _run(model, {"x": x})
+        assert reduce_mean_to_global_average_pool(model) == 1
+        assert [n.op_type for n in model.graph.node] == ["Relu", "GlobalAveragePool"]
+        np.testing.assert_allclose(_run(model, {"x": x}), expected, rtol=1e-6, atol=1e-6)
+    # not over every spatial axis, or dropping the axes: a different result shape, so left alone
+    for model in (_pool_model([3]), _pool_model([2, 3], keepdims=0), _pool_model([1, 2, 3])):
+        assert reduce_mean_to_global_average_pool(model) == 0
+        assert "ReduceMean" in [n.op_type for n in model.graph.node]
+
+
+def _qdq_tail(extra_user: bool = False):
+    """x -> DQ(w) Gemm -> Q -> DQ -> y (and optionally the Gemm output also feeds a second graph output)."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.integers(-127, 127, (4, 6), dtype=np.int8), "w_q"),
+             numpy_helper.from_array(np.array(0.02, np.float32), "w_s"),
+             numpy_helper.from_array(np.array(0, np.int8), "w_z"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "y_s"),
+             numpy_helper.from_array(np.array(3, np.int8), "y_z")]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"]),
+             helper.make_node("Gemm", ["x", "w"], ["g"], transB=1),
+             helper.make_node("QuantizeLinear", ["g", "y_s", "y_z"], ["g_q"]),
+             helper.make_node("DequantizeLinear", ["g_q", "y_s", "y_z"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])]
+    if extra_user:
+        nodes.append(helper.make_node("Relu", ["g"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4]))
+    graph = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_float_graph_outputs_drops_the_final_qdq_pair():
+    x = np.random.default_rng(5).standard_normal((2, 6)).astype(np.float32)
+    model = _qdq_tail()
+    quantized_logits = _run(model, {"x": x})
+    assert float_graph_outputs(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "Gemm"]
+    assert model.graph.node[1].output[0] == "y"
+    logits = _run(model, {"x": x})
+    assert not np.array_equal(logits, quantized_logits)  # no longer rounded to the 8-bit output grid
+    np.testing.assert_allclose(logits, quantized_logits, atol=0.1 / 2 + 1e-6)  # half a step of the output scale
+    # a Gemm output that something else also reads keeps its pair
+    shared = _qdq_tail(extra_user=True)
+    assert float_graph_outputs(shared) == 0 and len(shared.graph.node) == 5

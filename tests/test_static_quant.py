@@ -45,6 +45,31 @@ def test_static_int8_cnn_accuracy(samples, tmp_path):
     assert r.report["accuracy"]["drop_points"] <= 0.5
     zps, dtypes = _weight_qparams(out)
     assert dtypes == {"int8"} and all(np.all(z == 0) for z in zps)
+    # activations carry a zero point (ONNX Runtime's default), so the Relus fold into the range and go
+    assert q["activation_scheme"] == "asymmetric" and q["chosen_by"] == "user"
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert "Relu" not in ops and "ReduceMean" not in ops and "GlobalAveragePool" in ops
+    assert q["rewrites"] == {"global_average_pool": 1, "float_output": 1}
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    act_zps = [inits[n.input[2]] for n in model.graph.node
+               if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert act_zps and any(np.any(z != 0) for z in act_zps)
+    # the logits come straight from the last Gemm (float output), not through Q -> DQ
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert producer[model.graph.output[0].name].op_type == "Gemm"
+    assert not any("symmetric activations keep" in w for w in r.report["warnings"])
+
+
+def test_symmetric_activations_warn_about_kept_relus(samples, tmp_path):
+    out = tmp_path / "sym.onnx"
+    r = run_cli("quantize", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--mode", "static",
+                "--scheme", "symmetric", "--calibration-data", samples / "digits_calib.npz",
+                "--calibration-samples", "64", "-o", out, "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    assert r.report["quantization"]["activation_scheme"] == "symmetric"
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("Relu") == 4
+    assert any("symmetric activations keep 4 Relu/Clip" in w for w in r.report["warnings"])
 
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])

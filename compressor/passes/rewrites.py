@@ -11,6 +11,10 @@ The report lists the rewrites that ran and how often.
 - ``gelu``: the exact erf GELU written out as ``x * 0.5 * (1 + erf(x / sqrt(2)))`` becomes one
   ``com.microsoft.Gelu`` node, ONNX Runtime's kernel for the same formula (Hendrycks & Gimpel
   2016), which ONNX Runtime can then fuse with the preceding bias add.
+- ``global_average_pool`` (static QDQ only): ``ReduceMean`` over all spatial axes becomes
+  ``GlobalAveragePool``, which has a fused int8 kernel.
+- ``float_output`` (static QDQ only, after quantization): the last Gemm/MatMul writes float32
+  logits directly instead of through a ``QuantizeLinear -> DequantizeLinear`` pair.
 """
 
 from __future__ import annotations
@@ -203,6 +207,86 @@ def gemm_to_matmul(model: Any) -> int:
             model.graph.node.insert(pos + k, node)
         done += 1
     return done
+
+
+def reduce_mean_to_global_average_pool(model: Any) -> int:
+    """Rewrite a ``ReduceMean`` over every spatial axis (``keepdims=1``) as ``GlobalAveragePool``.
+
+    ``[N, C, H, W] -> [N, C, 1, 1]`` (float32) either way: the same mean. PyTorch exports
+    ``AdaptiveAvgPool2d(1)`` as ``ReduceMean(axes=[-1, -2])``; ONNX Runtime has no fused int8
+    ``ReduceMean``, so a QDQ graph keeps it in float between ``DequantizeLinear`` and
+    ``QuantizeLinear``, while ``DQ -> GlobalAveragePool -> Q`` fuses into
+    ``QLinearGlobalAveragePool`` (channels-last with the convolutions). Needs the input's rank
+    from shape inference; does nothing where it is unknown.
+
+    Returns:
+        The number of nodes rewritten.
+    """
+    from onnx import helper
+
+    consts = _constants(model)
+    ranks = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            ranks[vi.name] = len(t.shape.dim)
+    done = 0
+    for n in model.graph.node:
+        if n.op_type != "ReduceMean" or n.domain not in ("", "ai.onnx"):
+            continue
+        rank = ranks.get(n.input[0])
+        if rank is None or rank < 3:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if attrs.get("keepdims", 1) != 1:
+            continue
+        if len(n.input) > 1 and n.input[1]:
+            if n.input[1] not in consts:
+                continue
+            axes = [int(a) for a in np.asarray(consts[n.input[1]]).reshape(-1)]
+        else:
+            axes = list(attrs.get("axes", []))
+        if sorted(a % rank for a in axes) != list(range(2, rank)):
+            continue
+        del n.input[1:]
+        del n.attribute[:]
+        n.op_type = "GlobalAveragePool"
+        done += 1
+    return done
+
+
+def float_graph_outputs(model: Any) -> int:
+    """Remove the ``QuantizeLinear -> DequantizeLinear`` pair that ends a QDQ graph after a Gemm or MatMul.
+
+    The layer then writes its float32 result straight to the graph output: ONNX Runtime runs it
+    as ``QGemm`` / ``MatMulIntegerToFloat`` with a float output, one node fewer and no rounding
+    of the logits to 8 bits (keeping the last layer's output in float is the usual practice of
+    QDQ toolchains, e.g. TensorRT and NNCF). Applied to a quantized model; only where the
+    layer's output feeds nothing but that pair.
+
+    Returns:
+        The number of graph outputs made float.
+    """
+    producers = {o: n for n in model.graph.node for o in n.output}
+    users = Counter(name for n in model.graph.node for name in n.input)
+    remove = []
+    for out in model.graph.output:
+        dq = producers.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or users[q.output[0]] != 1:
+            continue
+        layer = producers.get(q.input[0])
+        if layer is None or layer.op_type not in ("Gemm", "MatMul") or users[q.input[0]] != 1:
+            continue
+        if any(o.name == q.input[0] for o in model.graph.output):
+            continue
+        layer.output[list(layer.output).index(q.input[0])] = out.name
+        remove += [q, dq]
+    for n in remove:
+        model.graph.node.remove(n)
+    return len(remove) // 2
 
 
 REWRITES = {"softmax_nan_guard": remove_softmax_nan_guard, "gelu": fuse_gelu}
