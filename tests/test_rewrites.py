@@ -7,8 +7,13 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from compressor.passes.rewrites import (float_graph_outputs, fuse_gelu, reduce_mean_to_global_average_pool,
-                                        remove_softmax_nan_guard, smooth_activations)
+from compressor.passes.rewrites import (
+    float_graph_outputs,
+    fuse_gelu,
+    reduce_mean_to_global_average_pool,
+    remove_softmax_nan_guard,
+    smooth_activations,
+)
 
 
 def _run(model, feeds):

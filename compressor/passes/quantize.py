@@ -293,8 +293,12 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
     """Result-preserving rewrites, then SmoothQuant smoothing when calibration data is given."""
     import onnx
 
-    from compressor.passes.rewrites import (apply_rewrites, gemm_to_matmul, reduce_mean_to_global_average_pool,
-                                            smooth_activations)
+    from compressor.passes.rewrites import (
+        apply_rewrites,
+        gemm_to_matmul,
+        reduce_mean_to_global_average_pool,
+        smooth_activations,
+    )
 
     model = onnx.load_model(str(src))
     done = apply_rewrites(model) if config.rewrites else {}
