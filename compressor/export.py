@@ -166,6 +166,9 @@ def export_to_onnx(
             with _quiet():
                 _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big, is_ep)
         except Exception as e:  # exporter internals raise anything
+            stop = _interruption(e)  # torch.export wraps a Ctrl-C or SIGTERM in its own error: do not fall back
+            if stop is not None:
+                raise stop from e
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             attempts.append({"exporter": name, "ok": False, "error": f"{type(e).__name__}: {msg}"})
             continue
@@ -192,6 +195,17 @@ def export_to_onnx(
     raise ExportError(
         "ONNX export failed: " + "; ".join(parts) + "; try --opset, a looser --atol, or --debug for details"
     )
+
+
+def _interruption(exc: BaseException | None) -> BaseException | None:
+    """The KeyboardInterrupt (Ctrl-C) or SystemExit (our SIGTERM handler) down an exception's chain, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _opset_of(path: Path) -> int | None:

@@ -147,6 +147,7 @@ def test_float_graph_outputs_drops_the_final_qdq_pair():
     assert float_graph_outputs(model) == 1
     assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "Gemm"]
     assert model.graph.node[1].output[0] == "y"
+    assert {i.name for i in model.graph.initializer} == {"w_q", "w_s", "w_z"}  # the pair's scale/zero point go too
     logits = _run(model, {"x": x})
     assert not np.array_equal(logits, quantized_logits)  # no longer rounded to the 8-bit output grid
     np.testing.assert_allclose(logits, quantized_logits, atol=0.1 / 2 + 1e-6)  # half a step of the output scale

@@ -123,3 +123,28 @@ def test_q1_conv_transpose_per_channel_axis(tmp_path):
     axis = next(a.i for a in deq[0].attribute if a.name == "axis")
     assert scale.shape == (64,) and axis == 1 and inits[deq[0].input[0]].shape[1] == 64
     assert r.report["fidelity"]["sqnr_db"] > 30
+
+
+def _activation_scales(path):
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
+def test_entropy_calibration_differs_from_minmax(samples, tmp_path):
+    # ONNX Runtime's quantize_static runs entropy with as many histogram bins as quantized bins (128/128), which
+    # leaves one candidate threshold: the full range, i.e. minmax. compressor calibrates with 2048/255 bins.
+    scales = {}
+    for method in ("minmax", "entropy"):
+        r = run_cli("quantize", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--mode", "static",
+                    "--calibration-data", samples / "digits_calib.npz", "--calibration-method", method,
+                    "--calibration-samples", "64", "-o", tmp_path / f"{method}.onnx", "--json", *FAST_BENCH)
+        assert r.code == 0, r.stderr
+        assert "Collecting tensor data" not in r.stderr and "histogram" not in r.stderr
+        scales[method] = _activation_scales(tmp_path / f"{method}.onnx")
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    # KL calibration clips the long tail of the post-ReLU activations: smaller ranges than min/max
+    clipped = [k for k in scales["minmax"] if scales["entropy"][k] < 0.9 * scales["minmax"][k]]
+    assert clipped, (scales["minmax"], scales["entropy"])
+    assert all(scales["entropy"][k] <= scales["minmax"][k] * 1.0001 for k in scales["minmax"])

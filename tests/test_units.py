@@ -113,3 +113,22 @@ def test_large_models_use_external_data(tmp_path, monkeypatch):
     sess = ort.InferenceSession(str(final), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 64)
     assert onnx.load(str(final), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
+
+
+def test_export_interruption_is_found_down_the_exception_chain():
+    # torch.export wraps a Ctrl-C raised inside it in its own error; the exporter fallback must not swallow it
+    from compressor.export import _interruption
+
+    def wrapped(inner):
+        try:
+            try:
+                raise inner
+            except BaseException as e:
+                raise RuntimeError("Failed to export the model with torch.export") from e
+        except RuntimeError as outer:
+            return outer
+
+    assert isinstance(_interruption(wrapped(KeyboardInterrupt())), KeyboardInterrupt)
+    stop = _interruption(wrapped(SystemExit(143)))
+    assert isinstance(stop, SystemExit) and stop.code == 143
+    assert _interruption(wrapped(ValueError("unsupported op"))) is None

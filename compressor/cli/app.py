@@ -353,7 +353,7 @@ def quantize(
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
     op_types: Annotated[Optional[str], typer.Option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,Gather).")] = None,
     keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs (default).")] = True,
-    rewrites: Annotated[bool, typer.Option("--rewrites/--no-rewrites", help="Result-preserving graph rewrites before dynamic/int4 quantization (softmax NaN guard, GELU fusion).")] = True,
+    rewrites: Annotated[bool, typer.Option("--rewrites/--no-rewrites", help="Result-preserving graph rewrites: softmax NaN guard, GELU fusion; static QDQ also ReduceMean->GlobalAveragePool and float outputs from the last Gemm/MatMul.")] = True,
     smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Dynamic int8 with --calibration-data: SmoothQuant activation smoothing.")] = True,
     smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", help="SmoothQuant migration strength in [0, 1].")] = 0.7,
     output: OutputOpt = None,

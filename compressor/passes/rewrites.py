@@ -286,6 +286,11 @@ def float_graph_outputs(model: Any) -> int:
         remove += [q, dq]
     for n in remove:
         model.graph.node.remove(n)
+    # drop the pair's scale and zero point when nothing else reads them
+    freed = {name for n in remove for name in n.input[1:]}
+    still = {name for n in model.graph.node for name in n.input}
+    for init in [i for i in model.graph.initializer if i.name in freed and i.name not in still]:
+        model.graph.initializer.remove(init)
     return len(remove) // 2
 
 
