@@ -19,8 +19,8 @@ def graph_stats(model: Any) -> dict[str, Any]:
     """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto`` (external data loaded).
 
     Returns:
-        ``parameters``: elements of float and 8-bit initializers, quantization scales and zero
-        points and integer shape constants excluded;
+        ``parameters``: elements of float, 8-/4-bit and int32 (quantized bias) initializers,
+        quantization scales and zero points and int64 shape constants excluded;
         ``sparsity``: fraction of zero weights (zero = equal to the zero point for quantized
         weights) in the weight inputs of Conv / ConvTranspose / Gemm / MatMul and their
         quantized forms (embedding tables of Gather excluded);
@@ -61,7 +61,8 @@ def graph_stats(model: Any) -> dict[str, Any]:
     for name, init in inits.items():
         if name in qparams or name.endswith(("_scale", "_zero_point")):  # ONNX Runtime's names for quant params
             continue
-        if init.data_type in (1, 10, 11, 16, 2, 3, 21, 22):  # float, fp16, double, bf16, u8, s8, u4, s4
+        # float, fp16, double, bf16, u8, s8, u4, s4, and int32 (the biases of QDQ Conv/Gemm)
+        if init.data_type in (1, 10, 11, 16, 2, 3, 21, 22, 6):
             n = int(np.prod(init.dims)) if len(init.dims) else 1
             params += n
     zeros = 0

@@ -79,8 +79,12 @@ def resolve_io(artifact: ModelArtifact, options: RunOptions, data: SampleData | 
 
 
 def prepare_data(io: IOSpec, options: RunOptions, calib: SampleData | None, evald: SampleData | None) -> SampleData:
-    """The inputs that checks and fidelity run on: calibration data, else eval inputs, else seeded random."""
-    for d in (calib, evald):
+    """The inputs that checks and fidelity run on: eval inputs, else calibration data, else seeded random.
+
+    Held-out data first: static quantization sets its ranges from the calibration data (and recovery
+    trains on it), so fidelity measured there is optimistic.
+    """
+    for d in (evald, calib):
         if d is not None:
             d = check_data_fits(io, d)
             n = min(d.num_samples, FIDELITY_MAX_SAMPLES)
@@ -130,8 +134,15 @@ def scratch_dir(near: Path | None):
         shutil.rmtree(d, ignore_errors=True)
 
 
+# Called after a model is published: the command-line entry point stops taking Ctrl-C/SIGTERM there, so a run
+# whose output exists finishes its report and exits with its normal code instead of "interrupted".
+ON_PUBLISH: list = []
+
+
 def publish(tmp_model: Path, final: Path) -> None:
     """Move a verified ONNX model (and its external data files) to ``final`` atomically per file."""
+    for hook in ON_PUBLISH:
+        hook()
     for loc in onnx_external_locations(tmp_model):
         os.replace(tmp_model.parent / loc, final.parent / loc)
     os.replace(tmp_model, final)

@@ -291,3 +291,29 @@ def test_sigterm_cleans_up(samples, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert list(tmp_path.iterdir()) == []  # scratch folder removed, no output written
+
+
+def test_interrupt_once_the_output_is_in_place_lets_the_run_finish(samples, tmp_path):
+    # once the output model is renamed into place the run no longer takes Ctrl-C: it finishes with its normal
+    # exit code instead of "interrupted" (130) with the output left behind
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "o.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "compressor", "prune", str(samples / "digits_cnn.pt"), "--input-shape",
+                             "1,1,8,8", "-o", str(out), "--no-measure-memory", "--json", *FAST_BENCH],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not out.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    assert out.exists(), "the run never wrote its output"
+    proc.send_signal(signal.SIGINT)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"interrupted" not in err and b'"output"' in stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["o.onnx"]

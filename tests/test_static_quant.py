@@ -46,7 +46,7 @@ def test_static_int8_cnn_accuracy(samples, tmp_path):
     zps, dtypes = _weight_qparams(out)
     assert dtypes == {"int8"} and all(np.all(z == 0) for z in zps)
     # activations carry a zero point (ONNX Runtime's default), so the Relus fold into the range and go
-    assert q["activation_scheme"] == "asymmetric" and q["chosen_by"] == "user"
+    assert q["activation_scheme"] == "asymmetric" and q["chosen_by"] == "default"  # only --mode was given
     model = onnx.load(str(out))
     ops = [n.op_type for n in model.graph.node]
     assert "Relu" not in ops and "ReduceMean" not in ops and "GlobalAveragePool" in ops
@@ -148,3 +148,10 @@ def test_entropy_calibration_differs_from_minmax(samples, tmp_path):
     clipped = [k for k in scales["minmax"] if scales["entropy"][k] < 0.9 * scales["minmax"][k]]
     assert clipped, (scales["minmax"], scales["entropy"])
     assert all(scales["entropy"][k] <= scales["minmax"][k] * 1.0001 for k in scales["minmax"])
+
+
+def test_s8u8_is_refused_up_front(samples, tmp_path):
+    r = run_cli("quantize", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--mode", "static",
+                "--calibration-data", samples / "digits_calib.npz", "--weight-type", "uint8", "-o", tmp_path / "q.onnx")
+    assert r.code == 2 and "S8U8" in r.stderr and "--activation-type uint8" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "q.onnx").exists()

@@ -522,6 +522,16 @@ def main() -> None:
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so scratch folders and temp files are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def _past_the_point_of_no_return() -> None:
+        # the output is being put in place: an interrupt now would leave it behind with exit 130 and
+        # "interrupted"; finish instead (the report is written in well under a second)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    from compressor.pipeline import ON_PUBLISH
+
+    ON_PUBLISH.append(_past_the_point_of_no_return)
     try:
         code = app(standalone_mode=False)
     except cx.UsageError as e:
