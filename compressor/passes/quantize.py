@@ -81,6 +81,8 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
         flag = "--activation-scheme" if config.activation_scheme else "--scheme"
         reasons.append(f"{a_type} {a_scheme} activations ({flag} {a_scheme}"
                        + (f", --activation-type {a_type})" if config.activation_type else ")"))
+    if mode == "static" and a_type == "int8" and w_type == "uint8" and config.weight_type is None:
+        w_type = "int8"  # asymmetric weights keep their zero points in int8: S8U8 has no kernels
     if mode == "static" and a_type == "int8" and w_type == "uint8":
         raise UsageError(
             "int8 activations with uint8 weights (S8U8) cannot run in ONNX Runtime: add --activation-type uint8 "
@@ -431,6 +433,7 @@ def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) 
     actual = "symmetric" if symmetric else "asymmetric"
     settings["weight_scheme_stored"] = actual
     if settings["weight_scheme"] != actual:
+        settings["weight_scheme_requested"] = settings["weight_scheme"]
         ctx.warn(f"asked for {settings['weight_scheme']} weights but ONNX Runtime stored {actual} ones "
                  f"(zero points {'all ' + str(mid) if symmetric else 'vary'}); "
                  + ("its QDQ quantizer makes per-channel weights symmetric: use --per-tensor for zero points"
@@ -538,6 +541,7 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
             }
             if settings["calibration_method"] == "percentile":
                 extra["CalibPercentile"] = config.percentile
+                settings["percentile"] = config.percentile
             cache = None
             if settings["calibration_method"] == "entropy":
                 cache = _entropy_ranges(pre, ctx.workdir, calib, op_types, large)
