@@ -397,11 +397,9 @@ def _float_outputs(path: Path) -> dict[str, int]:
 
 def _kept_float_activations(model: Any) -> list[str]:
     """Relu/Clip nodes left in float between ``DequantizeLinear`` and ``QuantizeLinear`` in a QDQ model."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    users: dict[str, list] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            users.setdefault(name, []).append(n)
+    from compressor.passes.rewrites import graph_maps
+
+    producers, users = graph_maps(model)
     kept = []
     for n in model.graph.node:
         if n.op_type in ("Relu", "Clip") and n.input and getattr(producers.get(n.input[0]), "op_type", "") == "DequantizeLinear":

@@ -49,6 +49,16 @@ def _graph_outputs(model: Any) -> set[str]:
     return {o.name for o in model.graph.output}
 
 
+def graph_maps(model: Any) -> tuple[dict[str, Any], dict[str, list]]:
+    """``(producers, consumers)`` of an ONNX graph: tensor name -> the node writing it / the nodes reading it."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    return producers, consumers
+
+
 def _rename_uses(model: Any, old: str, new: str) -> None:
     for n in model.graph.node:
         for i, name in enumerate(n.input):
@@ -66,11 +76,7 @@ def remove_softmax_nan_guard(model: Any) -> int:
         The number of guards removed.
     """
     consts = _constants(model)
-    producers = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    producers, consumers = graph_maps(model)
     outputs = _graph_outputs(model)
     remove = []
     for sm in [n for n in model.graph.node if n.op_type == "Softmax"]:
@@ -118,10 +124,7 @@ def fuse_gelu(model: Any) -> int:
     from onnx import helper
 
     consts = _constants(model)
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    _, consumers = graph_maps(model)
     outputs = _graph_outputs(model)
 
     def single_use(name: str) -> bool:
@@ -267,18 +270,18 @@ def float_graph_outputs(model: Any) -> int:
     Returns:
         The number of graph outputs made float.
     """
-    producers = {o: n for n in model.graph.node for o in n.output}
-    users = Counter(name for n in model.graph.node for name in n.input)
+    producers, consumers = graph_maps(model)
+    users = {name: len(nodes) for name, nodes in consumers.items()}
     remove = []
     for out in model.graph.output:
         dq = producers.get(out.name)
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
         q = producers.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or users[q.output[0]] != 1:
+        if q is None or q.op_type != "QuantizeLinear" or users.get(q.output[0], 0) != 1:
             continue
         layer = producers.get(q.input[0])
-        if layer is None or layer.op_type not in ("Gemm", "MatMul") or users[q.input[0]] != 1:
+        if layer is None or layer.op_type not in ("Gemm", "MatMul") or users.get(q.input[0], 0) != 1:
             continue
         if any(o.name == q.input[0] for o in model.graph.output):
             continue
