@@ -46,6 +46,23 @@ class BenchmarkSettings:
     inter_threads: int = 0
     measure_memory: bool = True
 
+    def __post_init__(self) -> None:
+        """Validate.
+
+        Raises:
+            FieldError: A count below its least value or a negative time.
+        """
+        from compressor.errors import FieldError
+
+        least = {"warmup": 0, "max_warmup": 0, "runs": 1, "min_runs": 1, "max_runs": 1, "blocks": 1, "threads": 0,
+                 "inter_threads": 0}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise FieldError(name, f"{{name}} must be at least {low}, got {value}")
+        if self.min_time_s < 0:
+            raise FieldError("min_time_s", f"{{name}} must be >= 0 seconds, got {self.min_time_s}", flag="--min-time")
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form."""
         return dict(self.__dict__)

@@ -1,69 +1,70 @@
-"""What a pass gets to work with: the loaded model, its inputs, a scratch folder, settings."""
+"""What a pass gets to work with besides its model: inputs, data, a scratch folder, and callbacks.
+
+Library code never prints. Warnings and progress go to callbacks on the :class:`RunContext`;
+the command-line interface renders them (warnings and progress on stderr). A library user
+can leave the callbacks unset and read ``ctx.warnings`` afterwards.
+"""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from compressor.artifact import IOSpec, ModelArtifact
+from compressor.artifact import IOSpec
 from compressor.inputs import SampleData
 
 
 @dataclass(frozen=True)
-class ExportSettings:
-    """ONNX export settings shared by every command.
+class Progress:
+    """One progress event of a long step.
 
     Attributes:
-        opset: ONNX opset version.
-        atol: Absolute tolerance of export parity checks.
-        rtol: Relative tolerance of export parity checks.
-        exporter: ``"auto"``, ``"dynamo"`` or ``"torchscript"``.
+        task: What is running, e.g. ``"recovery"`` or ``"export"``.
+        done: Units finished so far (0 at the start of the task).
+        total: Units in all (None when unknown).
+        info: Extra figures to show, e.g. ``{"loss": 0.12}``.
     """
 
-    opset: int = 18
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    exporter: str = "auto"
+    task: str
+    done: int
+    total: int | None = None
+    info: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class RunContext:
-    """State shared by the steps of one command.
+    """State shared by the steps of one run; passes take the model itself as an argument.
 
     Attributes:
-        artifact: The loaded input model (never modified).
-        io: Input spec used for export and runs.
-        data: Inputs every check runs on (calibration data, eval inputs, or seeded random).
+        io: Input spec of the model (the same for every step: passes keep the interface).
+        data: Inputs every check runs on (eval inputs, calibration data, or seeded random).
         workdir: Scratch folder beside the output; removed at the end.
-        baseline_onnx: fp32 ONNX baseline (the input itself for ONNX inputs).
-        calibration: Calibration inputs from ``--calibration-data`` (or the random opt-in), else None.
-        eval_data: ``--eval-data`` inputs plus labels, else None.
-        train_data: ``--train-data`` inputs plus labels (pruning recovery), else None.
-        torch_result: The compressed PyTorch model when the pass made one (for ``--save-torch``).
-        export: Export settings.
-        steps: Report entries, one per step that ran.
-        warnings: Warnings shown on stderr and stored in the report.
-        quiet: Do not print warnings as they happen.
+        calibration: Calibration inputs from ``calibration_data`` (or the random opt-in), else None.
+        eval_data: ``eval_data`` inputs plus labels, else None.
+        train_data: ``train_data`` inputs plus labels (pruning recovery), else None.
+        warnings: Every warning of the run, in order (also stored in the report).
+        on_warning: Called with each warning as it happens (the CLI prints it on stderr).
+        on_progress: Called with :class:`Progress` events of long steps (the CLI draws them on stderr).
     """
 
-    artifact: ModelArtifact
     io: IOSpec
     data: SampleData
     workdir: Path
-    baseline_onnx: Path | None = None
     calibration: SampleData | None = None
     eval_data: SampleData | None = None
     train_data: SampleData | None = None
-    torch_result: Any = None
-    export: ExportSettings = field(default_factory=ExportSettings)
-    steps: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    quiet: bool = False
+    on_warning: Callable[[str], None] | None = None
+    on_progress: Callable[[Progress], None] | None = None
 
     def warn(self, message: str) -> None:
-        """Record a warning and print it to stderr."""
+        """Record a warning and pass it to ``on_warning``."""
         self.warnings.append(message)
-        if not self.quiet:
-            print(f"warning: {message}", file=sys.stderr)
+        if self.on_warning is not None:
+            self.on_warning(message)
+
+    def progress(self, task: str, done: int, total: int | None = None, **info: Any) -> None:
+        """Report progress of a long step to ``on_progress`` (no-op without a callback)."""
+        if self.on_progress is not None:
+            self.on_progress(Progress(task, done, total, {k: float(v) for k, v in info.items()}))

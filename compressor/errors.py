@@ -28,6 +28,29 @@ class UsageError(CompressorError):
     exit_code = EXIT_USAGE
 
 
+class FieldError(UsageError):
+    """A setting has a bad value (exit 2). The message names the setting where its value came from.
+
+    The message is a template with ``{name}``: the command-line flag by default (``--ratio``), or the
+    recipe field (``steps[1].ratio in recipe.toml``) when the value came from a file.
+
+    Attributes:
+        field: The config field, e.g. ``"ratio"``.
+        template: The message with ``{name}`` where the setting's name goes.
+        flag: The command-line flag of the field.
+    """
+
+    def __init__(self, field: str, template: str, *, flag: str | None = None) -> None:
+        self.field = field
+        self.template = template
+        self.flag = flag or "--" + field.replace("_", "-")
+        super().__init__(template.format(name=self.flag))
+
+    def named(self, name: str) -> UsageError:
+        """The same error with the setting called ``name`` (e.g. a recipe field)."""
+        return UsageError(self.template.format(name=name))
+
+
 class UnknownFormatError(UsageError):
     """The file's content is not a model format compressor can read (exit 2)."""
 
@@ -64,9 +87,3 @@ class PruningError(StepFailedError):
 
 class SessionError(StepFailedError):
     """An ONNX Runtime inference session could not be created or run (exit 1)."""
-
-
-class GateFailedError(CompressorError):
-    """A quality gate failed; outputs were still written (exit 3)."""
-
-    exit_code = EXIT_GATE_FAILED

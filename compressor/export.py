@@ -16,13 +16,18 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compressor.artifact import IOSpec
+from compressor.artifact import IOSpec, ModelArtifact, ModelFormat
 from compressor.errors import ExportError, UsageError
 from compressor.inputs import SampleData
+
+if TYPE_CHECKING:
+    from compressor.context import RunContext
+    from compressor.passes import PassResult
+    from compressor.passes.configs import ExportConfig
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
@@ -106,7 +111,9 @@ def _quiet():
     warnings.simplefilter("ignore")
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        stack.callback(logger.setLevel, logger.level)  # restored on the way out: a library leaves logging as it was
+        logger.setLevel(logging.ERROR)
     return stack
 
 
@@ -195,6 +202,38 @@ def export_to_onnx(
     raise ExportError(
         "ONNX export failed: " + "; ".join(parts) + "; try --opset, a looser --atol, or --debug for details"
     )
+
+
+def run_export(artifact: ModelArtifact, config: ExportConfig, ctx: RunContext) -> PassResult:
+    """The export step: a PyTorch model to one ONNX file, checked against PyTorch on ``ctx.data``.
+
+    Args:
+        artifact: A PyTorch model (``nn.Module``, ``ExportedProgram`` or TorchScript) in ``artifact.loaded``.
+        config: Export settings.
+        ctx: Inputs (axis 0 of each becomes the dynamic ``batch`` axis), check data, callbacks.
+
+    Returns:
+        The ONNX model in the scratch folder, with the report's ``export`` entry
+        (``exporter``, ``opset``, ``max_abs_diff``, ``attempts``).
+
+    Raises:
+        UsageError: The artifact is already ONNX.
+        ExportError: Every exporter failed or mismatched PyTorch.
+    """
+    from compressor.passes import PassResult
+
+    if not artifact.format.is_torch:
+        raise UsageError("export takes a PyTorch model, and the model is already ONNX at this step; drop the export step")
+    path = ctx.workdir / "exported.onnx"
+    ctx.progress("export", 0, 1)
+    res = export_to_onnx(artifact.loaded, ctx.io, path, check_data=ctx.data, opset=config.opset, atol=config.atol,
+                         rtol=config.rtol, exporter=config.exporter)
+    ctx.progress("export", 1, 1)
+    if res.opset is not None and res.opset != config.opset:
+        ctx.warn(f"asked for opset {config.opset} but the {res.exporter} exporter wrote opset {res.opset}")
+    for a in res.attempts[:-1]:
+        ctx.warn(f"exporter {a['exporter']} was not used: {a.get('error') or 'max abs diff %.3g' % a['max_abs_diff']}")
+    return PassResult(ModelArtifact(path, ModelFormat.ONNX, io=ctx.io), res.to_json())
 
 
 def _interruption(exc: BaseException | None) -> BaseException | None:

@@ -1,84 +1,151 @@
-"""The one pipeline every command runs.
+"""The orchestrator every command runs: prepare -> apply steps -> measure -> report.
 
-``load -> [pass] -> export to ONNX -> verify -> benchmark baseline and result -> Report``.
-Intermediate files live in a scratch folder beside the output; the result is moved into
-place only after it loaded and ran in ONNX Runtime (verify, then write).
+``load -> baseline (the input's fp32 ONNX) -> step 1 -> [export] -> step 2 -> ... -> measure every
+step against the baseline in one interleaved benchmark -> verify -> publish -> Report``.
+
+Passes take and return artifacts (:mod:`compressor.passes`); where a pass gives a PyTorch model,
+the orchestrator inserts the export step, a visible step with its own report entry. It never
+asks which pass it is running. Intermediate files live in a scratch folder beside the output;
+the result is moved into place only after it loaded and ran in ONNX Runtime (verify, then write),
+and that final publish is the only part shielded from Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, onnx_external_locations
-from compressor.benchmark import BenchmarkSettings
-from compressor.context import ExportSettings, RunContext
-from compressor.errors import UsageError
-from compressor.gates import Gates
+from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, file_size_bytes, onnx_external_locations
+from compressor.context import Progress, RunContext
+from compressor.errors import StepFailedError, UsageError
 from compressor.inputs import (
     SampleData,
     apply_shapes_to_spec,
     check_data_fits,
     load_npz,
     random_data,
-    shape_batch_size,
     torch_io_spec,
 )
+from compressor.passes import ONNX, TORCH, PassSpec, config_to_json, get_pass
+from compressor.recipe import Recipe
 
 FIDELITY_MAX_SAMPLES = 512
 RANDOM_SAMPLES = 64
 
 
-@dataclass
-class RunOptions:
-    """Inputs and measurement settings shared by the commands.
+@dataclass(frozen=True)
+class Callbacks:
+    """Where a run reports as it goes (the CLI renders both on stderr).
 
     Attributes:
-        input_shapes: Parsed ``--input-shape`` values.
-        calibration_data: ``--calibration-data`` file or folder.
-        eval_data: ``--eval-data`` file (inputs plus ``labels``).
-        train_data: ``--train-data`` file (inputs plus ``labels``) for pruning recovery.
-        save_torch: ``--save-torch`` path for the compressed PyTorch model.
-        batch_size: Benchmark batch size (None: from ``--input-shape`` or the graph, else 1).
-        export: Export settings.
-        bench: Benchmark settings.
-        batch_sizes: ``--batch-sizes`` sweep (empty: none).
-        seq_lens: ``--seq-lens`` sweep of token inputs' axis 1 (empty: none).
-        gates: Quality gates.
-        quiet: Keep warnings off stderr (they still go to the report).
+        on_warning: Called with each warning.
+        on_progress: Called with :class:`~compressor.context.Progress` events of long steps.
+        on_publish: Called once, just before the outputs are put in place (the only shielded part).
     """
 
-    input_shapes: list[tuple[str | None, tuple[int, ...], str]] = field(default_factory=list)
-    calibration_data: Path | None = None
-    eval_data: Path | None = None
-    train_data: Path | None = None
-    save_torch: Path | None = None
-    batch_size: int | None = None
-    export: ExportSettings = field(default_factory=ExportSettings)
-    bench: BenchmarkSettings = field(default_factory=BenchmarkSettings)
-    batch_sizes: list[int] = field(default_factory=list)
-    seq_lens: list[int] = field(default_factory=list)
-    gates: Gates = field(default_factory=Gates)
-    quiet: bool = False
+    on_warning: Callable[[str], None] | None = None
+    on_progress: Callable[[Progress], None] | None = None
+    on_publish: Callable[[], None] | None = None
 
 
-def resolve_io(artifact: ModelArtifact, options: RunOptions, data: SampleData | None) -> IOSpec:
-    """Input spec from the file, ``--input-shape`` or the data (in that order).
+def _shield(callbacks: Callbacks) -> None:
+    """Tell the caller that the output is about to be put in place.
+
+    The CLI stops taking Ctrl-C/SIGTERM there, so a run whose output exists finishes its report and
+    exits with its normal code.
+    """
+    if callbacks.on_publish is not None:
+        callbacks.on_publish()
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step the orchestrator will run.
+
+    Attributes:
+        spec: The registered pass.
+        config: Its config.
+        index: Position in the recipe's ``steps`` (None for a step the pipeline inserted).
+        of: What it works on, for the report (e.g. ``"original model"``, ``"result of steps[0] (prune)"``).
+    """
+
+    spec: PassSpec
+    config: Any
+    index: int | None
+    of: str
+
+    @property
+    def inserted(self) -> bool:
+        """True for an export step the pipeline added where the model's form changes."""
+        return self.index is None
+
+    def describe(self) -> str:
+        """One line for ``--dry-run``."""
+        name = f"steps[{self.index}] {self.spec.name}" if self.index is not None else f"{self.spec.name} (inserted)"
+        return f"{name} of the {self.of}"
+
+
+def input_form(path: Path) -> str:
+    """``"onnx"`` or ``"torch"`` from the model file's content (cheap: no model is loaded).
+
+    Raises:
+        UsageError: Missing or unreadable file; UnknownFormatError: not a model.
+    """
+    from compressor.loading import detect_format
+
+    return ONNX if detect_format(path) is ModelFormat.ONNX else TORCH
+
+
+def plan(recipe: Recipe, form: str) -> list[PlannedStep]:
+    """The steps to run for an input of form ``form``.
+
+    The baseline export, the recipe's steps, and an export after each step that leaves a PyTorch
+    model (to measure it, and to reach ONNX at the end).
+
+    Raises:
+        UsageError: No steps, or a step that needs a PyTorch model where only ONNX exists.
+    """
+    if not recipe.steps:
+        raise UsageError("the recipe has no steps; add e.g. [[steps]] pass = \"quantize\"")
+    export = get_pass("export")
+    out: list[PlannedStep] = []
+    if form == TORCH:
+        out.append(PlannedStep(export, recipe.export, None, "original model"))
+    has_torch = form == TORCH
+    for i, step in enumerate(recipe.steps):
+        spec = get_pass(step.pass_name)
+        if TORCH not in spec.accepts or not has_torch:
+            if ONNX not in spec.accepts:
+                raise UsageError(f"steps[{i}] ({spec.name}) needs a PyTorch model, but the model is ONNX at that step; "
+                                 "put it before the steps that give ONNX, or start from a PyTorch model")
+            has_torch = False
+        what = "original model" if i == 0 else f"result of steps[{i - 1}] ({recipe.steps[i - 1].pass_name})"
+        out.append(PlannedStep(spec, step.config, i, what))
+        if spec.name == "export":
+            has_torch = False  # the export step's result is ONNX: later steps take that
+        elif has_torch:  # a PyTorch result: export it to measure it and to go on in ONNX where needed
+            out.append(PlannedStep(export, recipe.export, None, f"result of steps[{i}] ({spec.name})"))
+    return out
+
+
+def resolve_io(artifact: ModelArtifact, recipe: Recipe, data: SampleData | None) -> IOSpec:
+    """Input spec from the file, ``input_shape`` or the data (in that order).
 
     Raises:
         UsageError: No source gives the inputs, or the given shapes contradict the file.
     """
     if artifact.io is not None:
-        return apply_shapes_to_spec(artifact.io, options.input_shapes)
-    return torch_io_spec(artifact.loaded, options.input_shapes, data)
+        return apply_shapes_to_spec(artifact.io, recipe.parsed_input_shapes)
+    return torch_io_spec(artifact.loaded, recipe.parsed_input_shapes, data)
 
 
-def prepare_data(io: IOSpec, options: RunOptions, calib: SampleData | None, evald: SampleData | None) -> SampleData:
+def prepare_data(io: IOSpec, recipe: Recipe, calib: SampleData | None, evald: SampleData | None) -> SampleData:
     """The inputs that checks and fidelity run on: eval inputs, else calibration data, else seeded random.
 
     Held-out data first: static quantization sets its ranges from the calibration data (and recovery
@@ -90,24 +157,11 @@ def prepare_data(io: IOSpec, options: RunOptions, calib: SampleData | None, eval
             n = min(d.num_samples, FIDELITY_MAX_SAMPLES)
             return SampleData({k: v[:n] for k, v in d.arrays.items()}, None if d.labels is None else d.labels[:n], d.source)
     dims = None
-    if options.input_shapes:
-        named = apply_shapes_to_spec(io, options.input_shapes) if io.inputs else io
+    shapes = recipe.parsed_input_shapes
+    if shapes:
+        named = apply_shapes_to_spec(io, shapes) if io.inputs else io
         dims = {s.name: s.concrete_shape(batch_size=1)[1:] for s in named.inputs}
     return random_data(io, num_samples=RANDOM_SAMPLES, dims=dims)
-
-
-def bench_feeds(io: IOSpec, data: SampleData, options: RunOptions) -> tuple[dict[str, Any], int]:
-    """One benchmark batch: ``--batch-size``, else the ``--input-shape`` batch, else a fixed graph batch, else 1."""
-    batch = options.batch_size or shape_batch_size(options.input_shapes)
-    if batch is None:
-        first = io.inputs[0].shape[0] if io.inputs and io.inputs[0].shape else None
-        batch = first if isinstance(first, int) and first > 0 else 1
-    if data.num_samples >= batch:
-        return data.batch(0, batch), batch
-    reps = -(-batch // data.num_samples)
-    import numpy as np
-
-    return {k: np.concatenate([v] * reps)[:batch] for k, v in data.arrays.items()}, batch
 
 
 @contextlib.contextmanager
@@ -134,15 +188,8 @@ def scratch_dir(near: Path | None):
         shutil.rmtree(d, ignore_errors=True)
 
 
-# Called after a model is published: the command-line entry point stops taking Ctrl-C/SIGTERM there, so a run
-# whose output exists finishes its report and exits with its normal code instead of "interrupted".
-ON_PUBLISH: list = []
-
-
 def publish(tmp_model: Path, final: Path) -> None:
     """Move a verified ONNX model (and its external data files) to ``final`` atomically per file."""
-    for hook in ON_PUBLISH:
-        hook()
     for loc in onnx_external_locations(tmp_model):
         os.replace(tmp_model.parent / loc, final.parent / loc)
     os.replace(tmp_model, final)
@@ -211,26 +258,29 @@ def check_output(input_path: Path, output: Path) -> None:
         raise UsageError(f"output {output} is a folder; give a file name such as {output / 'model.onnx'}")
 
 
-def make_context(artifact: ModelArtifact, options: RunOptions, workdir: Path) -> RunContext:
-    """Resolve inputs and data and build the :class:`RunContext` for a command.
+def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbacks: Callbacks) -> RunContext:
+    """Resolve inputs and data and build the :class:`RunContext` of a run.
 
-    ``--calibration-data random`` (no such file) is an explicit opt-in to seeded random
+    ``calibration_data = "random"`` (no such file) is an explicit opt-in to seeded random
     calibration inputs, with a warning.
+
+    Raises:
+        UsageError: Data files that are missing, malformed, or do not fit the model's inputs.
     """
-    random_calib = options.calibration_data is not None and str(options.calibration_data) == "random" and not Path(
-        "random"
-    ).exists()
-    calib = load_npz(options.calibration_data) if options.calibration_data and not random_calib else None
-    evald = load_npz(options.eval_data, want_labels=True) if options.eval_data else None
-    io = resolve_io(artifact, options, calib or evald)
-    data = prepare_data(io, options, calib, evald)
-    ctx = RunContext(artifact=artifact, io=io, data=data, workdir=workdir, export=options.export, quiet=options.quiet)
+    cal = recipe.calibration_data
+    random_calib = cal is not None and str(cal) == "random" and not Path("random").exists()
+    calib = load_npz(cal) if cal and not random_calib else None
+    evald = load_npz(recipe.eval_data, want_labels=True) if recipe.eval_data else None
+    io = resolve_io(artifact, recipe, calib or evald)
+    data = prepare_data(io, recipe, calib, evald)
+    ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
+                     on_progress=callbacks.on_progress)
     for w in artifact.details.get("warnings", []):
         ctx.warn(w)
     if evald is not None:
         ctx.eval_data = check_data_fits(io, evald)
-    if options.train_data is not None:
-        ctx.train_data = check_data_fits(io, load_npz(options.train_data, want_labels=True))
+    if recipe.train_data is not None:
+        ctx.train_data = check_data_fits(io, load_npz(recipe.train_data, want_labels=True))
     if calib is not None:
         ctx.calibration = check_data_fits(io, calib)
     elif random_calib:
@@ -241,21 +291,319 @@ def make_context(artifact: ModelArtifact, options: RunOptions, workdir: Path) ->
     return ctx
 
 
-def export_baseline(ctx: RunContext) -> Path:
-    """The fp32 ONNX baseline: the input itself for ONNX, else an export checked against PyTorch."""
-    from compressor.export import export_to_onnx
+def _load(recipe: Recipe) -> ModelArtifact:
+    from compressor.loading import LoadOptions, load_model
 
-    art = ctx.artifact
-    if art.format is ModelFormat.ONNX:
-        ctx.baseline_onnx = art.path
-        return art.path
-    path = ctx.workdir / "baseline.onnx"
-    res = export_to_onnx(art.loaded, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset,
-                         atol=ctx.export.atol, rtol=ctx.export.rtol, exporter=ctx.export.exporter)
-    ctx.steps.append({"name": "export", "of": "original model", **res.to_json()})
-    if res.opset is not None and res.opset != ctx.export.opset:
-        ctx.warn(f"asked for opset {ctx.export.opset} but the {res.exporter} exporter wrote opset {res.opset}")
-    for a in res.attempts[:-1]:
-        ctx.warn(f"exporter {a['exporter']} was not used: {a.get('error') or 'max abs diff %.3g' % a['max_abs_diff']}")
-    ctx.baseline_onnx = path
-    return path
+    if recipe.model is None:
+        raise UsageError("no model given: pass MODEL, or set model = \"...\" in compressor.toml or the recipe")
+    return load_model(recipe.model, LoadOptions(trust_pickle=recipe.trust_pickle, model_class=recipe.model_class,
+                                                model_kwargs=dict(recipe.model_kwargs)))
+
+
+def _input_entry(recipe: Recipe, artifact: ModelArtifact, ctx: RunContext) -> dict[str, Any]:
+    return {"path": str(recipe.model), "format": artifact.format.value, "size_bytes": file_size_bytes(recipe.model),
+            "inputs": [s.to_json() for s in ctx.io.inputs], "source": recipe.source("model")}
+
+
+def _step_dir(work: Path, n: int, name: str) -> Path:
+    d = work / f"{n:02d}-{name}"
+    d.mkdir()
+    return d
+
+
+def _run_step(planned: PlannedStep, artifact: ModelArtifact, ctx: RunContext, work: Path, n: int) -> Any:
+    """Run one planned step in its own scratch sub-folder (its files never clash with another step's)."""
+    step_ctx = dataclasses.replace(ctx, workdir=_step_dir(work, n, planned.spec.name))  # shares warnings
+    step_ctx.progress(planned.spec.name, 0, None)
+    result = planned.spec.load_runner()(artifact, planned.config, step_ctx)
+    step_ctx.progress(planned.spec.name, 1, 1)
+    return result
+
+
+def settings_block(recipe: Recipe) -> dict[str, Any]:
+    """The report's ``settings``: the last step's pass and config (as in 1.0), plus every step."""
+    last = recipe.steps[-1].to_json()
+    if last["pass"] == "prune":
+        last["batch_size"] = last["recover_batch_size"]  # the 1.0 name of the field, kept for scripts
+    return {**last, "steps": [s.to_json() for s in recipe.steps]}
+
+
+def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compressed",
+               callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
+    """Run a recipe end to end and publish its output model.
+
+    Args:
+        recipe: Model, data, steps, benchmark and gate settings.
+        command: The command line, stored in the report.
+        default_suffix: Output name when the recipe has none: ``<input stem>.<suffix>.onnx`` beside the input.
+        callbacks: Warning and progress callbacks.
+
+    Returns:
+        The report dict (see :mod:`compressor.report`): ``baseline`` (the input's fp32 ONNX),
+        ``result`` (the last step), ``steps`` (every step run, each measured one with its own
+        figures from the same interleaved benchmark), plus fidelity, accuracy, speedup and gates
+        of the result.
+
+    Raises:
+        CompressorError: Any failure; nothing is written at the output then.
+    """
+    from compressor.measure import measure, model_entry
+    from compressor.report import new_report
+
+    recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=True)
+    artifact = _load(recipe)
+    steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX)
+    if recipe.save_torch is not None and not _ends_in_torch(steps):
+        raise UsageError("--save-torch needs a PyTorch input and a last step that gives a PyTorch model (prune); "
+                         "this run ends with an ONNX-only model")
+    out = recipe.output or default_output(recipe.model, default_suffix)
+    check_output(recipe.model, out)
+    report = new_report(command)
+    with scratch_dir(out) as work:
+        ctx = make_context(artifact, recipe, work, callbacks)
+        report["input"] = _input_entry(recipe, artifact, ctx)
+        report["sources"] = dict(recipe.sources)
+        report["recipe"] = recipe.to_json()
+        report["settings"] = settings_block(recipe)
+        entries: list[dict[str, Any]] = []
+        candidates: list[dict[str, Any]] = []
+        baseline_onnx = artifact.path if not artifact.format.is_torch else None
+        torch_model = artifact if artifact.format.is_torch else None
+        onnx_model = artifact if not artifact.format.is_torch else None
+        sections: dict[str, Any] = {}
+        for n, planned in enumerate(steps):
+            if planned.spec.name == "export" and planned.inserted:
+                src = torch_model
+            elif TORCH in planned.spec.accepts and torch_model is not None:
+                src = torch_model
+            else:
+                src = onnx_model
+            result = _run_step(planned, src, ctx, work, n)
+            entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
+                     "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
+            entries.append(entry)
+            if planned.spec.report_key:
+                sections[planned.spec.report_key] = result.details
+            new = result.artifact
+            if new.format.is_torch:
+                torch_model = new
+            else:
+                onnx_model = new
+                if not planned.inserted:  # a recipe step gave ONNX: from here on the model exists only as ONNX
+                    torch_model = None
+            if planned.inserted and baseline_onnx is None:
+                baseline_onnx = new.path
+                entry["role"] = "baseline"
+                continue
+            if planned.inserted:  # the export of the previous step's PyTorch result: it measures that step
+                candidates[-1]["onnx"] = new.path
+                continue
+            candidates.append({"onnx": new.path if not new.format.is_torch else None, "entry": {}, "compare": {},
+                               "step": entry, "spec": planned.spec, "details": result.details})
+        final = candidates[-1]
+        base = {"onnx": baseline_onnx, "entry": model_entry(baseline_onnx, recipe.model)}
+        if artifact.format.is_torch:
+            base["entry"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
+        for c in candidates:
+            c["entry"] = model_entry(c["onnx"], out if c is final else c["onnx"].name)
+            _macs(c, base)
+        against = ("baseline fp32 ONNX (checked against the original PyTorch model)" if artifact.format.is_torch
+                   else "baseline ONNX")
+        measured = measure(ctx, recipe, base, candidates, against=against)
+        report["baseline"] = base["entry"]
+        report["result"] = final["entry"]
+        for c in candidates:
+            c["step"]["measured"] = {**c["entry"], **c["compare"]}
+            _warn_if_far(ctx, c, recipe)
+        report.update({k: final["compare"][k] for k in ("size_ratio", "speedup", "speedup_ci95", "fidelity")})
+        if "macs" in final["entry"]:
+            report["macs_ratio"] = final["entry"]["macs"] / max(base["entry"].get("macs", 0), 1)
+        report.update(measured)
+        report.update(sections)
+        if "accuracy" in report:
+            for c in candidates:
+                for key in ("accuracy_before_recovery", "accuracy_after_recovery"):
+                    if key in c["details"]:
+                        report["accuracy"][key.removeprefix("accuracy_")] = c["details"][key]
+        if report["speedup_ci95"][1] < 1.0:
+            ctx.warn(f"the result is slower than the baseline on this CPU (speedup {report['speedup']:.2f}, 95% CI "
+                     f"[{report['speedup_ci95'][0]:.2f}, {report['speedup_ci95'][1]:.2f}]) at batch "
+                     f"{report['benchmark']['batch_size']}; see the op types in the report")
+        exports = [e for e in entries if e["name"] == "export"]
+        if exports:
+            report["export"] = exports[0]
+        report["steps"] = entries
+        if recipe.gates.any:
+            report["gates"] = recipe.gates.evaluate(report)
+        torch_tmp = _write_torch(torch_model, recipe.save_torch, ctx) if recipe.save_torch is not None else None
+        try:
+            _shield(callbacks)
+            if torch_tmp is not None:
+                os.replace(torch_tmp, recipe.save_torch)
+                report["torch_output"] = {"path": str(recipe.save_torch), "format": torch_tmp.kind}
+            publish(final["onnx"], out)
+        finally:
+            if torch_tmp is not None:
+                Path(torch_tmp).unlink(missing_ok=True)
+    report["output"] = str(out)
+    report["warnings"] = ctx.warnings
+    return report
+
+
+def _ends_in_torch(steps: list[PlannedStep]) -> bool:
+    """True when the last recipe step leaves a PyTorch model (followed only by its inserted export)."""
+    last = [p for p in steps if not p.inserted][-1]
+    return last.spec.name != "export" and steps[-1].inserted and steps[-1].of.endswith(f"({last.spec.name})")
+
+
+def _macs(candidate: dict[str, Any], base: dict[str, Any]) -> None:
+    d = candidate["details"]
+    if "macs_before" in d:
+        base["entry"].setdefault("macs", d["macs_before"])
+        candidate["entry"]["macs"] = d["macs_after"]
+
+
+def _warn_if_far(ctx: RunContext, c: dict[str, Any], recipe: Recipe) -> None:
+    """One warning when a step's outputs moved far from the baseline's, with the pass's own advice."""
+    fid = c["compare"]["fidelity"]
+    if fid.get("top1_agreement", 1.0) >= 0.9 and fid["cosine_mean"] >= 0.9:
+        return
+    agree = f"top-1 agreement {fid['top1_agreement']:.2f}, " if "top1_agreement" in fid else ""
+    advice = c["spec"].advice_when_far or "measure accuracy with --eval-data"
+    if recipe.eval_data is None:
+        advice = "measure accuracy with --eval-data; " + advice
+    where = f"steps[{c['step']['step']}] ({c['spec'].name})" if len(recipe.steps) > 1 else f"the {c['spec'].name} result"
+    ctx.warn(f"{where}: outputs moved far from the original ({agree}cosine {fid['cosine_mean']:.2f}"
+             f"{', on random inputs' if ctx.data.source == 'random' else ''}); {advice}")
+
+
+class _TorchFile(str):
+    kind: str
+
+
+def _write_torch(model: ModelArtifact | None, path: Path, ctx: RunContext) -> _TorchFile:
+    """Write the final PyTorch model to a temporary file beside ``path`` and check that it loads back.
+
+    ``.pt2``: a ``torch.export`` ExportedProgram with a dynamic batch axis (loads anywhere);
+    anything else: a full-module pickle (``torch.save``), plain ``weight`` tensors, no masks.
+
+    Raises:
+        UsageError: The run left no PyTorch model.
+        StepFailedError: The saved file does not load back or gives other outputs.
+    """
+    import numpy as np
+    import torch
+
+    from compressor.export import torch_forward
+
+    if model is None:
+        raise UsageError("--save-torch needs a PyTorch input model; this run produced only ONNX")
+    module = model.loaded
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    feeds = ctx.data.batch(0, 2)
+    try:
+        if path.suffix == ".pt2":
+            args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in ctx.io.input_names)
+            batch = torch.export.Dim("batch", min=1, max=1 << 20)
+            ep = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
+            torch.export.save(ep, tmp)
+            loaded = torch.export.load(tmp)
+            kind = "exported_program"
+        else:
+            torch.save(module, tmp)
+            loaded = torch.load(tmp, weights_only=False)
+            kind = "torch_module_pickle"
+        a = torch_forward(module, feeds, ctx.io)[0]
+        b = torch_forward(loaded, feeds, ctx.io)[0]
+        if not np.allclose(a, b, atol=1e-5, rtol=1e-4):
+            raise StepFailedError(f"the saved PyTorch model {path} does not reproduce the pruned model's outputs")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    out = _TorchFile(tmp)
+    out.kind = kind
+    return out
+
+
+def export_only(recipe: Recipe, *, command: str, callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
+    """Export a PyTorch model to ONNX, checked against PyTorch (``compressor export``); no benchmark.
+
+    Raises:
+        UsageError: The input is already ONNX or bad; ExportError: both exporters failed.
+    """
+    from compressor.measure import model_entry
+    from compressor.report import new_report
+
+    artifact = _load(recipe)
+    if artifact.format is ModelFormat.ONNX:
+        raise UsageError(f"{recipe.model} is already ONNX; export takes a PyTorch model")
+    out = recipe.output or recipe.model.with_suffix(".onnx")
+    check_output(recipe.model, out)
+    report = new_report(command)
+    with scratch_dir(out) as work:
+        ctx = make_context(artifact, recipe, work, callbacks)
+        planned = PlannedStep(get_pass("export"), recipe.export, None, "original model")
+        result = _run_step(planned, artifact, ctx, work, 0)
+        report["input"] = _input_entry(recipe, artifact, ctx)
+        report["sources"] = dict(recipe.sources)
+        report["export"] = {"name": "export", "of": "original model", **result.details}
+        report["steps"] = [report["export"]]
+        report["result"] = model_entry(result.artifact.path, out)
+        _shield(callbacks)
+        publish(result.artifact.path, out)
+    report["output"] = str(out)
+    report["warnings"] = ctx.warnings
+    return report
+
+
+def bench_models(recipe: Recipe, *, command: str, other: Path | None = None,
+                 callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
+    """Benchmark one model, or compare two on the same inputs (``compressor bench A [B]``).
+
+    PyTorch inputs are exported first. With two models, A is the baseline and B the result:
+    the report gets fidelity, ``size_ratio``, ``speedup`` and ``speedup_ci95`` as for a pass.
+
+    Raises:
+        UsageError: Bad inputs, or B's inputs differ from A's.
+    """
+    from compressor.measure import measure, model_entry
+    from compressor.report import new_report
+
+    recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=other is not None)
+    artifact = _load(recipe)
+    second = _load(dataclasses.replace(recipe, model=Path(other))) if other is not None else None
+    report = new_report(command)
+    export = PlannedStep(get_pass("export"), recipe.export, None, "original model")
+    with scratch_dir(None) as work:
+        ctx = make_context(artifact, recipe, work, callbacks)
+        report["input"] = _input_entry(recipe, artifact, ctx)
+        steps: list[dict[str, Any]] = []
+        paths = []
+        for n, art in enumerate([a for a in (artifact, second) if a is not None]):
+            if art.format.is_torch:
+                res = _run_step(dataclasses.replace(export, of=str(art.path)), art, ctx, work, n)
+                steps.append({"name": "export", "of": "original model" if n == 0 else str(art.path), **res.details})
+                paths.append(res.artifact.path)
+            else:
+                if n == 1 and sorted(s.name for s in art.io.inputs) != sorted(ctx.io.input_names):
+                    raise UsageError(f"{art.path} has inputs {[s.name for s in art.io.inputs]} but {artifact.path} "
+                                     f"has {ctx.io.input_names}; bench compares models with the same inputs")
+                paths.append(art.path)
+        base = {"onnx": paths[0], "entry": model_entry(paths[0], recipe.model)}
+        candidates = [{"onnx": paths[1], "entry": model_entry(paths[1], Path(other)), "compare": {}}] if other else []
+        measured = measure(ctx, recipe, base, candidates,
+                           against="baseline fp32 ONNX" if artifact.format.is_torch else "baseline ONNX")
+        report["baseline"] = base["entry"]
+        if candidates:
+            report["result"] = candidates[0]["entry"]
+            report.update(candidates[0]["compare"])
+        report.update(measured)
+        report["steps"] = steps
+        if recipe.gates.any:
+            report["gates"] = recipe.gates.evaluate(report)
+    report["warnings"] = ctx.warnings
+    return report
+
+

@@ -1,11 +1,15 @@
-"""Typer app: ``compressor prune | quantize | export | bench``.
+"""Typer app: ``compressor prune | quantize | run | export | bench | doctor``.
 
-Exit codes: 0 success; 1 a step failed (export, parity, quantization, session); 2 bad usage
-or bad input; 3 a quality gate failed. Heavy libraries load inside the commands.
+Commands only build a recipe (project config, recipe file, flags given on the command line),
+call the orchestrator in :mod:`compressor.pipeline`, and render its report, warnings and
+progress. Exit codes: 0 success; 1 a step failed (export, parity, quantization, session); 2 bad
+usage or bad input; 3 a quality gate failed; 130 interrupted; 143 terminated. Heavy libraries
+load inside the commands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -20,7 +24,8 @@ from compressor.errors import EXIT_STEP_FAILED, CompressorError, UsageError
 
 _JSON_FD: int | None = None  # the real stdout while --json sends library chatter to stderr
 
-EPILOG = "Exit codes: 0 success, 1 a step failed (export, parity, quantization, session), 2 bad usage or input, 3 a quality gate failed."
+EPILOG = ("Exit codes: 0 success, 1 a step failed (export, parity, quantization, session), 2 bad usage or input, "
+          "3 a quality gate failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
 
 app = typer.Typer(
     name="compressor",
@@ -33,7 +38,7 @@ app = typer.Typer(
 )
 
 # ----------------------------------------------------------------------------- shared options
-ModelArg = Annotated[Path, typer.Argument(metavar="MODEL", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content).", show_default=False)]
+ModelArg = Annotated[Optional[Path], typer.Argument(metavar="[MODEL]", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content). Default: `model` in compressor.toml / [tool.compressor].", show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default: <stem>.pruned.onnx / <stem>.quantized.onnx beside the input).")]
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
@@ -61,11 +66,16 @@ MaxAccDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", h
 MinSpeedupOpt = Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: least speedup, judged on the lower bound of its 95% confidence interval.")]
 MaxSizeRatioOpt = Annotated[Optional[float], typer.Option("--max-size-ratio", help="Gate: largest result/baseline size ratio.")]
 MinCosineOpt = Annotated[Optional[float], typer.Option("--min-cosine", help="Gate: least cosine similarity of any sample's output (fidelity.cosine_min).")]
+SaveRecipeOpt = Annotated[Optional[Path], typer.Option("--save-recipe", help="Write the recipe equivalent to this command line (TOML, for `compressor run`), then run.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Validate the settings and print the plan of steps; do no work.")]
 MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", help="Write a GitHub-flavoured Markdown summary (for PR comments / CI step summaries).")]
 
 
+_ARGV: list[str] = []
+
+
 def _command_line() -> str:
-    return "compressor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return "compressor " + " ".join(shlex.quote(a) for a in (_ARGV or sys.argv[1:]))
 
 
 def _err(msg: str) -> None:
@@ -76,27 +86,58 @@ def _err_plain(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _quiet_libraries(debug: bool):
+    """Hide library warnings and log advice for the length of a command (restored after it)."""
+    import logging
+    import warnings
+
+    if debug:
+        yield
+        return
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime")]  # ORT's quantization tool logs on the root logger
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _json_stdout(json_out: bool):
+    """With ``--json``, send what libraries print (Python or C level) to stderr; stdout carries the JSON alone.
+
+    The real stdout is kept in ``_JSON_FD`` for the report and restored after the command.
+    """
+    global _JSON_FD
+    if not json_out or _JSON_FD is not None:
+        yield
+        return
+    sys.stdout.flush()
+    _JSON_FD = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(_JSON_FD, 1)
+        os.close(_JSON_FD)
+        _JSON_FD = None
+
+
 def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -> None:
     """Run a command body, mapping errors to one stderr line and an exit code.
 
-    Library warnings are hidden unless ``--debug``. With ``--json``, everything the libraries
-    print (Python or C level) is sent to stderr so that stdout carries the JSON alone.
+    Library warnings are hidden unless ``--debug``; with ``--json`` stdout carries the JSON alone.
     """
-    import warnings
-
-    if not debug:
-        import logging
-
-        warnings.filterwarnings("ignore")
-        logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantization tool logs advice on the root logger
-        logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    global _JSON_FD
-    if json_out and _JSON_FD is None:
-        sys.stdout.flush()
-        _JSON_FD = os.dup(1)
-        os.dup2(2, 1)
     try:
-        code = fn() or 0
+        with _quiet_libraries(debug), _json_stdout(json_out):
+            code = fn() or 0
     except CompressorError as e:
         if debug:
             traceback.print_exc()
@@ -118,20 +159,6 @@ def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -
     raise typer.Exit(code)
 
 
-def _load_options(model_class: str | None, model_kwargs: str | None, trust_pickle: bool):
-    from compressor.loading import LoadOptions
-
-    kwargs: dict[str, Any] = {}
-    if model_kwargs:
-        try:
-            kwargs = json.loads(model_kwargs)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}); write e.g. '{{\"width\": 32}}'") from e
-        if not isinstance(kwargs, dict):
-            raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"width\": 32}'")
-    return LoadOptions(trust_pickle=trust_pickle, model_class=model_class, model_kwargs=kwargs)
-
-
 def _int_list(text: str | None, flag: str, example: str) -> list[int]:
     if not text:
         return []
@@ -144,36 +171,230 @@ def _int_list(text: str | None, flag: str, example: str) -> list[int]:
     return values
 
 
-def _run_options(p: dict[str, Any]):
-    """RunOptions from a command's parameters (``dict(locals())``); absent flags take their defaults."""
-    from compressor.benchmark import BenchmarkSettings
-    from compressor.context import ExportSettings
-    from compressor.gates import Gates
-    from compressor.inputs import parse_input_shapes
-    from compressor.pipeline import RunOptions
+def _model_kwargs(text: str) -> dict[str, Any]:
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--model-kwargs is not valid JSON ({e.msg}); write e.g. '{{\"width\": 32}}'") from e
+    if not isinstance(kwargs, dict):
+        raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"width\": 32}'")
+    return kwargs
 
-    exporter = p.get("exporter", "auto")
-    if exporter not in ("auto", "dynamo", "torchscript"):
-        raise UsageError(f"--exporter '{exporter}' is unknown; use auto, dynamo or torchscript")
-    sizes = _int_list(p.get("batch_sizes"), "--batch-sizes", "1,8,32")
-    seq_lens = _int_list(p.get("seq_lens"), "--seq-lens", "64,128")
-    gates = Gates(max_accuracy_drop=p.get("max_accuracy_drop"), min_speedup=p.get("min_speedup"),
-                  max_size_ratio=p.get("max_size_ratio"), min_cosine=p.get("min_cosine"))
-    return RunOptions(
-        batch_sizes=sizes,
-        seq_lens=seq_lens,
-        gates=gates,
-        input_shapes=parse_input_shapes(p.get("input_shape") or []),
-        calibration_data=p.get("calibration_data"),
-        eval_data=p.get("eval_data"),
-        batch_size=p.get("batch_size"),
-        export=ExportSettings(opset=p.get("opset", 18), atol=p.get("atol", 1e-4), rtol=p.get("rtol", 1e-3),
-                              exporter=exporter),
-        bench=BenchmarkSettings(runs=p.get("runs"), warmup=p.get("warmup", 10), threads=p.get("threads", 0),
-                                inter_threads=p.get("inter_threads", 0), min_time_s=p.get("min_time", 3.0),
-                                measure_memory=p.get("measure_memory", True)),
-        quiet=False,
-    )
+
+#: Command parameter -> (recipe section or None for top level, recipe key, converter of the flag's value).
+_TOP = {"model": "model", "output": "output", "input_shape": "input_shape", "calibration_data": "calibration_data",
+        "eval_data": "eval_data", "train_data": "train_data", "model_class": "model_class",
+        "model_kwargs": "model_kwargs", "trust_pickle": "trust_pickle", "save_torch": "save_torch"}
+_TABLES = {
+    "export": {"opset": "opset", "atol": "atol", "rtol": "rtol", "exporter": "exporter"},
+    "benchmark": {"batch_size": "batch_size", "batch_sizes": "batch_sizes", "seq_lens": "seq_lens",
+                  "threads": "threads", "inter_threads": "inter_threads", "runs": "runs", "warmup": "warmup",
+                  "min_time": "min_time_s", "measure_memory": "measure_memory"},
+    "gates": {"max_accuracy_drop": "max_accuracy_drop", "min_speedup": "min_speedup",
+              "max_size_ratio": "max_size_ratio", "min_cosine": "min_cosine"},
+}
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "model_kwargs": _model_kwargs,
+    "batch_sizes": lambda v: _int_list(v, "--batch-sizes", "1,8,32"),
+    "seq_lens": lambda v: _int_list(v, "--seq-lens", "64,128"),
+    "layer_ratios": lambda v: dict(_read_layer_ratios(v)),
+    "op_types": lambda v: [o.strip() for o in v.split(",") if o.strip()],
+    "input_shape": list,
+    "exclude": list,
+}
+
+
+def _given(tctx: typer.Context, name: str) -> bool:
+    """True when the parameter was given on the command line (or its environment variable), not defaulted."""
+    from typer._click.core import ParameterSource
+
+    try:
+        return tctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    except Exception:  # pragma: no cover - a parameter click does not know
+        return False
+
+
+def _cli_layer(tctx: typer.Context, params: dict[str, Any], pass_name: str | None, also_given: frozenset[str]):
+    """The command line as a recipe layer: only the flags actually given, with the flag names for messages."""
+    from compressor.passes import get_pass
+    from compressor.recipe import COMMAND_LINE, Layer
+
+    flags = {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0]) if p.opts else p.name
+             for p in tctx.command.params}
+    flags["model"] = "MODEL"
+    data: dict[str, Any] = {}
+    names: dict[str, str] = {}
+
+    def put(section: str | None, key: str, param: str) -> None:
+        value = params[param]
+        value = _CONVERT[key](value) if key in _CONVERT and value is not None else value
+        if section is None:
+            data[key] = value
+            names[key] = flags.get(param, param)
+        else:
+            data.setdefault(section, {})[key] = value
+            names[f"{section}.{key}"] = flags.get(param, param)
+
+    for param, key in _TOP.items():
+        if param in params and params[param] is not None and (param == "model" or _given(tctx, param)):
+            put(None, key, param)
+    for section, table in _TABLES.items():
+        for param, key in table.items():
+            if param in params and _given(tctx, param):
+                put(section, key, param)
+    if pass_name is not None:
+        import dataclasses
+
+        step: dict[str, Any] = {"pass": pass_name}
+        for f in dataclasses.fields(get_pass(pass_name).config_cls):
+            if f.name in params and (_given(tctx, f.name) or f.name in also_given):
+                value = params[f.name]
+                step[f.name] = _CONVERT[f.name](value) if f.name in _CONVERT and value is not None else value
+                names[f"steps[0].{f.name}"] = flags.get(f.name, f.name)
+        data["steps"] = [step]
+    return Layer(COMMAND_LINE, data, names=names)
+
+
+def _recipe(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None = None,
+            recipe_file: Path | None = None, also_given: frozenset[str] = frozenset()):
+    """The run's recipe: project config, then the recipe file (``run``), then the flags given."""
+    from compressor.recipe import build_recipe, project_layer, recipe_layer
+
+    layers = [layer for layer in (project_layer(),) if layer is not None]
+    if recipe_file is not None:
+        layers.append(recipe_layer(recipe_file))
+    layers.append(_cli_layer(tctx, params, pass_name, also_given))
+    return build_recipe(layers)
+
+
+class _Renderer:
+    """Warnings as ``warning: ...`` lines and progress bars (rich, only on a terminal), all on stderr."""
+
+    def __init__(self) -> None:
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def warning(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(f"warning: {message}", markup=False, highlight=False)
+        else:
+            print(f"warning: {message}", file=sys.stderr)
+
+    def progress(self, event: Any) -> None:
+        if not sys.stderr.isatty() or event.total is None:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                      TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self._progress.start()
+        info = " ".join(f"{k} {v:.4g}" for k, v in event.info.items())
+        if event.task not in self._tasks:
+            self._tasks[event.task] = self._progress.add_task(event.task, total=event.total, info=info)
+        self._progress.update(self._tasks[event.task], completed=event.done, info=info)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def callbacks(self, on_publish: Callable[[], None] | None = None) -> Any:
+        from compressor.pipeline import Callbacks
+
+        return Callbacks(on_warning=self.warning, on_progress=self.progress, on_publish=on_publish or _shield_signals)
+
+
+def _shield_signals() -> None:
+    """Stop taking Ctrl-C/SIGTERM: the output is being put in place.
+
+    An interrupt now would leave it behind with exit 130; finish instead (the report is written in well
+    under a second). ``main`` restores the handlers when the command ends.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _start(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None = None,
+           recipe_file: Path | None = None, default_suffix: str | None = None,
+           also_given: frozenset[str] = frozenset()):
+    """Build the recipe, check every file it writes, handle ``--save-recipe`` and ``--dry-run``.
+
+    Returns:
+        ``(recipe, output path, done)``; ``done`` is True after a dry run (nothing more to do).
+    """
+    import dataclasses
+
+    from compressor.pipeline import check_side_files, default_output
+
+    recipe = _recipe(tctx, params, pass_name=pass_name, recipe_file=recipe_file, also_given=also_given)
+    if recipe.model is None:
+        raise UsageError("no model given: pass MODEL, or set model = \"...\" in compressor.toml (or "
+                         "[tool.compressor] in pyproject.toml)")
+    out = recipe.output
+    if out is None and default_suffix is not None:
+        suffix = default_suffix
+        if len(recipe.steps) == 1 and default_suffix == "auto":
+            from compressor.passes import get_pass
+
+            suffix = get_pass(recipe.steps[0].pass_name).output_suffix
+        elif default_suffix == "auto":
+            suffix = "compressed"
+        out = default_output(recipe.model, suffix)
+        recipe = dataclasses.replace(recipe, output=None)
+    save = params.get("save_recipe")
+    report, markdown = params.get("report"), params.get("markdown")
+    check_side_files({"--report": report, "--markdown": markdown, "--save-recipe": save},
+                     {"input model": recipe.model, "output model": out, "calibration data": recipe.calibration_data,
+                      "evaluation data": recipe.eval_data, "--save-torch file": recipe.save_torch})
+    if recipe.save_torch is not None:
+        if recipe.save_torch.suffix not in (".pt2", ".pt", ".pth"):
+            raise UsageError(f"--save-torch {recipe.save_torch}: use .pt2 (ExportedProgram) or .pt/.pth "
+                             "(full-module pickle)")
+        check_side_files({"--save-torch": recipe.save_torch}, {"input model": recipe.model, "output model": out,
+                                                               "report": report, "markdown": markdown})
+    if save is not None:
+        from compressor.recipe import write_recipe_atomic
+
+        write_recipe_atomic(recipe, save)
+    if params.get("dry_run"):
+        _dry_run(recipe, out, params.get("json_out", False))
+        return recipe, out, True
+    return recipe, out, False
+
+
+def _dry_run(recipe: Any, out: Path | None, json_out: bool) -> None:
+    """Validate what can be checked without doing work, and print the plan."""
+    from compressor.inputs import load_npz
+    from compressor.pipeline import check_output, input_form, plan
+    from compressor.report import new_report
+
+    form = input_form(recipe.model)
+    steps = plan(recipe, form) if recipe.steps else []
+    for path, labels in ((recipe.calibration_data, False), (recipe.eval_data, True), (recipe.train_data, True)):
+        if path is not None and str(path) != "random":
+            load_npz(path, want_labels=labels)
+    if out is not None:
+        check_output(recipe.model, out)
+    rep = new_report(_command_line())
+    rep.update(dry_run=True, input={"path": str(recipe.model), "form": form, "source": recipe.source("model")},
+               output=str(out) if out else None, recipe=recipe.to_json(), sources=dict(recipe.sources),
+               plan=[{"pass": p.spec.name, "step": p.index, "inserted": p.inserted, "of": p.of} for p in steps],
+               warnings=[])
+    if json_out:
+        _emit(rep, True, None)
+        return
+    print(f"model:  {recipe.model} ({form}; from {recipe.source('model')})")
+    for i, p in enumerate(steps, 1):
+        print(f"step {i}: {p.describe()}")
+    print("then:   measure the baseline and each step in one interleaved benchmark"
+          + (f"; write {out}" if out else ""))
+    print("dry run: nothing was done")
 
 
 def _read_layer_ratios(path: Path) -> tuple[tuple[str, float], ...]:
@@ -207,15 +428,6 @@ def _print_layers(rep: dict[str, Any]) -> None:
     for la in layers:
         t.add_row(la["name"], str(la["channels_before"]), str(la["channels_after"]))
     Console(stderr=True).print(t)
-
-
-def _check_side_files(model: Path, output: Path | None, report: Path | None, markdown: Path | None,
-                      calibration_data: Path | None = None, eval_data: Path | None = None) -> None:
-    from compressor.pipeline import check_side_files
-
-    check_side_files({"--report": report, "--markdown": markdown},
-                     {"input model": model, "output model": output, "calibration data": calibration_data,
-                      "evaluation data": eval_data})
 
 
 def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, markdown: Path | None = None) -> int:
@@ -253,7 +465,8 @@ def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, mark
 # ----------------------------------------------------------------------------- commands
 @app.command(epilog=EPILOG)
 def prune(
-    model: ModelArg,
+    tctx: typer.Context,
+    model: ModelArg = None,
     ratio: Annotated[float, typer.Option("--ratio", help="Structured: fraction of channels removed per layer. Unstructured: target sparsity. In (0, 1).")] = 0.5,
     method: Annotated[str, typer.Option("--method", help="structured (remove channels, Torch-Pruning, L1 norm) or unstructured (zero weights, global L1 magnitude).")] = "structured",
     criterion: Annotated[str, typer.Option("--criterion", help="Importance: l1, l2, fpgm, bn-scale, taylor (needs --calibration-data) or random.")] = "l1",
@@ -267,7 +480,8 @@ def prune(
     recover: Annotated[bool, typer.Option("--recover", help="Fine-tune the pruned model to match the original (knowledge distillation on --calibration-data).")] = False,
     recover_steps: Annotated[int, typer.Option("--recover-steps", min=1, help="Recovery optimiser steps.")] = 300,
     lr: Annotated[float, typer.Option("--lr", help="Recovery learning rate (Adam).")] = 1e-3,
-    recover_batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Recovery batch size.")] = 64,
+    recover_batch_size: Annotated[int, typer.Option("--recover-batch-size", min=1, help="Recovery batch size.")] = 64,
+    deprecated_batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, hidden=True, help="Deprecated spelling of --recover-batch-size.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Recovery seed.")] = 0,
     train_data: Annotated[Optional[Path], typer.Option("--train-data", help=".npz of inputs plus labels: adds the supervised loss to recovery.")] = None,
     save_torch: Annotated[Optional[Path], typer.Option("--save-torch", help="Also write the pruned PyTorch model: .pt2 (ExportedProgram) or a full-module pickle.")] = None,
@@ -297,6 +511,8 @@ def prune(
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
+    save_recipe: SaveRecipeOpt = None,
+    dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
@@ -305,38 +521,22 @@ def prune(
     params = dict(locals())
 
     def body() -> int:
-        from compressor.commands import compress
-        from compressor.passes.configs import PruneConfig
-
-        ratios = _read_layer_ratios(layer_ratios) if layer_ratios else ()
-        config = PruneConfig(method=method, ratio=ratio, criterion=criterion, global_pruning=global_pruning,
-                             exclude=tuple(exclude or ()), layer_ratios=ratios, round_to=round_to, steps=steps,
-                             heads=heads, max_layer_ratio=max_layer_ratio, recover=recover,
-                             recover_steps=recover_steps, lr=lr, batch_size=recover_batch_size, seed=seed)
-        opts = _run_options(params)
-        from compressor.pipeline import check_side_files, default_output
-
-        out = output or default_output(model, "pruned")
-        _check_side_files(model, out, report, markdown, calibration_data, eval_data)
-        if save_torch is not None and save_torch.suffix not in (".pt2", ".pt", ".pth"):
-            raise UsageError(f"--save-torch {save_torch}: use .pt2 (ExportedProgram) or .pt/.pth (full-module pickle)")
-        if save_torch is not None:
-            check_side_files({"--save-torch": save_torch}, {"input model": model, "output model": out,
-                                                            "report": report, "markdown": markdown})
-        opts.train_data = train_data
-        opts.save_torch = save_torch
-        rep = compress(model, "prune", config, output=out, options=opts,
-                       load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
-        if verbose and not json_out:
-            _print_layers(rep)
-        return _emit(rep, json_out, report, markdown)
+        given: frozenset[str] = frozenset()
+        if deprecated_batch_size is not None:
+            _err_plain("warning: prune --batch-size is deprecated (it was the recovery batch size); "
+                       "use --recover-batch-size")
+            params["recover_batch_size"] = deprecated_batch_size
+            given = frozenset({"recover_batch_size"})
+        return _compress(tctx, params, "prune", also_given=given,
+                         after=_print_layers if verbose and not json_out else None)
 
     _run(debug, body, json_out=json_out)
 
 
 @app.command(epilog=EPILOG)
 def quantize(
-    model: ModelArg,
+    tctx: typer.Context,
+    model: ModelArg = None,
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="One scale per output channel (default) or one per tensor.")] = True,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights (default: on only for u8 x s8 on CPUs without VNNI).", show_default=False)] = None,
@@ -381,40 +581,61 @@ def quantize(
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
+    save_recipe: SaveRecipeOpt = None,
+    dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Quantize a model to int8 with ONNX Runtime, dynamic or static QDQ (PyTorch inputs are exported first)."""
+    """Quantize a model with ONNX Runtime: int8 (dynamic or static QDQ), int4 weight-only or fp16 (PyTorch inputs are exported first)."""
     params = dict(locals())
+    _run(debug, lambda: _compress(tctx, params, "quantize"), json_out=json_out)
 
-    def body() -> int:
-        from compressor.commands import compress
-        from compressor.passes.configs import QuantizeConfig
 
-        config = QuantizeConfig(mode=mode, scheme=scheme, weight_scheme=weight_scheme, activation_scheme=activation_scheme,
-                                weight_type=weight_type, activation_type=activation_type, per_channel=per_channel,
-                                reduce_range=reduce_range, calibration_method=calibration_method, percentile=percentile,
-                                calibration_samples=calibration_samples, precision=precision, block_size=block_size,
-                                exclude=tuple(exclude or ()),
-                                op_types=tuple(o.strip() for o in (op_types or "").split(",") if o.strip()),
-                                keep_io_types=keep_io_types, rewrites=rewrites, smooth=smooth,
-                                smooth_alpha=smooth_alpha)
-        opts = _run_options(params)
-        from compressor.pipeline import default_output
+def _compress(tctx: typer.Context, params: dict[str, Any], pass_name: str | None, *,
+              recipe_file: Path | None = None, also_given: frozenset[str] = frozenset(),
+              after: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """The body of prune, quantize and run: recipe -> orchestrator -> rendered report."""
+    recipe, out, done = _start(tctx, params, pass_name=pass_name, recipe_file=recipe_file, default_suffix="auto",
+                               also_given=also_given)
+    if done:
+        return 0
+    import dataclasses
 
-        out = output or default_output(model, "quantized")
-        _check_side_files(model, out, report, markdown, calibration_data, eval_data)
-        rep = compress(model, "quantize", config, output=out, options=opts,
-                       load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
-        return _emit(rep, json_out, report, markdown)
+    from compressor.pipeline import run_recipe
 
-    _run(debug, body, json_out=json_out)
+    renderer = _Renderer()
+    try:
+        rep = run_recipe(dataclasses.replace(recipe, output=out), command=_command_line(),
+                         callbacks=renderer.callbacks())
+    finally:
+        renderer.close()
+    if after is not None:
+        after(rep)
+    return _emit(rep, params.get("json_out", False), params.get("report"), params.get("markdown"))
+
+
+@app.command(epilog=EPILOG)
+def run(
+    tctx: typer.Context,
+    recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe file (TOML): model, data, [[steps]] (prune, quantize, export), [benchmark], [gates].", show_default=False)],
+    output: OutputOpt = None,
+    markdown: MarkdownOpt = None,
+    save_recipe: SaveRecipeOpt = None,
+    dry_run: DryRunOpt = False,
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a recipe: its steps in order (e.g. prune, then quantize), each measured against one baseline."""
+    params = dict(locals())
+    _run(debug, lambda: _compress(tctx, params, None, recipe_file=recipe_file), json_out=json_out)
 
 
 @app.command(epilog=EPILOG)
 def export(
-    model: ModelArg,
+    tctx: typer.Context,
+    model: ModelArg = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default: the input's name with .onnx).")] = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
@@ -425,6 +646,8 @@ def export(
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
+    save_recipe: SaveRecipeOpt = None,
+    dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
@@ -433,12 +656,19 @@ def export(
     params = dict(locals())
 
     def body() -> int:
-        from compressor.commands import export_model
+        recipe, out, done = _start(tctx, params)
+        if done:
+            return 0
+        import dataclasses
 
-        opts = _run_options(params)
-        _check_side_files(model, output or model.with_suffix(".onnx"), report, None, calibration_data)
-        rep = export_model(model, output=output, options=opts,
-                           load_options=_load_options(model_class, model_kwargs, trust_pickle), command=_command_line())
+        from compressor.pipeline import export_only
+
+        renderer = _Renderer()
+        try:
+            rep = export_only(dataclasses.replace(recipe, output=out), command=_command_line(),
+                              callbacks=renderer.callbacks())
+        finally:
+            renderer.close()
         if report is not None or json_out:
             _emit(rep, json_out, report)
         if not json_out:
@@ -451,7 +681,8 @@ def export(
 
 @app.command(epilog=EPILOG)
 def bench(
-    model: ModelArg,
+    tctx: typer.Context,
+    model: ModelArg = None,
     other: Annotated[Optional[Path], typer.Argument(metavar="[OTHER]", help="Optional second model: compare it with MODEL (speedup with 95% CI, fidelity, gates).", show_default=False)] = None,
     input_shape: InputShapeOpt = None,
     calibration_data: CalibOpt = None,
@@ -477,6 +708,8 @@ def bench(
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
+    save_recipe: SaveRecipeOpt = None,
+    dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
@@ -485,12 +718,18 @@ def bench(
     params = dict(locals())
 
     def body() -> int:
-        from compressor.commands import bench_model
+        recipe, _, done = _start(tctx, params)
+        if done:
+            return 0
+        from compressor.pipeline import bench_models, check_side_files
 
-        opts = _run_options(params)
-        _check_side_files(model, other, report, markdown, calibration_data, eval_data)
-        rep = bench_model(model, options=opts, load_options=_load_options(model_class, model_kwargs, trust_pickle),
-                          command=_command_line(), other_path=other)
+        if other is not None:
+            check_side_files({"--report": report, "--markdown": markdown}, {"second model": other})
+        renderer = _Renderer()
+        try:
+            rep = bench_models(recipe, command=_command_line(), other=other, callbacks=renderer.callbacks())
+        finally:
+            renderer.close()
         return _emit(rep, json_out, report, markdown)
 
     _run(debug, body, json_out=json_out)
@@ -511,8 +750,17 @@ def _root(
     """Prune or quantize a deep-learning model for CPU, export it to ONNX, and measure size, latency and fidelity."""
 
 
-def main() -> None:
-    """Console-script entry point: usage errors are one line on stderr with exit code 2."""
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: usage errors are one line on stderr with exit code 2.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``); tests run the CLI in process with them.
+
+    Raises:
+        SystemExit: Always, with the exit code.
+    """
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     try:  # Typer 0.22+ vendors click as typer._click; older releases use click itself
         from typer._click import exceptions as cx
     except ImportError:  # pragma: no cover
@@ -521,19 +769,18 @@ def main() -> None:
     import signal
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so scratch folders and temp files are removed
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-    def _past_the_point_of_no_return() -> None:
-        # the output is being put in place: an interrupt now would leave it behind with exit 130 and
-        # "interrupted"; finish instead (the report is written in well under a second)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-    from compressor.pipeline import ON_PUBLISH
-
-    ON_PUBLISH.append(_past_the_point_of_no_return)
     try:
-        code = app(standalone_mode=False)
+        _main(cx, _ARGV)
+    finally:  # in-process callers (tests) get their handlers back
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+
+
+def _main(cx: Any, argv: list[str]) -> None:
+    try:
+        code = app(args=argv, prog_name="compressor", standalone_mode=False)
     except cx.UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
             print(e.ctx.get_help())

@@ -1,29 +1,65 @@
-"""Compression passes and their one registry.
+"""Compression passes, the pass contract, and the one registry.
 
-A pass has a frozen, validated config dataclass and a ``run(ctx, config)`` function. CLI
-flags (and later recipe files) fill the same config objects; every config round-trips
-through JSON with ``to_json`` / ``from_json``.
+A pass is ``run(artifact, config, ctx) -> PassResult(artifact, details)``: it takes a
+:class:`~compressor.artifact.ModelArtifact`, never changes it, and returns a new one. It
+declares which forms it accepts (a PyTorch module, an ONNX graph); the orchestrator in
+:mod:`compressor.pipeline` inserts the export step where the form changes and never asks
+which pass it runs. Configs are frozen, validated dataclasses that round-trip through JSON.
+Adding a pass means one module plus one entry in :func:`_registry`.
+(Pattern after Olive's ``olive/passes/olive_pass.py``.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from compressor.errors import UsageError
+from compressor.artifact import ModelArtifact
+from compressor.errors import FieldError, UsageError
+
+#: The two forms a model takes between steps.
+TORCH = "torch"
+ONNX = "onnx"
+
+
+@dataclass
+class PassResult:
+    """What a pass produced.
+
+    Attributes:
+        artifact: The new model (an ONNX file in the scratch folder, or an in-memory PyTorch module).
+        details: Pass-specific report fields (e.g. the ``pruning`` or ``quantization`` section).
+    """
+
+    artifact: ModelArtifact
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class PassSpec:
-    """One registered pass: its name, config class and run function (imported lazily)."""
+    """One registered pass.
+
+    Attributes:
+        name: Name used in recipes (``pass = "prune"``) and reports.
+        config_cls: Its frozen config dataclass.
+        runner: ``"module:function"``, imported on use so that the CLI starts fast.
+        accepts: Forms it takes, best first (``"torch"``, ``"onnx"``).
+        report_key: Report section that holds its details (None: none).
+        advice_when_far: What to try when its result's outputs moved far from the baseline's.
+        output_suffix: Default output name ``<input stem>.<suffix>.onnx`` when it is the only step.
+    """
 
     name: str
     config_cls: type
-    runner: str  # "module:function", imported on use so the CLI starts fast
+    runner: str
+    accepts: tuple[str, ...]
+    report_key: str | None = None
+    advice_when_far: str | None = None
+    output_suffix: str = "compressed"
 
-    def load_runner(self) -> Callable[..., Any]:
-        """Import and return the pass's run function."""
+    def load_runner(self) -> Callable[..., PassResult]:
+        """Import and return the pass's ``run(artifact, config, ctx)`` function."""
         import importlib
 
         module, _, fn = self.runner.partition(":")
@@ -31,30 +67,53 @@ class PassSpec:
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
-    """A config dataclass as a JSON-ready dict."""
-    return dataclasses.asdict(config)
+    """A config dataclass as a JSON-ready dict (tuples become lists)."""
+    return _lists(dataclasses.asdict(config))
+
+
+def _lists(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_lists(v) for v in x]
+    return x
 
 
 def config_from_json(cls: type, data: dict[str, Any]) -> Any:
     """Build (and so validate) a config of class ``cls`` from a dict.
 
     Raises:
-        UsageError: Unknown keys or invalid values.
+        FieldError: Unknown keys (``field`` is the first unknown key).
+        UsageError: Invalid values (a :class:`FieldError` names the field).
     """
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise UsageError(f"unknown {cls.__name__} fields {unknown}; valid fields are {sorted(names)}")
+        raise FieldError(unknown[0], f"{{name}} is not a setting of {cls.__name__.removesuffix('Config').lower()}; "
+                                     f"valid settings are {', '.join(sorted(names))}")
     return cls(**data)
 
 
 def _registry() -> dict[str, PassSpec]:
-    from compressor.passes.configs import PruneConfig, QuantizeConfig
+    from compressor.passes.configs import ExportConfig, PruneConfig, QuantizeConfig
 
-    return {
-        "prune": PassSpec("prune", PruneConfig, "compressor.passes.prune:run_prune"),
-        "quantize": PassSpec("quantize", QuantizeConfig, "compressor.passes.quantize:run_quantize"),
-    }
+    specs = [
+        PassSpec("export", ExportConfig, "compressor.export:run_export", accepts=(TORCH,), output_suffix="exported"),
+        PassSpec("prune", PruneConfig, "compressor.passes.prune:run_prune", accepts=(TORCH, ONNX),
+                 report_key="pruning", advice_when_far="use --recover with --calibration-data, or a lower --ratio",
+                 output_suffix="pruned"),
+        PassSpec("quantize", QuantizeConfig, "compressor.passes.quantize:run_quantize", accepts=(ONNX,),
+                 report_key="quantization",
+                 advice_when_far="keep sensitive layers in float with --exclude, or try --mode dynamic or "
+                                 "--calibration-method entropy",
+                 output_suffix="quantized"),
+    ]
+    return {s.name: s for s in specs}
+
+
+def pass_names() -> list[str]:
+    """Names of every registered pass, sorted."""
+    return sorted(_registry())
 
 
 def get_pass(name: str) -> PassSpec:
@@ -67,3 +126,8 @@ def get_pass(name: str) -> PassSpec:
     if name not in reg:
         raise UsageError(f"unknown pass '{name}'; valid passes: {', '.join(sorted(reg))}")
     return reg[name]
+
+
+def form_of(artifact: ModelArtifact) -> str:
+    """``"onnx"`` or ``"torch"``: the form of a model between steps."""
+    return ONNX if not artifact.format.is_torch else TORCH

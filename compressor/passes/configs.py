@@ -3,8 +3,47 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, NoReturn
 
-from compressor.errors import UsageError
+from compressor.errors import FieldError, UsageError
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+def _bad(cls: type, field: str, template: str) -> NoReturn:
+    """Raise a :class:`FieldError` for ``field`` of config class ``cls`` (``{name}`` in ``template``)."""
+    raise FieldError(field, template, flag=getattr(cls, "FLAGS", {}).get(field))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Settings of the export step (PyTorch -> ONNX, checked against PyTorch).
+
+    Attributes:
+        opset: ONNX opset version (13-23; the dynamo exporter needs 18 or later).
+        atol: Absolute tolerance of the parity check: pass when |onnx - torch| <= atol + rtol * |torch|.
+        rtol: Relative tolerance of the parity check.
+        exporter: ``"auto"`` (dynamo, then the TorchScript-based exporter), ``"dynamo"`` or ``"torchscript"``.
+    """
+
+    opset: int = 18
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    exporter: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Validate.
+
+        Raises:
+            FieldError: An unknown exporter, an opset outside 13-23, or a negative tolerance.
+        """
+        if self.exporter not in EXPORTERS:
+            _bad(type(self), "exporter", f"{{name}} '{self.exporter}' is unknown; use auto, dynamo or torchscript")
+        if not (isinstance(self.opset, int) and 13 <= self.opset <= 23):
+            _bad(type(self), "opset", f"{{name}} must be an integer from 13 to 23, got {self.opset}")
+        for name in ("atol", "rtol"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                _bad(type(self), name, f"{{name}} must be a number >= 0, got {getattr(self, name)}")
 
 PRUNE_METHODS = ("structured", "unstructured")
 PRUNE_CRITERIA = ("l1", "l2", "fpgm", "bn-scale", "taylor", "random")
@@ -38,7 +77,7 @@ class PruneConfig:
         recover: Fine-tune the pruned model to match the original (knowledge distillation).
         recover_steps: Optimiser steps of recovery.
         lr: Recovery learning rate (Adam).
-        batch_size: Recovery batch size.
+        recover_batch_size: Recovery batch size (``--recover-batch-size``; ``--batch-size`` is its deprecated spelling).
         seed: Seed of recovery (shuffling, init).
         temperature: Distillation temperature for classifiers (Hinton et al. 2015).
     """
@@ -56,9 +95,11 @@ class PruneConfig:
     recover: bool = False
     recover_steps: int = 300
     lr: float = 1e-3
-    batch_size: int = 64
+    recover_batch_size: int = 64
     seed: int = 0
     temperature: float = 4.0
+
+    FLAGS: ClassVar[dict[str, str]] = {"global_pruning": "--global", "temperature": "the distillation temperature"}
 
     def __post_init__(self) -> None:
         """Validate.
@@ -67,30 +108,39 @@ class PruneConfig:
             UsageError: Unknown method or criterion, a ratio outside (0, 1), or bad numbers.
         """
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        object.__setattr__(self, "layer_ratios", tuple((str(k), float(v)) for k, v in self.layer_ratios))
+        object.__setattr__(self, "layer_ratios", _layer_ratios(self.layer_ratios))
+        cls = type(self)
         if self.method not in PRUNE_METHODS:
-            raise UsageError(f"--method '{self.method}' is unknown; use one of {', '.join(PRUNE_METHODS)}")
+            _bad(cls, "method", f"{{name}} '{self.method}' is unknown; use one of {', '.join(PRUNE_METHODS)}")
         if not (isinstance(self.ratio, (int, float)) and 0.0 < float(self.ratio) < 1.0):
-            raise UsageError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}; e.g. --ratio 0.5")
+            _bad(cls, "ratio", f"{{name}} must be between 0 and 1 (exclusive), got {self.ratio}; e.g. 0.5")
         if self.criterion not in PRUNE_CRITERIA:
-            raise UsageError(f"--criterion '{self.criterion}' is unknown; use one of {', '.join(PRUNE_CRITERIA)}")
+            _bad(cls, "criterion", f"{{name}} '{self.criterion}' is unknown; use one of {', '.join(PRUNE_CRITERIA)}")
         if self.method == "unstructured" and self.criterion != "l1":
-            raise UsageError("unstructured pruning ranks single weights by magnitude: use --criterion l1")
+            _bad(cls, "criterion", "unstructured pruning ranks single weights by magnitude: set {name} to l1")
         for name, r in self.layer_ratios:
             if not 0.0 <= r < 1.0:
-                raise UsageError(f"layer ratio for '{name}' must be in [0, 1), got {r}")
+                _bad(cls, "layer_ratios", f"{{name}}: the ratio for '{name}' must be in [0, 1), got {r}")
         if self.heads is not None and not 0.0 < self.heads < 1.0:
-            raise UsageError(f"--heads must be between 0 and 1 (exclusive), got {self.heads}")
+            _bad(cls, "heads", f"{{name}} must be between 0 and 1 (exclusive), got {self.heads}")
         if self.round_to is not None and self.round_to < 1:
-            raise UsageError(f"--round-to must be a positive integer, got {self.round_to}")
-        if self.steps < 1 or self.recover_steps < 1 or self.batch_size < 1:
-            raise UsageError("--steps, --recover-steps and --batch-size must be at least 1")
+            _bad(cls, "round_to", f"{{name}} must be a positive integer, got {self.round_to}")
+        for name in ("steps", "recover_steps", "recover_batch_size"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                _bad(cls, name, f"{{name}} must be an integer of at least 1, got {getattr(self, name)}")
         if not 0.0 < self.max_layer_ratio < 1.0:
-            raise UsageError(f"--max-layer-ratio must be in (0, 1), got {self.max_layer_ratio}")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise UsageError("--lr and the distillation temperature must be positive")
+            _bad(cls, "max_layer_ratio", f"{{name}} must be in (0, 1), got {self.max_layer_ratio}")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                _bad(cls, name, f"{{name}} must be positive, got {getattr(self, name)}")
         if self.method == "unstructured" and (self.heads or self.global_pruning or self.round_to or self.layer_ratios):
             raise UsageError("--heads, --global, --round-to and layer ratios apply to structured pruning")
+
+
+def _layer_ratios(value: object) -> tuple[tuple[str, float], ...]:
+    """Layer ratios as pairs, from pairs (flags) or a ``{glob: ratio}`` table (recipes)."""
+    items = value.items() if isinstance(value, dict) else value
+    return tuple((str(k), float(v)) for k, v in items)
 
 
 @dataclass(frozen=True)
@@ -152,31 +202,32 @@ class QuantizeConfig:
         Raises:
             UsageError: Unknown values, or a combination ONNX Runtime cannot run (with the reason).
         """
+        cls = type(self)
         if self.mode not in QUANT_MODES:
-            raise UsageError(f"--mode '{self.mode}' is unknown; use one of {', '.join(QUANT_MODES)}")
-        for flag, value in (("--scheme", self.scheme), ("--weight-scheme", self.weight_scheme),
-                            ("--activation-scheme", self.activation_scheme)):
+            _bad(cls, "mode", f"{{name}} '{self.mode}' is unknown; use one of {', '.join(QUANT_MODES)}")
+        for name in ("scheme", "weight_scheme", "activation_scheme"):
+            value = getattr(self, name)
             if value is not None and value not in QUANT_SCHEMES:
-                raise UsageError(f"{flag} '{value}' is unknown; use one of {', '.join(QUANT_SCHEMES)}")
-        for flag, value in (("--weight-type", self.weight_type), ("--activation-type", self.activation_type)):
+                _bad(cls, name, f"{{name}} '{value}' is unknown; use one of {', '.join(QUANT_SCHEMES)}")
+        for name in ("weight_type", "activation_type"):
+            value = getattr(self, name)
             if value is not None and value not in QUANT_TYPES:
-                raise UsageError(f"{flag} '{value}' is unknown; use one of {', '.join(QUANT_TYPES)}")
+                _bad(cls, name, f"{{name}} '{value}' is unknown; use one of {', '.join(QUANT_TYPES)}")
         if self.calibration_method not in CALIBRATION_METHODS:
-            raise UsageError(
-                f"--calibration-method '{self.calibration_method}' is unknown; use one of {', '.join(CALIBRATION_METHODS)}"
-            )
+            _bad(cls, "calibration_method",
+                 f"{{name}} '{self.calibration_method}' is unknown; use one of {', '.join(CALIBRATION_METHODS)}")
         if not 90.0 < self.percentile <= 100.0:
-            raise UsageError(f"--percentile must be in (90, 100], got {self.percentile}; e.g. 99.999")
+            _bad(cls, "percentile", f"{{name}} must be in (90, 100], got {self.percentile}; e.g. 99.999")
         if self.calibration_samples is not None and self.calibration_samples < 1:
-            raise UsageError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
+            _bad(cls, "calibration_samples", f"{{name}} must be at least 1, got {self.calibration_samples}")
         object.__setattr__(self, "exclude", tuple(self.exclude))  # JSON gives lists
         object.__setattr__(self, "op_types", tuple(self.op_types))
         if not 0.0 <= self.smooth_alpha <= 1.0:
-            raise UsageError(f"--smooth-alpha must be in [0, 1], got {self.smooth_alpha}")
+            _bad(cls, "smooth_alpha", f"{{name}} must be in [0, 1], got {self.smooth_alpha}")
         if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision '{self.precision}' is unknown; use one of {', '.join(PRECISIONS)}")
+            _bad(cls, "precision", f"{{name}} '{self.precision}' is unknown; use one of {', '.join(PRECISIONS)}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise UsageError(f"--block-size must be a power of two of at least 16, got {self.block_size}")
+            _bad(cls, "block_size", f"{{name}} must be a power of two of at least 16, got {self.block_size}")
         if self.precision != "int8":
             int8_only = {"--mode": self.mode != "auto", "--activation-scheme": self.activation_scheme,
                          "--activation-type": self.activation_type, "--weight-type": self.weight_type}

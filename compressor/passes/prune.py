@@ -11,44 +11,39 @@ the globally smallest-magnitude weights of every Conv/Linear (torch.nn.utils.pru
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from compressor.artifact import ModelFormat, save_onnx
+from compressor.artifact import ModelArtifact, ModelFormat, save_onnx
 from compressor.context import RunContext
 from compressor.errors import CompressorError, PruningError, UnsupportedModelError
-from compressor.export import export_to_onnx
+from compressor.passes import PassResult
 from compressor.passes.configs import PruneConfig
 
 
-@dataclass
-class PassOutcome:
-    """What a pass produced.
+def run_prune(artifact: ModelArtifact, config: PruneConfig, ctx: RunContext) -> PassResult:
+    """Prune a model; the input artifact is never changed.
 
-    Attributes:
-        path: The result ONNX file (in the scratch folder).
-        details: Pass-specific report fields.
-    """
+    PyTorch in, PyTorch out (the pipeline exports it); ONNX in (unstructured only), ONNX out.
 
-    path: Path
-    details: dict[str, Any] = field(default_factory=dict)
+    Args:
+        artifact: A PyTorch model (structured needs its Python classes) or an ONNX model.
+        config: Prune settings.
+        ctx: Inputs, data (calibration data for recovery and Taylor importance), callbacks.
 
-
-def run_prune(ctx: RunContext, config: PruneConfig) -> PassOutcome:
-    """Prune ``ctx.artifact`` and export the result to ONNX.
+    Returns:
+        The pruned model and the report's ``pruning`` section.
 
     Raises:
         UnsupportedModelError: Structured pruning of a file without Python classes
             (ExportedProgram, TorchScript, ONNX).
         PruningError: Nothing was removed or Torch-Pruning failed.
-        ExportError: The pruned model does not export faithfully.
     """
     if config.method == "structured":
-        return _structured(ctx, config)
-    return _unstructured(ctx, config)
+        return _structured(artifact, ctx, config)
+    return _unstructured(artifact, ctx, config)
 
 
 # ----------------------------------------------------------------------------- structured
@@ -62,8 +57,7 @@ _FORMAT_NAMES = {
 }
 
 
-def _structured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
-    art = ctx.artifact
+def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> PassResult:
     if not art.format.has_python_classes:
         raise UnsupportedModelError(
             f"structured pruning needs the model's Python classes, which {_FORMAT_NAMES[art.format]} does not carry; "
@@ -156,20 +150,18 @@ def _structured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
         "lossless": False,
         "note": "structured pruning changes the function: fidelity and accuracy are measured against the original",
     }
-    ctx.steps.append({"name": "prune", "method": "structured", "parameters_before": params_before,
-                      "parameters_after": params_after, "macs_before": macs_before, "macs_after": macs_after})
     if ctx.eval_data is not None:
         details["accuracy_before_recovery"] = _torch_accuracy(model, ctx)
     if config.recover:
         details["recovery"] = recover(model, teacher, ctx, config)
         if ctx.eval_data is not None:
             details["accuracy_after_recovery"] = _torch_accuracy(model, ctx)
-    ctx.torch_result = model
-    path = ctx.workdir / "result.onnx"
-    res = export_to_onnx(model, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset, atol=ctx.export.atol,
-                         rtol=ctx.export.rtol, exporter=ctx.export.exporter)
-    ctx.steps.append({"name": "export", "of": "pruned model", **res.to_json()})
-    return PassOutcome(path, details)
+    return PassResult(_torch_artifact(art, model, ModelFormat.TORCH_MODULE), details)
+
+
+def _torch_artifact(source: ModelArtifact, model: Any, fmt: ModelFormat) -> ModelArtifact:
+    """An in-memory PyTorch result: no file of its own yet (``path`` names the model it came from)."""
+    return dataclasses.replace(source, format=fmt, loaded=model, details={"in_memory": True})
 
 
 _CRITERION_SOURCES = {
@@ -355,26 +347,25 @@ def recover(student: Any, teacher: Any, ctx: RunContext, config: PruneConfig) ->
     gen = torch.Generator().manual_seed(config.seed)
     T = config.temperature
     losses = []
-    progress = _progress(config.recover_steps)
-    with progress as bar:
-        task = bar.add_task("recovering", total=config.recover_steps, loss=float("nan")) if bar else None
-        for _ in range(config.recover_steps):
-            idx = torch.randint(0, data.num_samples, (min(config.batch_size, data.num_samples),), generator=gen)
-            out = _first_output(student(*[a[idx] for a in arrays]))
-            if classifier:
-                loss = torch.nn.functional.kl_div(torch.log_softmax(out / T, 1), torch.softmax(t_out[idx] / T, 1),
-                                                  reduction="batchmean") * T * T
-            else:
-                loss = torch.nn.functional.mse_loss(out, t_out[idx])
-            if labels is not None and classifier:
-                loss = loss + torch.nn.functional.cross_entropy(out, labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss))
-            if bar:
-                bar.update(task, advance=1, loss=losses[-1])
+    ctx.progress("recovery", 0, config.recover_steps)
+    every = max(1, config.recover_steps // 20)
+    for step in range(config.recover_steps):
+        idx = torch.randint(0, data.num_samples, (min(config.recover_batch_size, data.num_samples),), generator=gen)
+        out = _first_output(student(*[a[idx] for a in arrays]))
+        if classifier:
+            loss = torch.nn.functional.kl_div(torch.log_softmax(out / T, 1), torch.softmax(t_out[idx] / T, 1),
+                                              reduction="batchmean") * T * T
+        else:
+            loss = torch.nn.functional.mse_loss(out, t_out[idx])
+        if labels is not None and classifier:
+            loss = loss + torch.nn.functional.cross_entropy(out, labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if (step + 1) % every == 0 or step + 1 == config.recover_steps:
+            ctx.progress("recovery", step + 1, config.recover_steps, loss=float(np.mean(losses[-every:])))
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)
@@ -383,20 +374,6 @@ def recover(student: Any, teacher: Any, ctx: RunContext, config: PruneConfig) ->
             "method": "knowledge distillation (Hinton et al. 2015): "
                       + ("KL on softened logits" if classifier else "MSE on outputs")
                       + (" + cross-entropy on labels" if labels is not None else "")}
-
-
-def _progress(total: int) -> Any:
-    """A rich progress bar with the loss on stderr when it is a terminal, else a no-op context."""
-    import contextlib
-    import sys
-
-    if not sys.stderr.isatty():
-        return contextlib.nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
 
 
 def _output_layers(model: Any, example: tuple) -> list[Any]:
@@ -478,15 +455,14 @@ def _torch_weight_params(model: Any, fmt: ModelFormat) -> list[tuple[str, Any]]:
     return params
 
 
-def _unstructured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
-    art = ctx.artifact
+def _unstructured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> PassResult:
     if art.format is ModelFormat.ONNX:
-        return _unstructured_onnx(ctx, config)
+        return _unstructured_onnx(art, ctx, config)
     import torch
 
     if art.format is ModelFormat.EXPORTED_PROGRAM:
         model = copy.deepcopy(art.loaded)
-    elif art.format is ModelFormat.TORCHSCRIPT:
+    elif art.format is ModelFormat.TORCHSCRIPT and not art.details.get("in_memory"):
         model = torch.jit.load(str(art.path), map_location="cpu").eval()  # a fresh copy
     else:
         model = copy.deepcopy(art.loaded).eval()
@@ -499,13 +475,8 @@ def _unstructured(ctx: RunContext, config: PruneConfig) -> PassOutcome:
             p.copy_(new)
     zeros = sum(int((p == 0).sum()) for _, p in named)
     total = sum(p.numel() for _, p in named)
-    ctx.torch_result = model
-    ctx.steps.append({"name": "prune", "method": "unstructured", "weights": len(named), "sparsity": zeros / total})
-    path = ctx.workdir / "result.onnx"
-    res = export_to_onnx(model, ctx.io, path, check_data=ctx.data, opset=ctx.export.opset, atol=ctx.export.atol,
-                         rtol=ctx.export.rtol, exporter=ctx.export.exporter)
-    ctx.steps.append({"name": "export", "of": "pruned model", **res.to_json()})
-    return PassOutcome(path, _unstructured_details(config, [n for n, _ in named], zeros / total))
+    return PassResult(_torch_artifact(art, model, art.format),
+                      _unstructured_details(config, [n for n, _ in named], zeros / total))
 
 
 def _unstructured_details(config: PruneConfig, names: list[str], sparsity: float) -> dict[str, Any]:
@@ -522,14 +493,16 @@ def _unstructured_details(config: PruneConfig, names: list[str], sparsity: float
     }
 
 
-def _unstructured_onnx(ctx: RunContext, config: PruneConfig) -> PassOutcome:
+def _unstructured_onnx(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> PassResult:
     import onnx
     import torch
     from onnx import numpy_helper
 
-    model = onnx.ModelProto()
-    model.CopyFrom(art_model := ctx.artifact.loaded)
-    del art_model
+    if art.loaded is not None:
+        model = onnx.ModelProto()
+        model.CopyFrom(art.loaded)
+    else:  # an ONNX file made by an earlier step
+        model = onnx.load_model(str(art.path))
     inits = {i.name: i for i in model.graph.initializer}
     names: list[str] = []
     for node in model.graph.node:
@@ -548,7 +521,7 @@ def _unstructured_onnx(ctx: RunContext, config: PruneConfig) -> PassOutcome:
         zeros += int((new == 0).sum())
         total += new.size
         inits[n].CopyFrom(numpy_helper.from_array(new, n))
-    ctx.steps.append({"name": "prune", "method": "unstructured", "weights": len(names), "sparsity": zeros / total})
-    path = ctx.workdir / "result.onnx"
+    path = ctx.workdir / "pruned.onnx"
     save_onnx(model, path)
-    return PassOutcome(path, _unstructured_details(config, names, zeros / total))
+    return PassResult(ModelArtifact(path, ModelFormat.ONNX, io=art.io),
+                      _unstructured_details(config, names, zeros / total))

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from compressor.artifact import EXTERNAL_DATA_BYTES, file_size_bytes, save_onnx
+from compressor.artifact import EXTERNAL_DATA_BYTES, ModelArtifact, ModelFormat, file_size_bytes, save_onnx
 from compressor.context import RunContext
 from compressor.errors import QuantizationError, SessionError
+from compressor.passes import PassResult
 from compressor.passes.configs import QuantizeConfig
-from compressor.passes.prune import PassOutcome
 from compressor.runtime import cpu_info, has_vnni, make_session
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
@@ -439,11 +439,19 @@ def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) 
         settings["weight_scheme"] = actual
 
 
-def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
-    """Quantize the baseline ONNX model to int8 (dynamic, or static QDQ with calibration).
+def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContext) -> PassResult:
+    """Quantize an ONNX model: int8 (dynamic, or static QDQ with calibration), int4 or fp16.
 
     Every quantized model is loaded into ONNX Runtime and run on real inputs before it is
-    accepted.
+    accepted. The input artifact is never changed.
+
+    Args:
+        artifact: The ONNX model to quantize (``artifact.path``; external data beside it).
+        config: Quantize settings.
+        ctx: Inputs, data (``ctx.calibration`` for static ranges and smoothing), callbacks.
+
+    Returns:
+        The quantized ONNX model (in the scratch folder) and the report's ``quantization`` section.
 
     Raises:
         UsageError: Static mode without calibration data.
@@ -455,17 +463,17 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     ort.set_default_logger_severity(3)  # the quantizer's own sessions: keep ONNX Runtime's C++ warnings off stderr
-    assert ctx.baseline_onnx is not None
-    base_model = onnx.load_model(str(ctx.baseline_onnx), load_external_data=False)
+    source = artifact.path
+    base_model = onnx.load_model(str(source), load_external_data=False)
     has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in base_model.graph.node)
-    pre, pre_label = preprocess(ctx.baseline_onnx, ctx.workdir / "preprocessed.onnx", ctx)
+    pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
     pre_model = onnx.load_model(str(pre), load_external_data=False)
     excluded = resolve_excludes(pre_model, config.exclude)
     _check_op_types(pre_model, config.op_types)
     del pre_model
-    out = ctx.workdir / "result.onnx"
+    out = ctx.workdir / "quantized.onnx"
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    large = file_size_bytes(ctx.baseline_onnx) > EXTERNAL_DATA_BYTES  # read and written with external data
+    large = file_size_bytes(source) > EXTERNAL_DATA_BYTES  # read and written with external data
     if config.precision != "int8":
         settings = {}
     else:
@@ -492,7 +500,7 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
             src_for_main = pre
             # look for ties in the graph before pre-processing: constant folding may have split them into copies
             present = {n.name for n in onnx.load_model(str(pre), load_external_data=False).graph.node}
-            tied = {g: t for g, t in _tied_gathers(ctx.baseline_onnx).items() if g not in excluded and g in present}
+            tied = {g: t for g, t in _tied_gathers(source).items() if g not in excluded and g in present}
             if tied:
                 ctx.warn("tied weights kept in float so that they are stored once and the output layer keeps its "
                          f"accuracy: {', '.join(sorted(set(tied.values())))} (used by Gather {', '.join(sorted(tied))})")
@@ -610,5 +618,4 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
         ctx.warn("dynamic quantization turned convolutions into ConvInteger, which is often slower than fp32 "
                  f"on CPU; static quantization suits CNNs better: {how} (see the latency numbers)")
     settings["precision"] = config.precision
-    ctx.steps.append({"name": "quantize", "preprocess": pre_label, **settings, **summary})
-    return PassOutcome(out, {**settings, **summary, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]})
+    return PassResult(ModelArtifact(out, ModelFormat.ONNX, io=artifact.io), {**settings, **summary, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]})

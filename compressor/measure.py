@@ -1,0 +1,182 @@
+"""Measurement of a baseline and its candidates: size, parameters, fidelity, accuracy, interleaved latency.
+
+Every candidate of a run (each step's ONNX model) is measured against the one baseline in
+the same interleaved benchmark, so that their latencies and speedups are comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from compressor.artifact import file_size_bytes
+from compressor.benchmark import benchmark_detailed, paired_speedup, session_peak_rss_bytes
+from compressor.context import RunContext
+from compressor.errors import UsageError
+from compressor.fidelity import compare_outputs, is_classifier_output, run_onnx, top1_accuracy
+from compressor.runtime import cpu_info
+
+
+def model_entry(onnx_path: Path, shown_path: Path) -> dict[str, Any]:
+    """Static figures of one ONNX model.
+
+    Returns:
+        ``path`` (as shown), ``size_bytes`` (external data included), ``parameters``, ``sparsity``, ``op_types``.
+    """
+    import onnx
+
+    from compressor.onnx_stats import graph_stats
+
+    stats = graph_stats(onnx.load_model(str(onnx_path)))
+    return {
+        "path": str(shown_path),
+        "size_bytes": file_size_bytes(onnx_path),
+        "parameters": stats["parameters"],
+        "sparsity": stats["sparsity"],
+        "op_types": stats["op_types"],
+    }
+
+
+def bench_feeds(ctx: RunContext, recipe: Any, batch_size: int | None = None) -> tuple[dict[str, Any], int]:
+    """One benchmark batch and its size.
+
+    The size is ``batch_size``, else the recipe's, else the ``input_shape`` batch, else a fixed graph
+    batch, else 1. Samples repeat when the data has fewer than the batch.
+    """
+    import numpy as np
+
+    from compressor.inputs import shape_batch_size
+
+    io, data = ctx.io, ctx.data
+    batch = batch_size or recipe.batch_size or shape_batch_size(recipe.parsed_input_shapes)
+    if batch is None:
+        first = io.inputs[0].shape[0] if io.inputs and io.inputs[0].shape else None
+        batch = first if isinstance(first, int) and first > 0 else 1
+    if data.num_samples >= batch:
+        return data.batch(0, batch), batch
+    reps = -(-batch // data.num_samples)
+    return {k: np.concatenate([v] * reps)[:batch] for k, v in data.arrays.items()}, batch
+
+
+def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: list[dict[str, Any]],
+            *, against: str) -> dict[str, Any]:
+    """Measure the baseline and every candidate; fill their entries in place.
+
+    Args:
+        ctx: Run context (inputs, data, eval data).
+        recipe: The :class:`~compressor.recipe.Recipe` (benchmark settings, eval data, sweeps).
+        baseline: ``{"onnx": Path, "entry": dict}``: the baseline's ONNX file and its report entry.
+        candidates: Same form, one per step to measure; each ``entry`` gets ``latency_ms``,
+            ``session_load_ms``, ``accuracy`` and the comparison fields ``size_ratio``, ``speedup``,
+            ``speedup_ci95``, ``fidelity`` (and ``accuracy_drop_points`` with eval data).
+        against: What the baseline is, for ``fidelity.against``.
+
+    Returns:
+        ``{"benchmark": ..., "accuracy": ... (with eval data), "sweep": ... (with sweeps)}``; the
+        sweep compares the baseline with the last candidate.
+
+    Raises:
+        UsageError: ``eval_data`` on a model that is not a classifier.
+    """
+    models = [baseline, *candidates]
+    paths = [m["onnx"] for m in models]
+    outs = [run_onnx(p, ctx.data) for p in paths]
+    if candidates and ctx.data.source == "random":
+        ctx.warn("fidelity was measured on random inputs, which can misstate it badly; pass --calibration-data or "
+                 "--eval-data with real samples")
+    for i, c in enumerate(candidates, 1):
+        c["compare"]["fidelity"] = {**compare_outputs(outs[0], outs[i]), "inputs": ctx.data.source, "against": against}
+    out: dict[str, Any] = {}
+    if recipe.eval_data is not None and ctx.eval_data is not None:
+        ev = ctx.eval_data
+        accs = []
+        for p in paths:
+            logits = run_onnx(p, ev)[0]
+            if not is_classifier_output(logits):
+                raise UsageError(f"--eval-data needs a classifier ([samples, classes] output); {p.name} gives "
+                                 f"{list(logits.shape)}")
+            accs.append(top1_accuracy(logits, ev.labels))
+        for m, acc in zip(models, accs, strict=True):
+            m["entry"]["accuracy"] = acc
+        for i, c in enumerate(candidates, 1):
+            c["compare"]["accuracy_drop_points"] = 100.0 * (accs[0] - accs[i])
+        out["accuracy"] = {"metric": "top1", "eval_data": str(recipe.eval_data), "samples": int(ev.labels.shape[0]),
+                           "baseline": accs[0]}
+        if candidates:
+            out["accuracy"].update(result=accs[-1], drop_points=100.0 * (accs[0] - accs[-1]))
+    feeds, batch = bench_feeds(ctx, recipe)
+    ctx.progress("benchmark", 0, 1)
+    det = benchmark_detailed(paths, feeds, recipe.bench)
+    ctx.progress("benchmark", 1, 1)
+    stats = det["latency"]
+    for i, m in enumerate(models):
+        m["entry"]["latency_ms"] = stats[i].to_json()
+        m["entry"]["session_load_ms"] = det["session_load_ms"][i]
+        if recipe.bench.measure_memory:
+            m["entry"]["session_peak_rss_bytes"] = session_peak_rss_bytes(paths[i], feeds, threads=recipe.bench.threads)
+    for i, c in enumerate(candidates, 1):
+        c["compare"]["size_ratio"] = c["entry"]["size_bytes"] / baseline["entry"]["size_bytes"]
+        sp, ci = paired_speedup(stats[0].samples_ms, stats[i].samples_ms, block_ids=det["block_ids"])
+        c["compare"]["speedup"], c["compare"]["speedup_ci95"] = sp, list(ci)
+    out["benchmark"] = {
+        "batch_size": batch,
+        "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
+        "interleaved": len(paths) > 1,
+        "models": len(paths),
+        "warmup_runs": det["warmup_runs"],
+        "blocks": det["blocks"],
+        "settings": recipe.bench.to_json(),
+        "cpu": cpu_info(),
+    }
+    if recipe.batch_sizes or recipe.seq_lens:
+        out["sweep"] = sweep(ctx, recipe, [paths[0]] + ([paths[-1]] if candidates else []))
+    return out
+
+
+def _with_seq_len(feeds: dict[str, Any], io: Any, seq_len: int) -> dict[str, Any]:
+    """Token inputs (integer, rank >= 2) cut or padded (with 0: padding id / masked) to ``seq_len`` on axis 1.
+
+    Raises:
+        UsageError: No token input, or a token input whose axis 1 is fixed in the graph.
+    """
+    import numpy as np
+
+    out = dict(feeds)
+    touched = False
+    for spec in io.inputs:
+        arr = feeds[spec.name]
+        if arr.dtype.kind not in "iu" or arr.ndim < 2:
+            continue
+        if isinstance(spec.shape[1], int) and spec.shape[1] > 0 and spec.shape[1] != seq_len:
+            raise UsageError(f"input '{spec.name}' has a fixed sequence length {spec.shape[1]}; --seq-lens cannot change it")
+        if arr.shape[1] >= seq_len:
+            out[spec.name] = np.ascontiguousarray(arr[:, :seq_len])
+        else:
+            pad = [(0, 0)] * arr.ndim
+            pad[1] = (0, seq_len - arr.shape[1])
+            out[spec.name] = np.pad(arr, pad)
+        touched = True
+    if not touched:
+        raise UsageError("--seq-lens needs token inputs (integer arrays with a sequence axis 1); this model has none")
+    return out
+
+
+def sweep(ctx: RunContext, recipe: Any, paths: list[Path]) -> list[dict[str, Any]]:
+    """Latency (and speedup of ``paths[1]`` over ``paths[0]``) for each batch size x sequence length."""
+    rows = []
+    for b in recipe.batch_sizes or [None]:
+        for seq in recipe.seq_lens or [None]:
+            feeds, batch = bench_feeds(ctx, dataclasses.replace(recipe, batch_size=None) if b else recipe, b)
+            if seq is not None:
+                feeds = _with_seq_len(feeds, ctx.io, seq)
+            det = benchmark_detailed(paths, feeds, recipe.bench)
+            stats = det["latency"]
+            row: dict[str, Any] = {"batch_size": batch, "baseline_latency_ms": stats[0].to_json()}
+            if seq is not None:
+                row["seq_len"] = seq
+            if len(stats) == 2:
+                sp, ci = paired_speedup(stats[0].samples_ms, stats[1].samples_ms, block_ids=det["block_ids"])
+                row.update(result_latency_ms=stats[1].to_json(), speedup=sp, speedup_ci95=list(ci))
+            rows.append(row)
+    return rows
