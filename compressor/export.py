@@ -179,6 +179,7 @@ def export_to_onnx(
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             attempts.append({"exporter": name, "ok": False, "error": f"{type(e).__name__}: {msg}"})
             continue
+        strip_debug_metadata(out_path)
         try:
             diff, ok = _parity(out_path, batches, refs, atol, rtol)
         except Exception as e:
@@ -234,6 +235,35 @@ def run_export(artifact: ModelArtifact, config: ExportConfig, ctx: RunContext) -
     for a in res.attempts[:-1]:
         ctx.warn(f"exporter {a['exporter']} was not used: {a.get('error') or 'max abs diff %.3g' % a['max_abs_diff']}")
     return PassResult(ModelArtifact(path, ModelFormat.ONNX, io=ctx.io), res.to_json())
+
+
+def strip_debug_metadata(path: Path) -> int:
+    """Remove the exporter's per-node debug records from an ONNX file in place; returns how many were removed.
+
+    The dynamo exporter (torch 2.13) stores on every node the Python stack trace, FX node, class
+    hierarchy and name scopes (``pkg.torch.onnx.*``, ``namespace``, ``pkg.onnxscript.rewriter.*``
+    metadata) and doc strings. They do not change results, make up about half of a small model's
+    file, leak the build machine's absolute paths into shipped models, and make exports differ
+    between folders. Names of nodes and tensors are kept. External data stays where it is.
+    """
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    removed = 0
+    graphs: list[Any] = [model.graph, *model.functions]
+    while graphs:
+        g = graphs.pop()
+        for node in g.node:
+            removed += len(node.metadata_props) + bool(node.doc_string)
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for a in node.attribute:  # subgraphs of If / Loop / Scan
+                if a.HasField("g"):
+                    graphs.append(a.g)
+                graphs.extend(a.graphs)
+    if removed:
+        onnx.save_model(model, str(path))
+    return removed
 
 
 def _interruption(exc: BaseException | None) -> BaseException | None:
