@@ -1,11 +1,14 @@
-"""Shared test helpers: run the real CLI in a subprocess and parse its JSON report."""
+"""Shared test helpers: run the real CLI (in process by default, or as a subprocess) and parse its JSON report."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,10 @@ FAST_BENCH = ["--runs", "20", "--warmup", "2", "--no-measure-memory"]
 
 
 class CliResult:
-    def __init__(self, proc: subprocess.CompletedProcess):
-        self.code = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.code = code
+        self.stdout = stdout
+        self.stderr = stderr
 
     @property
     def report(self) -> dict:
@@ -31,11 +34,57 @@ class CliResult:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> CliResult:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, env=env,
-                          timeout=timeout)
-    return CliResult(proc)
+@contextlib.contextmanager
+def _captured_fds():
+    """Send file descriptors 1 and 2 (and sys.stdout / sys.stderr) to temporary files, as a process's pipes would."""
+    out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    old = sys.stdout, sys.stderr
+    os.dup2(out_f.fileno(), 1)
+    os.dup2(err_f.fileno(), 2)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    try:
+        yield out_f, err_f
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = old
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _read(f) -> str:
+    f.seek(0)
+    return f.read().decode(errors="replace")
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300, subprocess_: bool = False) -> CliResult:
+    """Run ``compressor ARGS``: in this process (fast; the same entry point as the console script), or in a
+    child process with ``subprocess_=True`` (for signals, module imports from a test folder, the installed CLI)."""
+    if subprocess_:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, env=env,
+                              timeout=timeout)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    from compressor.cli.app import main
+
+    here = os.getcwd()
+    os.chdir(cwd or ROOT)
+    code = 0
+    try:
+        with _captured_fds() as (out_f, err_f):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return CliResult(code, _read(out_f), _read(err_f))
+    finally:
+        os.chdir(here)
 
 
 @pytest.fixture(scope="session")
