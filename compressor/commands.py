@@ -13,7 +13,7 @@ from compressor.benchmark import benchmark_detailed, paired_speedup, session_pea
 from compressor.context import RunContext
 from compressor.errors import UsageError
 from compressor.fidelity import compare_outputs, is_classifier_output, run_onnx, top1_accuracy
-from compressor.loading import LoadOptions, load_model
+from compressor.loaders import LoadOptions, load_model
 from compressor.pipeline import (
     RunOptions,
     bench_feeds,

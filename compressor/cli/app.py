@@ -119,7 +119,7 @@ def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -
 
 
 def _load_options(model_class: str | None, model_kwargs: str | None, trust_pickle: bool):
-    from compressor.loading import LoadOptions
+    from compressor.loaders import LoadOptions
 
     kwargs: dict[str, Any] = {}
     if model_kwargs:
