@@ -101,7 +101,7 @@ class ModelArtifact:
         path: File path of the model.
         format: Detected :class:`ModelFormat`.
         io: Input/output spec when the file carries one (ONNX, ExportedProgram), else None.
-        loaded: The in-memory model once :func:`compressor.loading.load_model` ran
+        loaded: The in-memory model once :func:`compressor.loaders.load_model` ran
             (``onnx.ModelProto``, ``torch.export.ExportedProgram`` or ``torch.nn.Module``).
         details: Free-form facts gathered while loading (e.g. ``{"pickle_classes": [...]}``).
     """

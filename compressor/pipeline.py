@@ -97,7 +97,7 @@ def input_form(path: Path) -> str:
     Raises:
         UsageError: Missing or unreadable file; UnknownFormatError: not a model.
     """
-    from compressor.loading import detect_format
+    from compressor.loaders import detect_format
 
     return ONNX if detect_format(path) is ModelFormat.ONNX else TORCH
 
@@ -292,7 +292,7 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
 
 
 def _load(recipe: Recipe) -> ModelArtifact:
-    from compressor.loading import LoadOptions, load_model
+    from compressor.loaders import LoadOptions, load_model
 
     if recipe.model is None:
         raise UsageError("no model given: pass MODEL, or set model = \"...\" in compressor.toml or the recipe")

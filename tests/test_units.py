@@ -13,7 +13,7 @@ from compressor.artifact import ModelFormat
 from compressor.errors import EXIT_STEP_FAILED, EXIT_USAGE, UnknownFormatError, UsageError
 from compressor.fidelity import compare_outputs
 from compressor.inputs import parse_input_shapes
-from compressor.loading import detect_format
+from compressor.loaders import detect_format
 from compressor.passes import config_from_json, config_to_json, get_pass
 from compressor.passes.configs import PruneConfig, QuantizeConfig
 

@@ -1,0 +1,102 @@
+"""ONNX models, with external data files beside them.
+
+Sniffed by parsing the file as an ``onnx.ModelProto`` without its external data (a zip
+archive is never ONNX); the IO spec comes from the graph's inputs (initializers excluded)
+and outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, TensorSpec
+from compressor.errors import UsageError
+from compressor.loaders.base import Loader, LoadOptions
+
+
+class OnnxLoader(Loader):
+    """ONNX (``onnx.ModelProto``), external data included."""
+
+    formats: ClassVar[tuple[ModelFormat, ...]] = (ModelFormat.ONNX,)
+    description: ClassVar[str] = "ONNX"
+
+    def sniff(self, path: Path, head_bytes: bytes, zip_names: tuple[str, ...] | None) -> bool:
+        """True when the file parses as an ONNX model with an IR version and at least one node."""
+        return zip_names is None and parse_onnx(path) is not None
+
+    def load(self, path: Path, options: LoadOptions) -> ModelArtifact:
+        """Load the model with its external data (``onnx.load_model``).
+
+        Returns:
+            An artifact with ``loaded`` an ``onnx.ModelProto`` and ``io`` from its graph.
+
+        Raises:
+            UsageError: The model or an external data file it names cannot be read.
+        """
+        import onnx
+
+        try:
+            model = onnx.load_model(os.fspath(path), load_external_data=True)
+        except Exception as e:
+            raise UsageError(
+                f"cannot load ONNX model {path}: {e}; check that its external data files sit beside it"
+            ) from e
+        return ModelArtifact(path=path, format=ModelFormat.ONNX, io=onnx_io_spec(model), loaded=model)
+
+    def io_spec(self, artifact: ModelArtifact) -> IOSpec | None:
+        """Inputs and outputs of the loaded graph (see :func:`onnx_io_spec`)."""
+        return onnx_io_spec(artifact.loaded)
+
+
+def parse_onnx(path: Path) -> Any:
+    """Parse an ONNX file without external data; None when it is not ONNX.
+
+    Returns:
+        The ``onnx.ModelProto``, or None when parsing fails, the IR version is not positive or
+        the graph has no nodes.
+    """
+    import onnx
+
+    try:
+        model = onnx.load_model(os.fspath(path), load_external_data=False)
+    except Exception:
+        return None
+    if model.ir_version <= 0 or len(model.graph.node) == 0:
+        return None
+    return model
+
+
+def onnx_io_spec(model: Any) -> IOSpec:
+    """Input/output spec of an ``onnx.ModelProto`` (initializers excluded from inputs).
+
+    Args:
+        model: ``onnx.ModelProto``.
+
+    Returns:
+        One :class:`TensorSpec` per graph input and output: numpy dtype name (``"float32"``
+        when the element type is unset) and one entry per axis: ``int`` for ``dim_value``,
+        ``str`` for ``dim_param``, None for neither.
+    """
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(v: Any) -> TensorSpec:
+        t = v.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "float32"
+        dims: list[int | str | None] = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        return TensorSpec(v.name, dtype, tuple(dims))
+
+    return IOSpec(
+        inputs=tuple(spec(v) for v in model.graph.input if v.name not in inits),
+        outputs=tuple(spec(v) for v in model.graph.output),
+    )

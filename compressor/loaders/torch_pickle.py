@@ -1,0 +1,176 @@
+"""``torch.save`` files: a whole pickled module, or a state_dict plus ``--model-class``.
+
+Sniffed from the zip member names (a ``data.pkl``). Pickles are loaded with
+``torch.load(weights_only=True)``: the ``torch.nn`` module classes a full-module pickle needs
+are allow-listed; any other class needs ``trust_pickle=True`` (``--trust-pickle``). A
+state_dict is loaded into ``model_class(**model_kwargs)`` with ``strict=True``. Neither
+records input shapes, so the IO spec comes from ``--input-shape`` or the data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+from compressor.artifact import ModelArtifact, ModelFormat
+from compressor.errors import UnknownFormatError, UntrustedPickleError, UsageError
+from compressor.loaders.base import Loader, LoadOptions
+
+
+class TorchPickleLoader(Loader):
+    """A ``torch.save`` zip: full ``nn.Module`` pickle (``TORCH_MODULE``) or a state_dict (``STATE_DICT``)."""
+
+    formats: ClassVar[tuple[ModelFormat, ...]] = (ModelFormat.TORCH_MODULE, ModelFormat.STATE_DICT)
+    description: ClassVar[str] = "a torch.save file (full module or state_dict)"
+
+    def sniff(self, path: Path, head_bytes: bytes, zip_names: tuple[str, ...] | None) -> bool:
+        """True for a zip holding a ``data.pkl`` member."""
+        return zip_names is not None and any(n.endswith("data.pkl") for n in zip_names)
+
+    def load(self, path: Path, options: LoadOptions) -> ModelArtifact:
+        """Unpickle the file safely, then return the module or build ``--model-class`` from the state_dict.
+
+        Returns:
+            An artifact with ``loaded`` a ``torch.nn.Module`` in eval mode, format
+            ``TORCH_MODULE`` or ``STATE_DICT``, and ``details["pickle_classes"]`` (plus
+            ``warnings``, ``model_class`` and ``model_kwargs`` where they apply).
+
+        Raises:
+            UntrustedPickleError: The pickle needs classes outside ``torch.nn`` and
+                ``options.trust_pickle`` is False.
+            UnknownFormatError: The pickle cannot be read or unpickled.
+            UsageError: A class cannot be imported, the file holds neither a module nor a
+                state_dict, a state_dict comes without ``model_class``, or it does not fit the class.
+        """
+        import torch
+
+        try:
+            needed = torch.serialization.get_unsafe_globals_in_checkpoint(os.fspath(path))
+        except Exception as e:
+            raise UnknownFormatError(f"{path} is not a readable torch.save file: {e}") from e
+        torch_nn = [g for g in needed if _is_torch_nn_class(g)]
+        foreign = [g for g in needed if g not in torch_nn]
+        details: dict[str, Any] = {"pickle_classes": sorted(needed)}
+        if foreign and not options.trust_pickle:
+            raise UntrustedPickleError(
+                f"{path} needs classes outside torch.nn to unpickle: {', '.join(sorted(foreign))}; "
+                "unpickling them runs code from the file: pass --trust-pickle if you trust it, "
+                "or save a state_dict and use --model-class"
+            )
+        if foreign:
+            _ensure_cwd_importable()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    obj = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+            except (ImportError, AttributeError) as e:
+                raise UsageError(
+                    f"{path} needs a class that cannot be imported ({e}); run from the folder that holds its "
+                    "package or add it to PYTHONPATH"
+                ) from e
+            except Exception as e:
+                raise UnknownFormatError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from e
+        else:
+            classes = [getattr(importlib.import_module(g.rpartition(".")[0]), g.rpartition(".")[2]) for g in torch_nn]
+            try:
+                with torch.serialization.safe_globals(classes):
+                    obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise UnknownFormatError(f"cannot load {path} with weights_only=True: {type(e).__name__}: {e}") from e
+
+        if isinstance(obj, torch.nn.Module):
+            obj.eval()
+            if options.model_class:
+                details["warnings"] = [
+                    f"--model-class {options.model_class} is ignored: {path.name} holds a whole module"
+                ]
+            return ModelArtifact(path=path, format=ModelFormat.TORCH_MODULE, loaded=obj, details=details)
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return _load_state_dict(path, obj, options, details)
+        if isinstance(obj, dict):
+            keys = ", ".join(map(str, list(obj)[:8]))
+            raise UsageError(
+                f"{path} holds a dict with keys [{keys}] rather than a model or a state_dict; "
+                "save model.state_dict() (and pass --model-class) or the module itself"
+            )
+        raise UsageError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module or a state_dict")
+
+
+def _is_torch_nn_class(qualname: str) -> bool:
+    """True when ``qualname`` names an ``nn.Module`` subclass defined inside ``torch.nn``."""
+    import torch
+
+    module_name, _, attr = qualname.rpartition(".")
+    if not module_name.startswith("torch.nn."):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+
+
+def _ensure_cwd_importable() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def import_model_class(spec: str) -> type:
+    """Import ``"package.module:ClassName"`` (the current folder is importable).
+
+    Raises:
+        UsageError: Bad spec, module not importable, no such class, or not an nn.Module.
+    """
+    import torch
+
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not module_name or not class_name:
+        raise UsageError(f"--model-class must look like package.module:ClassName, got '{spec}'")
+    _ensure_cwd_importable()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsageError(
+            f"cannot import module '{module_name}' for --model-class ({e}); run from the folder that holds it "
+            "or add it to PYTHONPATH"
+        ) from e
+    cls = module
+    for part in class_name.split("."):
+        cls = getattr(cls, part, None)
+        if cls is None:
+            raise UsageError(f"module '{module_name}' has no class '{class_name}' (--model-class)")
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise UsageError(f"--model-class {spec} is not a torch.nn.Module subclass")
+    return cls
+
+
+def _load_state_dict(path: Path, state: dict, options: LoadOptions, details: dict[str, Any]) -> ModelArtifact:
+    if not options.model_class:
+        raise UsageError(
+            f"{path} is a state_dict (weights only); pass --model-class package.module:ClassName "
+            "(and --model-kwargs '{...}' if its constructor needs arguments)"
+        )
+    cls = import_model_class(options.model_class)
+    try:
+        module = cls(**options.model_kwargs)
+    except TypeError as e:
+        raise UsageError(
+            f"cannot build {options.model_class} with --model-kwargs {json.dumps(options.model_kwargs)}: {e}"
+        ) from e
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
+        raise UsageError(
+            f"the state_dict in {path} does not fit {options.model_class}: {detail}; check --model-class and --model-kwargs"
+        ) from e
+    module.eval()
+    details = {**details, "model_class": options.model_class, "model_kwargs": options.model_kwargs}
+    return ModelArtifact(path=path, format=ModelFormat.STATE_DICT, loaded=module, details=details)
