@@ -86,80 +86,6 @@ def _f(x: Any, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def render_table(report: dict[str, Any]) -> Any:
-    """A ``rich`` renderable summarising the report for people."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    parts: list[Any] = []
-    models = [(k, report[k]) for k in ("baseline", "result") if report.get(k)]
-    t = Table(title=report["command"], title_justify="left")
-    t.add_column("")
-    for name, _ in models:
-        t.add_column(name, justify="right")
-    rows = [
-        ("path", lambda m: str(m.get("path", "-"))),
-        ("size", lambda m: _fmt_bytes(m.get("size_bytes"))),
-        ("parameters", lambda m: f"{m['parameters']:,}" if m.get("parameters") is not None else "-"),
-        ("sparsity", lambda m: _f(m.get("sparsity"))),
-        ("latency p50 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p50"))),
-        ("latency p90 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p90"))),
-        ("latency p99 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p99"))),
-        ("latency mean (ms)", lambda m: _f((m.get("latency_ms") or {}).get("mean"))),
-        ("top-1 accuracy", lambda m: _f(m.get("accuracy"), ".4f")),
-    ]
-    for label, fn in rows:
-        t.add_row(label, *[fn(m) for _, m in models])
-    parts.append(t)
-    summary = []
-    if report.get("size_ratio") is not None:
-        summary.append(f"size ratio {report['size_ratio']:.3f}")
-    if report.get("speedup") is not None:
-        ci = report.get("speedup_ci95") or [None, None]
-        summary.append(f"speedup {report['speedup']:.2f}x, 95% CI [{_f(ci[0])}, {_f(ci[1])}] "
-                       f"(p50, batch {report.get('benchmark', {}).get('batch_size')})")
-    fid = report.get("fidelity")
-    if fid:
-        s = f"fidelity: max abs diff {_f(fid.get('max_abs_diff'), '.3g')}, cosine mean {_f(fid.get('cosine_mean'), '.5f')}"
-        s += f" min {_f(fid.get('cosine_min'), '.5f')}"
-        if fid.get("top1_agreement") is not None:
-            s += f", top-1 agreement {fid['top1_agreement']:.4f}"
-        s += f" on {fid.get('samples')} samples ({fid.get('inputs')})"
-        summary.append(s)
-    q = report.get("quantization")
-    if q:
-        summary.append(
-            f"quantization: {q['mode']}, weights {q['weight_type']} {q['weight_scheme']} "
-            f"{'per-channel' if q['per_channel'] else 'per-tensor'}, activations {q['activation_type']} "
-            f"{q['activation_scheme']}, reduce_range={q['reduce_range']} ({q['chosen_by']})"
-        )
-    p = report.get("pruning")
-    if p:
-        summary.append(f"pruning: {p['method']}, ratio {p['pruning_ratio']}, criterion {p['criterion']}")
-        if p.get("note"):
-            summary.append(f"note: {p['note']}")
-    ex = report.get("export")
-    if ex:
-        summary.append(f"export: {ex.get('exporter')} exporter, max abs diff vs PyTorch {_f(ex.get('max_abs_diff'), '.3g')}")
-    gates = report.get("gates")
-    if gates:
-        verdict = "passed" if gates["passed"] else "FAILED: " + ", ".join(g["gate"] for g in gates["failed"])
-        summary.append(f"quality gates: {verdict}")
-    for s in summary:
-        parts.append(Text(s))
-    ops = sorted({op for _, m in models for op in (m.get("op_types") or {})})
-    if ops:
-        h = Table(title="ONNX op types", title_justify="left")
-        h.add_column("op type")
-        for name, _ in models:
-            h.add_column(name, justify="right")
-        for op in ops:
-            h.add_row(op, *[str((m.get("op_types") or {}).get(op, 0)) for _, m in models])
-        parts.append(h)
-    return Group(*parts)
-
-
 def _md_cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
@@ -200,6 +126,15 @@ def render_markdown(report: dict[str, Any]) -> str:
             summary.append([key, _f(fid[key], ".5g")])
     if summary:
         out += [""] + _md_table(["summary", "value"], summary)
+    steps = [st for st in report.get("steps") or [] if "measured" in st]
+    if len(steps) > 1:
+        out += ["", "**Steps** (each against the baseline, one interleaved benchmark)", ""]
+        out += _md_table(["step", "size_ratio", "speedup (95% CI)", "cosine_min", "top-1 accuracy"],
+                         [[f"steps[{st['step']}] {st['name']}", _f(st["measured"]["size_ratio"], ".4f"),
+                           f"{st['measured']['speedup']:.3f} [{_f(st['measured']['speedup_ci95'][0])}, "
+                           f"{_f(st['measured']['speedup_ci95'][1])}]",
+                           _f(st["measured"]["fidelity"].get("cosine_min"), ".5g"),
+                           _f(st["measured"].get("accuracy"), ".4f")] for st in steps])
     gates = report.get("gates")
     if gates:
         out += ["", f"**Quality gates: {'passed' if gates['passed'] else 'FAILED'}**", ""]

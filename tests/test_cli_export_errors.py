@@ -163,27 +163,27 @@ def custom_pickle(tmp_path):
 
 
 def test_pickle_with_foreign_class_needs_trust(custom_pickle):
-    r = run_cli("prune", "custom.pt", "--ratio", "0.5", "--input-shape", "1,1,8,8", cwd=custom_pickle)
+    r = run_cli("prune", "custom.pt", "--ratio", "0.5", "--input-shape", "1,1,8,8", cwd=custom_pickle, subprocess_=True)
     assert r.code == 2 and len(r.error_lines) == 1
     assert "custom_mod.Net" in r.stderr and "custom_mod.Scale" in r.stderr and "--trust-pickle" in r.stderr
     r = run_cli("prune", "custom.pt", "--ratio", "0.5", "--input-shape", "1,1,8,8", "--trust-pickle", "--json",
-                *FAST_BENCH, cwd=custom_pickle)
+                *FAST_BENCH, cwd=custom_pickle, subprocess_=True)
     assert r.code == 0, r.stderr
     assert r.report["result"]["parameters"] < r.report["baseline"]["parameters"]
 
 
 def test_state_dict_errors(custom_pickle):
-    r = run_cli("export", "sd.pt", "--input-shape", "1,1,8,8", cwd=custom_pickle)
+    r = run_cli("export", "sd.pt", "--input-shape", "1,1,8,8", cwd=custom_pickle, subprocess_=True)
     assert r.code == 2 and "--model-class" in r.stderr and len(r.error_lines) == 1
-    r = run_cli("export", "sd.pt", "--input-shape", "1,1,8,8", "--model-class", "custom_mod:Nope", cwd=custom_pickle)
+    r = run_cli("export", "sd.pt", "--input-shape", "1,1,8,8", "--model-class", "custom_mod:Nope", cwd=custom_pickle, subprocess_=True)
     assert r.code == 2 and "Nope" in r.stderr and len(r.error_lines) == 1
     r = run_cli("export", "sd.pt", "--input-shape", "1,1,8,8", "--model-class", "sample_models.digits_nets:DigitsMLP",
-                cwd=custom_pickle)
+                cwd=custom_pickle, subprocess_=True)
     assert r.code == 2 and "does not fit" in r.stderr and len(r.error_lines) == 1
     r = run_cli("export", "sd.pt", "--input-shape", "1,1,8,8", "--model-class", "custom_mod:Net", "--model-kwargs",
-                "{bad", cwd=custom_pickle)
+                "{bad", cwd=custom_pickle, subprocess_=True)
     assert r.code == 2 and "--model-kwargs" in r.stderr
-    r = run_cli("export", "sd.pt", "--input-shape", "1,1,8,8", "--model-class", "custom_mod:Net", cwd=custom_pickle)
+    r = run_cli("export", "sd.pt", "--input-shape", "1,1,8,8", "--model-class", "custom_mod:Net", cwd=custom_pickle, subprocess_=True)
     assert r.code == 0, r.stderr
 
 
@@ -283,7 +283,7 @@ def test_sigterm_cleans_up(samples, tmp_path):
                              "1,1,8,8", "-o", str(tmp_path / "o.onnx"), "--min-time", "60", "--no-measure-memory"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob(".compressor-*/result.onnx")):
+    while time.time() < deadline and not list(tmp_path.glob(".compressor-*/02-export/exported.onnx")):
         time.sleep(0.2)
     assert list(tmp_path.glob(".compressor-*")), "the run never reached its scratch folder"
     time.sleep(1.0)

@@ -32,7 +32,7 @@ def test_config_validation():
         PruneConfig(method="channel")
     with pytest.raises(UsageError, match="symmetric, asymmetric"):
         QuantizeConfig(scheme="affine")
-    with pytest.raises(UsageError, match="valid fields"):
+    with pytest.raises(UsageError, match="valid settings"):
         config_from_json(PruneConfig, {"ratoi": 0.5})
     with pytest.raises(UsageError, match="prune, quantize"):
         get_pass("distill")

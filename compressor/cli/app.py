@@ -392,6 +392,8 @@ def _dry_run(recipe: Any, out: Path | None, json_out: bool) -> None:
     print(f"model:  {recipe.model} ({form}; from {recipe.source('model')})")
     for i, p in enumerate(steps, 1):
         print(f"step {i}: {p.describe()}")
+    if not steps and form == "torch":
+        print("step 1: export (inserted) of the original model")
     print("then:   measure the baseline and each step in one interleaved benchmark"
           + (f"; write {out}" if out else ""))
     print("dry run: nothing was done")
@@ -432,9 +434,10 @@ def _print_layers(rep: dict[str, Any]) -> None:
 
 def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, markdown: Path | None = None) -> int:
     """Write/print the report; returns 3 when a quality gate failed, else 0."""
+    from compressor.cli.table import render_table
     from compressor.errors import EXIT_GATE_FAILED
     from compressor.gates import Gates
-    from compressor.report import render_markdown, render_table, to_json, write_json_atomic, write_text_atomic
+    from compressor.report import render_markdown, to_json, write_json_atomic, write_text_atomic
 
     if report_path is not None:
         write_json_atomic(report, report_path)
