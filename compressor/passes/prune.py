@@ -21,6 +21,7 @@ from compressor.artifact import ModelFormat, save_onnx
 from compressor.context import RunContext
 from compressor.errors import CompressorError, PruningError, UnsupportedModelError
 from compressor.export import export_to_onnx
+from compressor.onnx_graph import DENSE_WEIGHT_OPS, FLOAT_ELEM_TYPES, initializers, weight_input
 from compressor.passes.configs import PruneConfig
 
 
@@ -530,14 +531,12 @@ def _unstructured_onnx(ctx: RunContext, config: PruneConfig) -> PassOutcome:
     model = onnx.ModelProto()
     model.CopyFrom(art_model := ctx.artifact.loaded)
     del art_model
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     names: list[str] = []
     for node in model.graph.node:
-        idx = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}.get(node.op_type)
-        if idx is not None and idx < len(node.input) and node.input[idx] in inits and node.input[idx] not in names:
-            arr_init = inits[node.input[idx]]
-            if arr_init.data_type in (1, 10, 11):
-                names.append(node.input[idx])
+        w = weight_input(node) if node.op_type in DENSE_WEIGHT_OPS else None
+        if w in inits and w not in names and inits[w].data_type in FLOAT_ELEM_TYPES:
+            names.append(w)
     if not names:
         raise PruningError("the ONNX graph has no Conv/Gemm/MatMul weight initializers to prune; nothing would change")
     arrays = [numpy_helper.to_array(inits[n]) for n in names]

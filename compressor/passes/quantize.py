@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from compressor import onnx_graph
 from compressor.artifact import EXTERNAL_DATA_BYTES, file_size_bytes, save_onnx
 from compressor.context import RunContext
 from compressor.errors import QuantizationError, SessionError
+from compressor.onnx_graph import FLOAT_WEIGHT_OPS as WEIGHT_OPS
 from compressor.passes.configs import QuantizeConfig
 from compressor.passes.prune import PassOutcome
 from compressor.runtime import cpu_info, has_vnni, make_session
-
-WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
 
 
 def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calibration: bool = False) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def _node_summary(baseline: Any, result: Any) -> dict[str, Any]:
     from collections import Counter
 
     before = Counter(n.op_type for n in baseline.graph.node if n.op_type in WEIGHT_OPS)
-    producers = {o: n for n in result.graph.node for o in n.output}
+    producers = onnx_graph.producers(result)
     quantized: Counter[str] = Counter()
     for n in result.graph.node:
         if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"):
@@ -159,8 +159,8 @@ def _node_summary(baseline: Any, result: Any) -> dict[str, Any]:
         elif n.op_type in ("GatherBlockQuantized",):
             quantized["Gather"] += 1
         elif n.op_type in WEIGHT_OPS:
-            idx = 0 if n.op_type == "Gather" else 1
-            p = producers.get(n.input[idx]) if len(n.input) > idx else None
+            w = onnx_graph.weight_input(n)
+            p = producers.get(w) if w is not None else None
             if p is not None and p.op_type == "DequantizeLinear":
                 quantized[n.op_type] += 1
     # Gemm may become MatMulInteger: count it under Gemm when the baseline had no MatMul left over
@@ -210,9 +210,10 @@ def _non_2d_matmuls(path: Path) -> list[str]:
     import onnx
 
     model = onnx.load_model(str(path), load_external_data=False)
-    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    inits = onnx_graph.initializers(model)
     return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and len(n.input) > 1 and ranks.get(n.input[1], 2) != 2 and n.name]
+            if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits and len(inits[n.input[1]].dims) != 2
+            and n.name]
 
 
 def _tied_gathers(path: Path) -> dict[str, str]:
@@ -225,12 +226,8 @@ def _tied_gathers(path: Path) -> dict[str, str]:
     import onnx
 
     model = onnx.load_model(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    users: dict[str, list] = {}
-    for n in model.graph.node:
-        for i, name in enumerate(n.input):
-            if name in inits:
-                users.setdefault(name, []).append((n, i))
+    inits = onnx_graph.initializers(model)
+    users = {name: uses for name, uses in onnx_graph.input_uses(model).items() if name in inits}
     tied = {}
     for table, uses in users.items():
         gathers = [n for n, i in uses if n.op_type == "Gather" and i == 0]
@@ -397,9 +394,7 @@ def _float_outputs(path: Path) -> dict[str, int]:
 
 def _kept_float_activations(model: Any) -> list[str]:
     """Relu/Clip nodes left in float between ``DequantizeLinear`` and ``QuantizeLinear`` in a QDQ model."""
-    from compressor.passes.rewrites import graph_maps
-
-    producers, users = graph_maps(model)
+    producers, users = onnx_graph.producers(model), onnx_graph.consumers(model)
     kept = []
     for n in model.graph.node:
         if n.op_type in ("Relu", "Clip") and n.input and getattr(producers.get(n.input[0]), "op_type", "") == "DequantizeLinear":
@@ -417,7 +412,7 @@ def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) 
 
     if settings.get("weight_type") not in ("int8", "uint8"):
         return
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = onnx_graph.initializers(model)
     zps = []
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2 and len(n.input) > 2:
