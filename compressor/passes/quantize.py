@@ -20,6 +20,7 @@ from compressor.onnx_graph import FLOAT_WEIGHT_OPS as WEIGHT_OPS
 from compressor.passes.configs import QuantizeConfig
 from compressor.passes.prune import PassOutcome
 from compressor.runtime import cpu_info, has_vnni, make_session
+from compressor.scope import ExclusionScope, require_op_types
 
 
 def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calibration: bool = False) -> dict[str, Any]:
@@ -237,36 +238,6 @@ def _tied_gathers(path: Path) -> dict[str, str]:
     return tied
 
 
-def resolve_excludes(model: Any, patterns: tuple[str, ...]) -> list[str]:
-    """Node names matched by ``--exclude`` globs (fnmatch).
-
-    Raises:
-        UsageError: A pattern that matches no node (the message shows a few node names).
-    """
-    import fnmatch
-
-    from compressor.errors import UsageError
-
-    names = [n.name for n in model.graph.node if n.name]
-    matched: list[str] = []
-    for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            sample = ", ".join(names[:5])
-            raise UsageError(f"--exclude '{pat}' matches no node; node names look like: {sample}")
-        matched += [h for h in hits if h not in matched]
-    return matched
-
-
-def _check_op_types(model: Any, op_types: tuple[str, ...]) -> None:
-    from compressor.errors import UsageError
-
-    present = {n.op_type for n in model.graph.node}
-    missing = [o for o in op_types if o not in present]
-    if missing:
-        raise UsageError(f"--op-types {', '.join(missing)} not in the graph; it has {', '.join(sorted(present))}")
-
-
 def _quantize_int4(ctx: RunContext, config: QuantizeConfig, src: Path, out: Path, excluded: list[str]) -> dict[str, Any]:
     """Weight-only blockwise int4 (ONNX Runtime MatMulNBits; embedding tables as GatherBlockQuantized)."""
     import onnx
@@ -455,8 +426,8 @@ def run_quantize(ctx: RunContext, config: QuantizeConfig) -> PassOutcome:
     has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in base_model.graph.node)
     pre, pre_label = preprocess(ctx.baseline_onnx, ctx.workdir / "preprocessed.onnx", ctx)
     pre_model = onnx.load_model(str(pre), load_external_data=False)
-    excluded = resolve_excludes(pre_model, config.exclude)
-    _check_op_types(pre_model, config.op_types)
+    excluded = ExclusionScope(config.exclude).onnx_nodes(pre_model)
+    require_op_types(config.op_types, (n.op_type for n in pre_model.graph.node), flag="--op-types")
     del pre_model
     out = ctx.workdir / "result.onnx"
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
