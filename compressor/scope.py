@@ -82,7 +82,8 @@ class ExclusionScope:
         validate: Every pattern and op type must match something (NNCF ``validate=True``);
             ``False`` only for scopes built by code, never from user flags.
         flag: The option that filled ``patterns``, named in errors.
-        op_types_flag: The option that filled ``op_types``, named in errors.
+        op_types_flag: The option that filled ``op_types``, named in errors (no CLI flag fills
+            ``op_types`` yet, hence the plain-words default).
 
     Raises:
         UsageError: An empty or non-string pattern or op type.
@@ -92,7 +93,7 @@ class ExclusionScope:
     op_types: tuple[str, ...] = ()
     validate: bool = True
     flag: str = "--exclude"
-    op_types_flag: str = "--exclude-op-types"
+    op_types_flag: str = "excluded op types"
 
     def __post_init__(self) -> None:
         """Normalise sequences (JSON gives lists) and validate."""

@@ -206,7 +206,7 @@ def test_scope_errors_name_the_flag_the_pattern_and_real_names():
                             "embed, layer.0.mm, layer.1.gemm, layer.1.sq, conv")
     with pytest.raises(UsageError) as e:
         ExclusionScope(op_types=("Softmax", "Gemm", "LSTM")).onnx_nodes(model)
-    assert str(e.value) == "--exclude-op-types Softmax, LSTM not in the graph; it has Conv, Gather, Gemm, MatMul, Mul, Relu"
+    assert str(e.value) == "excluded op types Softmax, LSTM not in the graph; it has Conv, Gather, Gemm, MatMul, Mul, Relu"
     with pytest.raises(UsageError) as e:
         require_op_types(("Conv", "Attention"), ["MatMul", "Conv"])
     assert str(e.value) == "--op-types Attention not in the graph; it has Conv, MatMul"
@@ -254,7 +254,7 @@ def test_scope_matches_torch_module_names():
                             "stem, block, block.conv, block.fc, head")
     with pytest.raises(UsageError) as e:
         ExclusionScope(op_types=("Conv1d",)).torch_modules(named)
-    assert str(e.value) == "--exclude-op-types Conv1d not in the model; it has Conv2d, Linear, _Block, _Net"
+    assert str(e.value) == "excluded op types Conv1d not in the model; it has Conv2d, Linear, _Block, _Net"
     with pytest.raises(UsageError, match="^layer ratio 'x' matches no layer"):
         match_globs(("x",), list(named), flag="layer ratio", kind="layer")
     assert match_globs(("x", "head"), list(named), flag="layer ratio", kind="layer", validate=False) == ["head"]
