@@ -167,14 +167,15 @@ EXTERNAL_DATA_BYTES = int(1.8 * 1024**3)
 def weights_bytes(model: Any) -> int:
     """Bytes of an ``onnx.ModelProto``'s initializers (stored inline or external)."""
     import numpy as np
-    import onnx
+
+    from compressor.onnx_graph import np_dtype
 
     total = 0
     for init in model.graph.initializer:
         if init.raw_data:
             total += len(init.raw_data)
         else:
-            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+            itemsize = np_dtype(init.data_type).itemsize
             total += int(np.prod(init.dims)) * itemsize if len(init.dims) else itemsize
     return total
 

@@ -7,9 +7,12 @@ from typing import Any
 
 import numpy as np
 
-#: Ops whose weight initializers count for sparsity (input index of the weight).
-WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvInteger": 1, "MatMulInteger": 1,
-              "QLinearConv": 3, "QLinearMatMul": 3, "Gather": 0, "MatMulNBits": 1}
+from compressor.onnx_graph import ELEM_TYPES, initializers, producers, weight_input
+
+#: Element types counted as parameters: float, fp16, double, bf16, u8, s8, u4, s4, and int32 (the biases of
+#: QDQ Conv/Gemm); int64 (shape constants) and the rest are not.
+_PARAMETER_ELEM_TYPES = frozenset(ELEM_TYPES[n] for n in ("float32", "float16", "float64", "bfloat16", "uint8", "int8",
+                                                          "uint4", "int4", "int32"))
 _QPARAM_INPUTS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "DynamicQuantizeLinear": (),
                   "ConvInteger": (2, 3), "MatMulInteger": (2, 3), "QLinearConv": (1, 2, 4, 5, 6, 7),
                   "QLinearMatMul": (1, 2, 4, 5, 6, 7), "MatMulNBits": (2, 3)}
@@ -28,23 +31,22 @@ def graph_stats(model: Any) -> dict[str, Any]:
     """
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     qparams: set[str] = set()
     for node in model.graph.node:
         for idx in _QPARAM_INPUTS.get(node.op_type, ()):
             if idx < len(node.input):
                 qparams.add(node.input[idx])
     # weight inputs (possibly through a DequantizeLinear)
-    producers = {o: n for n in model.graph.node for o in n.output}
+    writers = producers(model)
     weights: dict[str, Any] = {}  # initializer name -> zero point (or 0)
     for node in model.graph.node:
-        idx = WEIGHT_OPS.get(node.op_type)
-        if idx is None or node.op_type == "Gather" or idx >= len(node.input):
+        name = weight_input(node)
+        if name is None or node.op_type == "Gather":
             continue
-        name = node.input[idx]
         zp_name = None
-        if name not in inits and name in producers:
-            p = producers[name]
+        if name not in inits and name in writers:
+            p = writers[name]
             if p.op_type == "DequantizeLinear" and p.input[0] in inits:
                 name = p.input[0]
                 zp_name = p.input[2] if len(p.input) > 2 else None
@@ -61,8 +63,7 @@ def graph_stats(model: Any) -> dict[str, Any]:
     for name, init in inits.items():
         if name in qparams or name.endswith(("_scale", "_zero_point")):  # ONNX Runtime's names for quant params
             continue
-        # float, fp16, double, bf16, u8, s8, u4, s4, and int32 (the biases of QDQ Conv/Gemm)
-        if init.data_type in (1, 10, 11, 16, 2, 3, 21, 22, 6):
+        if init.data_type in _PARAMETER_ELEM_TYPES:
             n = int(np.prod(init.dims)) if len(init.dims) else 1
             params += n
     zeros = 0

@@ -79,13 +79,13 @@ def onnx_io_spec(model: Any) -> IOSpec:
         when the element type is unset) and one entry per axis: ``int`` for ``dim_value``,
         ``str`` for ``dim_param``, None for neither.
     """
-    import onnx
+    from compressor.onnx_graph import dtype_name, initializers
 
-    inits = {i.name for i in model.graph.initializer}
+    inits = initializers(model)
 
     def spec(v: Any) -> TensorSpec:
         t = v.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "float32"
+        dtype = dtype_name(t.elem_type)
         dims: list[int | str | None] = []
         for d in t.shape.dim:
             if d.HasField("dim_value"):

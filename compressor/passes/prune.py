@@ -19,8 +19,10 @@ import numpy as np
 from compressor.artifact import ModelArtifact, ModelFormat, save_onnx
 from compressor.context import RunContext
 from compressor.errors import CompressorError, PruningError, UnsupportedModelError
+from compressor.onnx_graph import DENSE_WEIGHT_OPS, FLOAT_ELEM_TYPES, initializers, weight_input
 from compressor.passes import PassResult
 from compressor.passes.configs import PruneConfig
+from compressor.scope import ExclusionScope, match_globs
 
 
 def run_prune(artifact: ModelArtifact, config: PruneConfig, ctx: RunContext) -> PassResult:
@@ -76,7 +78,7 @@ def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> Pas
     example1 = tuple(t[:1] for t in example)
     named = dict(model.named_modules())
     ignored = _output_layers(model, example)
-    ignored += [m for m in _match_modules(named, config.exclude, "--exclude") if m not in ignored]
+    ignored += [m for m in ExclusionScope(config.exclude).torch_modules(named) if m not in ignored]
     num_heads, attn_modules = _attention_heads(model)
     if config.heads is not None and not num_heads:
         raise UnsupportedModelError("--heads needs attention layers (nn.MultiheadAttention or BERT-style "
@@ -89,8 +91,8 @@ def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> Pas
         ignored += [m for m in named.values() if isinstance(m, torch.nn.MultiheadAttention) and m not in ignored]
     ratio_dict = {}
     for pattern, r in config.layer_ratios:
-        for m in _match_modules(named, (pattern,), "layer ratio"):
-            ratio_dict[m] = min(r, config.max_layer_ratio)
+        for name in match_globs((pattern,), list(named), flag="layer ratio", kind="layer"):
+            ratio_dict[named[name]] = min(r, config.max_layer_ratio)
     uniform_ratio = config.ratio if config.global_pruning else min(config.ratio, config.max_layer_ratio)
     macs_before, params_before = _count(model, example1)
     before = _channel_counts(model)
@@ -234,26 +236,6 @@ def _count(model: Any, example: tuple) -> tuple[int, int]:
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
-
-
-def _match_modules(named: dict[str, Any], patterns: tuple[str, ...], flag: str) -> list[Any]:
-    """Modules whose names match the globs.
-
-    Raises:
-        UsageError: A pattern that matches no module (the message shows some module names).
-    """
-    import fnmatch
-
-    from compressor.errors import UsageError
-
-    out: list[Any] = []
-    for pat in patterns:
-        hits = [m for n, m in named.items() if n and fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            sample = ", ".join(n for n in list(named)[1:6])
-            raise UsageError(f"{flag} '{pat}' matches no layer; layer names look like: {sample}")
-        out += [h for h in hits if h not in out]
-    return out
 
 
 def _attention_heads(model: Any) -> tuple[dict[Any, int], list[Any]]:
@@ -503,14 +485,12 @@ def _unstructured_onnx(art: ModelArtifact, ctx: RunContext, config: PruneConfig)
         model.CopyFrom(art.loaded)
     else:  # an ONNX file made by an earlier step
         model = onnx.load_model(str(art.path))
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = initializers(model)
     names: list[str] = []
     for node in model.graph.node:
-        idx = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}.get(node.op_type)
-        if idx is not None and idx < len(node.input) and node.input[idx] in inits and node.input[idx] not in names:
-            arr_init = inits[node.input[idx]]
-            if arr_init.data_type in (1, 10, 11):
-                names.append(node.input[idx])
+        w = weight_input(node) if node.op_type in DENSE_WEIGHT_OPS else None
+        if w in inits and w not in names and inits[w].data_type in FLOAT_ELEM_TYPES:
+            names.append(w)
     if not names:
         raise PruningError("the ONNX graph has no Conv/Gemm/MatMul weight initializers to prune; nothing would change")
     arrays = [numpy_helper.to_array(inits[n]) for n in names]

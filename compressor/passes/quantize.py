@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from compressor import onnx_graph
 from compressor.artifact import EXTERNAL_DATA_BYTES, ModelArtifact, ModelFormat, file_size_bytes, save_onnx
 from compressor.context import RunContext
 from compressor.errors import QuantizationError, SessionError
+from compressor.onnx_graph import FLOAT_WEIGHT_OPS as WEIGHT_OPS
 from compressor.passes import PassResult
 from compressor.passes.configs import QuantizeConfig
 from compressor.runtime import cpu_info, has_vnni, make_session
-
-WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather")
+from compressor.scope import ExclusionScope, require_op_types
 
 
 def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calibration: bool = False) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def _node_summary(baseline: Any, result: Any) -> dict[str, Any]:
     from collections import Counter
 
     before = Counter(n.op_type for n in baseline.graph.node if n.op_type in WEIGHT_OPS)
-    producers = {o: n for n in result.graph.node for o in n.output}
+    producers = onnx_graph.producers(result)
     quantized: Counter[str] = Counter()
     for n in result.graph.node:
         if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"):
@@ -159,8 +160,8 @@ def _node_summary(baseline: Any, result: Any) -> dict[str, Any]:
         elif n.op_type in ("GatherBlockQuantized",):
             quantized["Gather"] += 1
         elif n.op_type in WEIGHT_OPS:
-            idx = 0 if n.op_type == "Gather" else 1
-            p = producers.get(n.input[idx]) if len(n.input) > idx else None
+            w = onnx_graph.weight_input(n)
+            p = producers.get(w) if w is not None else None
             if p is not None and p.op_type == "DequantizeLinear":
                 quantized[n.op_type] += 1
     # Gemm may become MatMulInteger: count it under Gemm when the baseline had no MatMul left over
@@ -210,9 +211,10 @@ def _non_2d_matmuls(path: Path) -> list[str]:
     import onnx
 
     model = onnx.load_model(str(path), load_external_data=False)
-    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    inits = onnx_graph.initializers(model)
     return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and len(n.input) > 1 and ranks.get(n.input[1], 2) != 2 and n.name]
+            if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits and len(inits[n.input[1]].dims) != 2
+            and n.name]
 
 
 def _tied_gathers(path: Path) -> dict[str, str]:
@@ -225,12 +227,8 @@ def _tied_gathers(path: Path) -> dict[str, str]:
     import onnx
 
     model = onnx.load_model(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    users: dict[str, list] = {}
-    for n in model.graph.node:
-        for i, name in enumerate(n.input):
-            if name in inits:
-                users.setdefault(name, []).append((n, i))
+    inits = onnx_graph.initializers(model)
+    users = {name: uses for name, uses in onnx_graph.input_uses(model).items() if name in inits}
     tied = {}
     for table, uses in users.items():
         gathers = [n for n, i in uses if n.op_type == "Gather" and i == 0]
@@ -238,36 +236,6 @@ def _tied_gathers(path: Path) -> dict[str, str]:
         if gathers and others:
             tied.update({g.name: table for g in gathers if g.name})
     return tied
-
-
-def resolve_excludes(model: Any, patterns: tuple[str, ...]) -> list[str]:
-    """Node names matched by ``--exclude`` globs (fnmatch).
-
-    Raises:
-        UsageError: A pattern that matches no node (the message shows a few node names).
-    """
-    import fnmatch
-
-    from compressor.errors import UsageError
-
-    names = [n.name for n in model.graph.node if n.name]
-    matched: list[str] = []
-    for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            sample = ", ".join(names[:5])
-            raise UsageError(f"--exclude '{pat}' matches no node; node names look like: {sample}")
-        matched += [h for h in hits if h not in matched]
-    return matched
-
-
-def _check_op_types(model: Any, op_types: tuple[str, ...]) -> None:
-    from compressor.errors import UsageError
-
-    present = {n.op_type for n in model.graph.node}
-    missing = [o for o in op_types if o not in present]
-    if missing:
-        raise UsageError(f"--op-types {', '.join(missing)} not in the graph; it has {', '.join(sorted(present))}")
 
 
 def _quantize_int4(ctx: RunContext, config: QuantizeConfig, src: Path, out: Path, excluded: list[str]) -> dict[str, Any]:
@@ -397,9 +365,7 @@ def _float_outputs(path: Path) -> dict[str, int]:
 
 def _kept_float_activations(model: Any) -> list[str]:
     """Relu/Clip nodes left in float between ``DequantizeLinear`` and ``QuantizeLinear`` in a QDQ model."""
-    from compressor.passes.rewrites import graph_maps
-
-    producers, users = graph_maps(model)
+    producers, users = onnx_graph.producers(model), onnx_graph.consumers(model)
     kept = []
     for n in model.graph.node:
         if n.op_type in ("Relu", "Clip") and n.input and getattr(producers.get(n.input[0]), "op_type", "") == "DequantizeLinear":
@@ -417,7 +383,7 @@ def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) 
 
     if settings.get("weight_type") not in ("int8", "uint8"):
         return
-    inits = {i.name: i for i in model.graph.initializer}
+    inits = onnx_graph.initializers(model)
     zps = []
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2 and len(n.input) > 2:
@@ -468,8 +434,8 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in base_model.graph.node)
     pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
     pre_model = onnx.load_model(str(pre), load_external_data=False)
-    excluded = resolve_excludes(pre_model, config.exclude)
-    _check_op_types(pre_model, config.op_types)
+    excluded = ExclusionScope(config.exclude).onnx_nodes(pre_model)
+    require_op_types(config.op_types, (n.op_type for n in pre_model.graph.node), flag="--op-types")
     del pre_model
     out = ctx.workdir / "quantized.onnx"
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}

@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from compressor import onnx_graph
+
 
 def _constants(model: Any) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
-    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts = {name: numpy_helper.to_array(i) for name, i in onnx_graph.initializers(model).items()}
     for n in model.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
@@ -49,16 +51,6 @@ def _graph_outputs(model: Any) -> set[str]:
     return {o.name for o in model.graph.output}
 
 
-def graph_maps(model: Any) -> tuple[dict[str, Any], dict[str, list]]:
-    """``(producers, consumers)`` of an ONNX graph: tensor name -> the node writing it / the nodes reading it."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
-    return producers, consumers
-
-
 def _rename_uses(model: Any, old: str, new: str) -> None:
     for n in model.graph.node:
         for i, name in enumerate(n.input):
@@ -76,7 +68,7 @@ def remove_softmax_nan_guard(model: Any) -> int:
         The number of guards removed.
     """
     consts = _constants(model)
-    producers, consumers = graph_maps(model)
+    producers, consumers = onnx_graph.producers(model), onnx_graph.consumers(model)
     outputs = _graph_outputs(model)
     remove = []
     for sm in [n for n in model.graph.node if n.op_type == "Softmax"]:
@@ -124,7 +116,7 @@ def fuse_gelu(model: Any) -> int:
     from onnx import helper
 
     consts = _constants(model)
-    _, consumers = graph_maps(model)
+    consumers = onnx_graph.consumers(model)
     outputs = _graph_outputs(model)
 
     def single_use(name: str) -> bool:
@@ -187,8 +179,8 @@ def gemm_to_matmul(model: Any) -> int:
     """
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    users = Counter(name for n in model.graph.node for name in n.input)
+    inits = onnx_graph.initializers(model)
+    users = onnx_graph.use_counts(model)
     done = 0
     for n in list(model.graph.node):
         if n.op_type != "Gemm" or len(n.input) < 2 or n.input[1] not in inits or users[n.input[1]] != 1:
@@ -270,8 +262,7 @@ def float_graph_outputs(model: Any) -> int:
     Returns:
         The number of graph outputs made float.
     """
-    producers, consumers = graph_maps(model)
-    users = {name: len(nodes) for name, nodes in consumers.items()}
+    producers, users = onnx_graph.producers(model), onnx_graph.use_counts(model)
     remove = []
     for out in model.graph.output:
         dq = producers.get(out.name)
@@ -291,7 +282,7 @@ def float_graph_outputs(model: Any) -> int:
         model.graph.node.remove(n)
     # drop the pair's scale and zero point when nothing else reads them
     freed = {name for n in remove for name in n.input[1:]}
-    still = {name for n in model.graph.node for name in n.input}
+    still = onnx_graph.use_counts(model)
     for init in [i for i in model.graph.initializer if i.name in freed and i.name not in still]:
         model.graph.initializer.remove(init)
     return len(remove) // 2
@@ -334,8 +325,8 @@ def smooth_activations(
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, int] = Counter(name for n in model.graph.node for name in n.input)
+    inits = onnx_graph.initializers(model)
+    users = onnx_graph.use_counts(model)
     groups: dict[str, list] = {}
     for n in model.graph.node:
         if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 and (
