@@ -127,9 +127,8 @@ def test_elem_types_agree_with_onnx():
 
 
 def test_users_of_the_helper_read_the_tiny_graph():
-    from compressor.loading import onnx_io_spec
-
     from compressor.artifact import weights_bytes
+    from compressor.loaders.onnx import onnx_io_spec
     from compressor.onnx_stats import graph_stats
 
     model = _model()
@@ -170,17 +169,19 @@ def test_quantize_helpers_read_the_tiny_graph(tmp_path):
 
 
 def test_unstructured_onnx_prunes_float_dense_weights_only(tmp_path):
+    from compressor.artifact import ModelArtifact, ModelFormat
     from compressor.passes import prune
     from compressor.passes.configs import PruneConfig
 
     model = _model()
     model.graph.initializer.append(_init("w16", np.ones((4, 4), np.int32)))
     model.graph.node.append(helper.make_node("MatMul", ["h", "w16"], ["int_out"], name="int_mm"))
-    ctx = SimpleNamespace(artifact=SimpleNamespace(loaded=model), workdir=tmp_path, steps=[])
-    out = prune._unstructured_onnx(ctx, PruneConfig(method="unstructured", ratio=0.5))
+    art = ModelArtifact(tmp_path / "in.onnx", ModelFormat.ONNX, loaded=model)
+    ctx = SimpleNamespace(workdir=tmp_path)
+    out = prune.run_prune(art, PruneConfig(method="unstructured", ratio=0.5), ctx)
     assert out.details["pruned_tensors"] == ["w", "g_w", "k"]  # not the Gather table, not the int32 weight
-    assert ctx.steps[0]["weights"] == 3
-    result = onnx_graph.initializers(onnx.load(str(out.path)))
+    assert out.artifact.format is ModelFormat.ONNX and out.artifact.path.parent == tmp_path
+    result = onnx_graph.initializers(onnx.load(str(out.artifact.path)))
     zeros = sum(int((numpy_helper.to_array(result[n]) == 0).sum()) for n in ("w", "g_w", "k"))
     assert zeros == 23  # half of 16 + 12 + 18 weights, by global magnitude
     assert (numpy_helper.to_array(result["table"]) != 0).all()
