@@ -14,7 +14,7 @@ from typing import Any
 
 from compressor import __version__
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 def schema() -> dict[str, Any]:

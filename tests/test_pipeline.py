@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.conftest import FAST_BENCH, ROOT, run_cli
+from tests.test_report_gates import _validate
 
 RESNET = ["--model-class", "sample_models.digits_nets:DigitsResNet", "--input-shape", "1,1,8,8"]
 
@@ -46,6 +47,7 @@ def test_prune_recover_then_static_int8_chain(samples, tmp_path):
     r = run_cli("run", recipe, "-o", out, "--json")
     assert r.code == 0, r.stderr
     rep = r.report
+    _validate(rep)
     acc = rep["accuracy"]
     assert acc["baseline"] - acc["result"] <= 0.015, acc  # top-1 within 1.5 points of fp32
     assert acc["before_recovery"] < acc["after_recovery"]
@@ -149,6 +151,7 @@ def test_dry_run_plans_and_does_nothing(samples, tmp_path):
     recipe = _chain_recipe(samples, tmp_path / "r.toml")
     r = run_cli("run", recipe, "--dry-run", "--json")
     assert r.code == 0, r.stderr
+    _validate(r.report)
     plan = r.report["plan"]
     assert [(p["pass"], p["inserted"]) for p in plan] == [("export", True), ("prune", False), ("export", True),
                                                          ("quantize", False)]

@@ -382,7 +382,7 @@ def _dry_run(recipe: Any, out: Path | None, json_out: bool) -> None:
     if out is not None:
         check_output(recipe.model, out)
     rep = new_report(_command_line())
-    rep.update(dry_run=True, input={"path": str(recipe.model), "form": form, "source": recipe.source("model")},
+    rep.update(dry_run=True, model={"path": str(recipe.model), "form": form, "source": recipe.source("model")},
                output=str(out) if out else None, recipe=recipe.to_json(), sources=dict(recipe.sources),
                plan=[{"pass": p.spec.name, "step": p.index, "inserted": p.inserted, "of": p.of} for p in steps],
                warnings=[])
