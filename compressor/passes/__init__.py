@@ -111,11 +111,6 @@ def _registry() -> dict[str, PassSpec]:
     return {s.name: s for s in specs}
 
 
-def pass_names() -> list[str]:
-    """Names of every registered pass, sorted."""
-    return sorted(_registry())
-
-
 def get_pass(name: str) -> PassSpec:
     """The registered pass called ``name``.
 
@@ -126,8 +121,3 @@ def get_pass(name: str) -> PassSpec:
     if name not in reg:
         raise UsageError(f"unknown pass '{name}'; valid passes: {', '.join(sorted(reg))}")
     return reg[name]
-
-
-def form_of(artifact: ModelArtifact) -> str:
-    """``"onnx"`` or ``"torch"``: the form of a model between steps."""
-    return ONNX if not artifact.format.is_torch else TORCH
