@@ -275,6 +275,8 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     data = prepare_data(io, recipe, calib, evald)
     ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
                      on_progress=callbacks.on_progress)
+    for w in recipe.warnings:
+        ctx.warn(w)
     for w in artifact.details.get("warnings", []):
         ctx.warn(w)
     if evald is not None:

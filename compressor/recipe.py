@@ -121,6 +121,7 @@ class Recipe:
         gates: Quality gates.
         sources: Dotted setting name -> where its value came from (``"command line"``,
             ``"project config compressor.toml"``, ``"recipe r.toml"``); settings absent here are defaults.
+        warnings: Things to tell the user about the settings themselves (deprecated names).
     """
 
     model: Path | None = None
@@ -141,6 +142,7 @@ class Recipe:
     seq_lens: tuple[int, ...] = ()
     gates: Gates = field(default_factory=Gates)
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def parsed_input_shapes(self) -> list[tuple[str | None, tuple[int, ...], str]]:
@@ -205,6 +207,7 @@ class Layer:
         base_dir: Folder that relative paths in ``data`` are relative to (None: the working folder).
         file: The file it was read from (None for the command line).
         names: Optional dotted key -> the name to use in messages (e.g. a flag) for this layer.
+        warnings: Warnings about this layer's settings (e.g. a deprecated flag).
     """
 
     label: str
@@ -212,6 +215,7 @@ class Layer:
     base_dir: Path | None = None
     file: Path | None = None
     names: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def name_of(self, key: str) -> str:
         """How a user would call setting ``key`` of this layer in a message."""
@@ -390,6 +394,7 @@ def build_recipe(layers: list[Layer]) -> Recipe:
                 valid = sorted([*TOP_LEVEL, *TABLES, "steps"] + ([*specs] if "steps" not in layer.data else []))
                 raise UsageError(f"{layer.name_of(key)} is not a setting; valid keys: {', '.join(valid)}")
 
+    notes = [w for layer in layers for w in layer.warnings]
     steps: list[Step] = []
     raw_steps = steps_layer.data["steps"] if steps_layer is not None else []
     for i, raw in enumerate(raw_steps):
@@ -400,7 +405,9 @@ def build_recipe(layers: list[Layer]) -> Recipe:
             raise UsageError(f"{where}: unknown pass {name!r}; valid passes: {', '.join(sorted(specs))}")
         spec = specs[name]
         if name == "prune" and "batch_size" in raw and "recover_batch_size" not in raw:
-            raw["recover_batch_size"] = raw.pop("batch_size")  # the name before 0.2; a deprecation is warned by the CLI
+            raw["recover_batch_size"] = raw.pop("batch_size")  # the name before recipes existed
+            notes.append(f"{steps_layer.name_of(f'steps[{i}].batch_size')}: batch_size of prune is deprecated "
+                         "(it is the recovery batch size); write recover_batch_size")
         hints = _hints(spec.config_cls)
         fields: dict[str, Any] = {}
         field_layer: dict[str, tuple[Layer, str]] = {}
@@ -464,6 +471,7 @@ def build_recipe(layers: list[Layer]) -> Recipe:
         seq_lens=tuple(b.get("seq_lens", ())),
         gates=gates,
         sources=sources,
+        warnings=tuple(notes),
     )
     try:
         recipe.parsed_input_shapes  # noqa: B018  (validates)

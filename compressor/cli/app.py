@@ -252,7 +252,10 @@ def _cli_layer(tctx: typer.Context, params: dict[str, Any], pass_name: str | Non
                 step[f.name] = _CONVERT[f.name](value) if f.name in _CONVERT and value is not None else value
                 names[f"steps[0].{f.name}"] = flags.get(f.name, f.name)
         data["steps"] = [step]
-    return Layer(COMMAND_LINE, data, names=names)
+    notes = []
+    if params.get("deprecated_batch_size") is not None:
+        notes.append("prune --batch-size is deprecated (it is the recovery batch size); use --recover-batch-size")
+    return Layer(COMMAND_LINE, data, names=names, warnings=notes)
 
 
 def _recipe(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None = None,
@@ -382,10 +385,12 @@ def _dry_run(recipe: Any, out: Path | None, json_out: bool) -> None:
     if out is not None:
         check_output(recipe.model, out)
     rep = new_report(_command_line())
+    for w in recipe.warnings:
+        _err_plain(f"warning: {w}")
     rep.update(dry_run=True, model={"path": str(recipe.model), "form": form, "source": recipe.source("model")},
                output=str(out) if out else None, recipe=recipe.to_json(), sources=dict(recipe.sources),
                plan=[{"pass": p.spec.name, "step": p.index, "inserted": p.inserted, "of": p.of} for p in steps],
-               warnings=[])
+               warnings=list(recipe.warnings))
     if json_out:
         _emit(rep, True, None)
         return
@@ -526,8 +531,6 @@ def prune(
     def body() -> int:
         given: frozenset[str] = frozenset()
         if deprecated_batch_size is not None:
-            _err_plain("warning: prune --batch-size is deprecated (it was the recovery batch size); "
-                       "use --recover-batch-size")
             params["recover_batch_size"] = deprecated_batch_size
             given = frozenset({"recover_batch_size"})
         return _compress(tctx, params, "prune", also_given=given,
