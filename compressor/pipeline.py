@@ -127,8 +127,8 @@ def plan(recipe: Recipe, form: str) -> list[PlannedStep]:
             has_torch = False
         what = "original model" if i == 0 else f"result of steps[{i - 1}] ({recipe.steps[i - 1].pass_name})"
         out.append(PlannedStep(spec, step.config, i, what))
-        if spec.name == "export":
-            has_torch = False  # the export step's result is ONNX: later steps take that
+        if spec.output_form == ONNX:
+            has_torch = False  # an export step's result is ONNX: later steps take that
         elif has_torch:  # a PyTorch result: export it to measure it and to go on in ONNX where needed
             out.append(PlannedStep(export, recipe.export, None, f"result of steps[{i}] ({spec.name})"))
     return out
@@ -374,12 +374,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
         onnx_model = artifact if not artifact.format.is_torch else None
         sections: dict[str, Any] = {}
         for n, planned in enumerate(steps):
-            if planned.spec.name == "export" and planned.inserted:
-                src = torch_model
-            elif TORCH in planned.spec.accepts and torch_model is not None:
-                src = torch_model
-            else:
-                src = onnx_model
+            src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
             result = _run_step(planned, src, ctx, work, n)
             entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
                      "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
@@ -407,7 +402,8 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
         if artifact.format.is_torch:
             base["entry"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
         for c in candidates:
-            c["entry"] = model_entry(c["onnx"], out if c is final else c["onnx"].name)
+            shown = out if c is final else f"steps[{c['step']['step']}] {c['spec'].name} (intermediate, not written)"
+            c["entry"] = model_entry(c["onnx"], shown)
             _macs(c, base)
         against = ("baseline fp32 ONNX (checked against the original PyTorch model)" if artifact.format.is_torch
                    else "baseline ONNX")
@@ -453,9 +449,8 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
 
 
 def _ends_in_torch(steps: list[PlannedStep]) -> bool:
-    """True when the last recipe step leaves a PyTorch model (followed only by its inserted export)."""
-    last = [p for p in steps if not p.inserted][-1]
-    return last.spec.name != "export" and steps[-1].inserted and steps[-1].of.endswith(f"({last.spec.name})")
+    """True when the last recipe step leaves a PyTorch model (the plan then ends with the export it inserted)."""
+    return steps[-1].inserted
 
 
 def _macs(candidate: dict[str, Any], base: dict[str, Any]) -> None:

@@ -48,6 +48,7 @@ class PassSpec:
         report_key: Report section that holds its details (None: none).
         advice_when_far: What to try when its result's outputs moved far from the baseline's.
         output_suffix: Default output name ``<input stem>.<suffix>.onnx`` when it is the only step.
+        output_form: The form it gives (None: the form it was given).
     """
 
     name: str
@@ -57,6 +58,7 @@ class PassSpec:
     report_key: str | None = None
     advice_when_far: str | None = None
     output_suffix: str = "compressed"
+    output_form: str | None = None
 
     def load_runner(self) -> Callable[..., PassResult]:
         """Import and return the pass's ``run(artifact, config, ctx)`` function."""
@@ -98,7 +100,8 @@ def _registry() -> dict[str, PassSpec]:
     from compressor.passes.configs import ExportConfig, PruneConfig, QuantizeConfig
 
     specs = [
-        PassSpec("export", ExportConfig, "compressor.export:run_export", accepts=(TORCH,), output_suffix="exported"),
+        PassSpec("export", ExportConfig, "compressor.export:run_export", accepts=(TORCH,), output_suffix="exported",
+                 output_form=ONNX),
         PassSpec("prune", PruneConfig, "compressor.passes.prune:run_prune", accepts=(TORCH, ONNX),
                  report_key="pruning", advice_when_far="use --recover with --calibration-data, or a lower --ratio",
                  output_suffix="pruned"),
