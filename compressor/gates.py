@@ -30,6 +30,22 @@ class Gates:
     max_size_ratio: float | None = None
     min_cosine: float | None = None
 
+    def __post_init__(self) -> None:
+        """Validate.
+
+        Raises:
+            FieldError: A threshold no result could be judged against (negative drop, speedup or size ratio;
+                a cosine outside [-1, 1]).
+        """
+        from compressor.errors import FieldError
+
+        for name in ("max_accuracy_drop", "min_speedup", "max_size_ratio"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise FieldError(name, f"{{name}} must be a number >= 0, got {value}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise FieldError("min_cosine", f"{{name}} must be between -1 and 1, got {self.min_cosine}")
+
     @property
     def any(self) -> bool:
         """True when at least one gate is set."""

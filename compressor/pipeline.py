@@ -112,7 +112,7 @@ def plan(recipe: Recipe, form: str) -> list[PlannedStep]:
         UsageError: No steps, or a step that needs a PyTorch model where only ONNX exists.
     """
     if not recipe.steps:
-        raise UsageError("the recipe has no steps; add e.g. [[steps]] pass = \"quantize\"")
+        raise UsageError(f"the recipe has no steps ({recipe.source('steps')}); add e.g. [[steps]] pass = \"quantize\"")
     export = get_pass("export")
     out: list[PlannedStep] = []
     if form == TORCH:
@@ -132,6 +132,58 @@ def plan(recipe: Recipe, form: str) -> list[PlannedStep]:
         elif has_torch:  # a PyTorch result: export it to measure it and to go on in ONNX where needed
             out.append(PlannedStep(export, recipe.export, None, f"result of steps[{i}] ({spec.name})"))
     return out
+
+
+def check_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunContext) -> None:
+    """Run every step's up-front check (data it needs, forms it can take) before any work.
+
+    Raises:
+        UsageError: The first step whose settings this run cannot satisfy, named ``steps[i] (pass)``.
+    """
+    form = TORCH if artifact.format.is_torch else ONNX
+    classes = artifact.format.has_python_classes
+    several = len([p for p in steps if not p.inserted]) > 1
+    for planned in (p for p in steps if not p.inserted):
+        check = planned.spec.load_check()
+        if check is not None:
+            try:
+                check(planned.config, ctx, form=form, has_python_classes=classes)
+            except UsageError as e:
+                if several:
+                    raise type(e)(f"steps[{planned.index}] ({planned.spec.name}): {e}") from None
+                raise
+        if planned.spec.output_form == ONNX or TORCH not in planned.spec.accepts or form == ONNX:
+            form, classes = ONNX, False  # from here on the model exists only as ONNX
+
+
+def dry_run(recipe: Recipe, *, command: str, callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
+    """Validate a recipe as far as it can be without running a step, and describe the plan.
+
+    Loads the model and the data, resolves the inputs, checks that the data fits, runs each
+    step's up-front check and the gates' requirements. Writes nothing.
+
+    Returns:
+        A report with ``dry_run``, ``model``, ``plan`` (the steps, inserted exports included),
+        ``recipe``, ``sources`` and ``warnings``.
+
+    Raises:
+        UsageError: Anything the real run would refuse before its first step.
+    """
+    from compressor.report import new_report
+
+    recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=bool(recipe.steps))
+    artifact = _load(recipe)
+    steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX) if recipe.steps else []
+    with scratch_dir(None) as work:
+        ctx = make_context(artifact, recipe, work, callbacks)
+        check_steps(steps, artifact, ctx)
+    report = new_report(command)
+    report.update(dry_run=True, model={"path": str(recipe.model), "format": artifact.format.value,
+                                       "inputs": [s.to_json() for s in ctx.io.inputs],
+                                       "source": recipe.source("model")},
+                  plan=[{"pass": p.spec.name, "step": p.index, "inserted": p.inserted, "of": p.of} for p in steps],
+                  recipe=recipe.to_json(), sources=dict(recipe.sources), warnings=ctx.warnings)
+    return report
 
 
 def resolve_io(artifact: ModelArtifact, recipe: Recipe, data: SampleData | None) -> IOSpec:
@@ -363,6 +415,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
     report = new_report(command)
     with scratch_dir(out) as work:
         ctx = make_context(artifact, recipe, work, callbacks)
+        check_steps(steps, artifact, ctx)
         report["input"] = _input_entry(recipe, artifact, ctx)
         report["sources"] = dict(recipe.sources)
         report["recipe"] = recipe.to_json()
@@ -410,9 +463,15 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
         measured = measure(ctx, recipe, base, candidates, against=against)
         report["baseline"] = base["entry"]
         report["result"] = final["entry"]
-        for c in candidates:
+        for i, c in enumerate(candidates):
             c["step"]["measured"] = {**c["entry"], **c["compare"]}
             _warn_if_far(ctx, c, recipe)
+            if i and c["compare"]["speedup_ci95"][1] < candidates[i - 1]["compare"]["speedup_ci95"][0]:
+                prev = candidates[i - 1]
+                ctx.warn(f"steps[{c['step']['step']}] ({c['spec'].name}) made the model slower than "
+                         f"steps[{prev['step']['step']}] ({prev['spec'].name}) left it: speedup "
+                         f"{c['compare']['speedup']:.2f}x against {prev['compare']['speedup']:.2f}x at batch "
+                         f"{measured['benchmark']['batch_size']}; see each step's figures in the report")
         report.update({k: final["compare"][k] for k in ("size_ratio", "speedup", "speedup_ci95", "fidelity")})
         if "macs" in final["entry"]:
             report["macs_ratio"] = final["entry"]["macs"] / max(base["entry"].get("macs", 0), 1)
@@ -466,7 +525,7 @@ def _warn_if_far(ctx: RunContext, c: dict[str, Any], recipe: Recipe) -> None:
     if fid.get("top1_agreement", 1.0) >= 0.9 and fid["cosine_mean"] >= 0.9:
         return
     agree = f"top-1 agreement {fid['top1_agreement']:.2f}, " if "top1_agreement" in fid else ""
-    advice = c["spec"].advice_when_far or "measure accuracy with --eval-data"
+    advice = c["details"].get("advice_when_far") or c["spec"].advice_when_far or "measure accuracy with --eval-data"
     if recipe.eval_data is None:
         advice = "measure accuracy with --eval-data; " + advice
     where = f"steps[{c['step']['step']}] ({c['spec'].name})" if len(recipe.steps) > 1 else f"the {c['spec'].name} result"

@@ -257,8 +257,9 @@ def recipe_layer(path: Path) -> Layer:
     version = data.get("recipe_version", RECIPE_VERSION)
     if version != RECIPE_VERSION:
         raise UsageError(f"{path} is recipe_version {version}; this compressor reads version {RECIPE_VERSION}")
-    if "steps" not in data:
-        raise UsageError(f"recipe {path} has no [[steps]]; add e.g. [[steps]] pass = \"quantize\"")
+    if not data.get("steps"):
+        raise UsageError(f"recipe {path} has no [[steps]]; add e.g. [[steps]] pass = \"quantize\" (a recipe saved by "
+                         "bench holds only the model, data and benchmark settings: run it with `compressor bench`)")
     return Layer(f"recipe {path}", data, base_dir=path.parent, file=path)
 
 
@@ -325,8 +326,21 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    return text.replace("pathlib.", "").replace("Path", "path").replace("NoneType", "none")
+    """A type annotation in words, for messages (``float | None`` -> ``number``)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(dict.fromkeys(names))
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        item = args[0] if args else Any
+        if typing.get_origin(item) is tuple:
+            return "table of name = number"
+        return f"list of {_type_name(item)}s"
+    if origin is dict or annotation is dict:
+        return "table"
+    return {bool: "true or false", int: "whole number", float: "number", str: "string", Path: "path (string)"}.get(
+        annotation, str(annotation))
 
 
 def _check(key: str, value: Any, annotation: Any, layer: Layer) -> None:
@@ -335,10 +349,12 @@ def _check(key: str, value: Any, annotation: Any, layer: Layer) -> None:
 
 
 def _hints(cls: type) -> dict[str, Any]:
+    """Field name -> type of a config dataclass (class variables left out)."""
     import sys
 
     module = sys.modules[cls.__module__]
-    return typing.get_type_hints(cls, vars(module))
+    hints = typing.get_type_hints(cls, vars(module))
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def build_recipe(layers: list[Layer]) -> Recipe:
@@ -366,6 +382,7 @@ def build_recipe(layers: list[Layer]) -> Recipe:
                 if not isinstance(value, list) or not all(isinstance(s, dict) for s in value):
                     raise UsageError(f"{layer.name_of('steps')} must be an array of tables ([[steps]])")
                 steps_layer = layer
+                sources["steps"] = layer.label
             elif key in TABLES:
                 if not isinstance(value, dict):
                     raise UsageError(f"{layer.name_of(key)} must be a table ([{key}])")
@@ -382,7 +399,12 @@ def build_recipe(layers: list[Layer]) -> Recipe:
                 if not isinstance(value, dict):
                     raise UsageError(f"{layer.name_of(key)} must be a table ([{key}]) of {key} settings")
                 pass_defaults.setdefault(key, {})
+                hints = _hints(specs[key].config_cls)
                 for k, v in value.items():
+                    if k not in hints:
+                        raise UsageError(f"{layer.name_of(f'{key}.{k}')} is not a setting of {key}; valid settings: "
+                                         f"{', '.join(sorted(hints))}")
+                    _check(f"{key}.{k}", v, hints[k], layer)
                     pass_defaults[key][k] = (v, layer, f"{key}.{k}")
             elif key in TOP_LEVEL:
                 _check(key, value, TOP_LEVEL[key], layer)
@@ -391,7 +413,9 @@ def build_recipe(layers: list[Layer]) -> Recipe:
                 values[key] = value
                 sources[key], origin[key] = layer.label, layer
             else:
-                valid = sorted([*TOP_LEVEL, *TABLES, "steps"] + ([*specs] if "steps" not in layer.data else []))
+                project = "steps" not in layer.data and layer.file is not None
+                keys = [*TOP_LEVEL, *TABLES] + ([*specs] if project else ["steps"])
+                valid = sorted({k for k in keys if not (project and k == "recipe_version")})
                 raise UsageError(f"{layer.name_of(key)} is not a setting; valid keys: {', '.join(valid)}")
 
     notes = [w for layer in layers for w in layer.warnings]
@@ -400,6 +424,10 @@ def build_recipe(layers: list[Layer]) -> Recipe:
     for i, raw in enumerate(raw_steps):
         raw = dict(raw)
         name = raw.pop("pass", None)
+        if name is None:
+            where = steps_layer.name_of(f"steps[{i}]") if steps_layer.file else "the command"
+            raise UsageError(f"{where} has no pass; add e.g. pass = \"quantize\" (valid passes: "
+                             f"{', '.join(sorted(specs))})")
         if name not in specs:
             where = steps_layer.name_of(f"steps[{i}].pass") if steps_layer.file else "the command"
             raise UsageError(f"{where}: unknown pass {name!r}; valid passes: {', '.join(sorted(specs))}")

@@ -262,3 +262,47 @@ def test_every_command_takes_save_recipe_and_dry_run(samples, tmp_path, command)
     r = run_cli(command, samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--save-recipe", saved, "--dry-run")
     assert r.code == 0, r.stderr
     assert saved.exists() and "nothing was done" in r.stdout
+
+
+def test_dry_run_refuses_what_the_run_would_refuse(samples, tmp_path):
+    cnn = [samples / "digits_cnn.pt", "--input-shape", "1,1,8,8"]
+    cases = [
+        (["prune", *cnn, "--criterion", "taylor"], "--criterion taylor needs --calibration-data"),
+        (["prune", *cnn, "--recover"], "--recover needs inputs"),
+        (["quantize", *cnn, "--mode", "static"], "static quantization needs calibration data"),
+        (["quantize", *cnn, "--mode", "static", "--weight-type", "uint8", "--activation-type", "int8",
+          "--calibration-data", samples / "digits_calib.npz"], "S8U8"),
+        (["quantize", *cnn, "--max-accuracy-drop", "1"], "--max-accuracy-drop needs --eval-data"),
+        (["quantize", *cnn, "--min-speedup", "-1"], "--min-speedup must be a number >= 0"),
+        (["bench", samples / "digits_cnn.pt"], "input"),
+        (["prune", *cnn, "--batch-size", "8", "--recover-batch-size", "16"], "give --recover-batch-size only"),
+        (["prune", samples / "digits_mlp.pt2"], "structured pruning needs the model's Python classes"),
+    ]
+    for args, expected in cases:
+        r = run_cli(*args, "--dry-run")
+        assert r.code == 2 and len(r.error_lines) == 1 and expected in r.stderr, (args, r.stderr)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'model = "{samples / "digits_cnn.pt"}"\ninput_shape = ["1,1,8,8"]\n'
+                      '[[steps]]\npass = "quantize"\n[[steps]]\npass = "prune"\n')
+    r = run_cli("run", recipe, "--dry-run")
+    assert r.code == 2 and "steps[1] (prune): structured pruning" in r.stderr and len(r.error_lines) == 1
+    recipe.write_text(f'model = "{samples / "digits_cnn.pt"}"\n[[steps]]\npass = "prune"\nFLAGS = 1\n')
+    r = run_cli("run", recipe, "--dry-run")
+    assert r.code == 2 and "steps[0].FLAGS in" in r.stderr and "FLAGS" not in r.stderr.split("valid settings")[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]
+
+
+def test_a_recipe_ignores_the_project_config(samples, tmp_path):
+    shutil.copy(samples / "digits_cnn.pt", tmp_path / "model.pt")
+    (tmp_path / "compressor.toml").write_text('calibration_data = "nope.npz"\n[quantize]\nmode = "static"\n')
+    (tmp_path / "r.toml").write_text('model = "model.pt"\ninput_shape = ["1,1,8,8"]\n[[steps]]\npass = "quantize"\n')
+    r = run_cli("run", "r.toml", "--dry-run", "--json", cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    assert "calibration_data" not in r.report["recipe"] and r.report["recipe"]["steps"][0]["mode"] == "auto"
+    # the export command's recipe runs
+    (tmp_path / "compressor.toml").unlink()
+    r = run_cli("export", "model.pt", "--input-shape", "1,1,8,8", "--save-recipe", "e.toml", "-o", "e.onnx",
+                cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    r = run_cli("run", "e.toml", "--dry-run", "--json", cwd=tmp_path)
+    assert r.code == 0 and [p["pass"] for p in r.report["plan"]] == ["export", "export"], r.stderr

@@ -39,7 +39,7 @@ app = typer.Typer(
 
 # ----------------------------------------------------------------------------- shared options
 ModelArg = Annotated[Optional[Path], typer.Argument(metavar="[MODEL]", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content). Default: `model` in compressor.toml / [tool.compressor].", show_default=False)]
-OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default: <stem>.pruned.onnx / <stem>.quantized.onnx beside the input).")]
+OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default beside the input: <stem>.pruned.onnx for prune, <stem>.quantized.onnx for quantize, <stem>.compressed.onnx for a recipe of several steps).")]
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
 EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", help=".npz of inputs plus 'labels': report top-1 accuracy of baseline and result.")]
@@ -263,9 +263,10 @@ def _recipe(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | Non
     """The run's recipe: project config, then the recipe file (``run``), then the flags given."""
     from compressor.recipe import build_recipe, project_layer, recipe_layer
 
-    layers = [layer for layer in (project_layer(),) if layer is not None]
-    if recipe_file is not None:
-        layers.append(recipe_layer(recipe_file))
+    if recipe_file is not None:  # a recipe holds every setting of its run: the project config does not apply
+        layers = [recipe_layer(recipe_file)]
+    else:
+        layers = [layer for layer in (project_layer(),) if layer is not None]
     layers.append(_cli_layer(tctx, params, pass_name, also_given))
     return build_recipe(layers)
 
@@ -362,46 +363,41 @@ def _start(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None
         check_side_files({"--save-torch": recipe.save_torch}, {"input model": recipe.model, "output model": out,
                                                                "report": report, "markdown": markdown})
     if save is not None:
-        from compressor.recipe import write_recipe_atomic
+        from compressor.recipe import Step, write_recipe_atomic
 
-        write_recipe_atomic(recipe, save)
+        saved = recipe
+        if tctx.command.name == "export":  # `compressor run` of it exports (and measures the export)
+            saved = dataclasses.replace(recipe, steps=(Step("export", recipe.export),))
+        write_recipe_atomic(saved, save)
     if params.get("dry_run"):
-        _dry_run(recipe, out, params.get("json_out", False))
+        _dry_run(recipe, out, params.get("json_out", False), saved_to=save, measures=tctx.command.name != "export")
         return recipe, out, True
     return recipe, out, False
 
 
-def _dry_run(recipe: Any, out: Path | None, json_out: bool) -> None:
-    """Validate what can be checked without doing work, and print the plan."""
-    from compressor.inputs import load_npz
-    from compressor.pipeline import check_output, input_form, plan
-    from compressor.report import new_report
+def _dry_run(recipe: Any, out: Path | None, json_out: bool, *, saved_to: Path | None, measures: bool) -> None:
+    """Validate everything the run would check before its first step, and print the plan."""
+    from compressor.pipeline import check_output, dry_run
 
-    form = input_form(recipe.model)
-    steps = plan(recipe, form) if recipe.steps else []
-    for path, labels in ((recipe.calibration_data, False), (recipe.eval_data, True), (recipe.train_data, True)):
-        if path is not None and str(path) != "random":
-            load_npz(path, want_labels=labels)
+    renderer = _Renderer()
+    rep = dry_run(recipe, command=_command_line(), callbacks=renderer.callbacks())
     if out is not None:
         check_output(recipe.model, out)
-    rep = new_report(_command_line())
-    for w in recipe.warnings:
-        _err_plain(f"warning: {w}")
-    rep.update(dry_run=True, model={"path": str(recipe.model), "form": form, "source": recipe.source("model")},
-               output=str(out) if out else None, recipe=recipe.to_json(), sources=dict(recipe.sources),
-               plan=[{"pass": p.spec.name, "step": p.index, "inserted": p.inserted, "of": p.of} for p in steps],
-               warnings=list(recipe.warnings))
+        rep["output"] = str(out)
     if json_out:
         _emit(rep, True, None)
         return
-    print(f"model:  {recipe.model} ({form}; from {recipe.source('model')})")
-    for i, p in enumerate(steps, 1):
-        print(f"step {i}: {p.describe()}")
-    if not steps and form == "torch":
-        print("step 1: export (inserted) of the original model")
-    print("then:   measure the baseline and each step in one interleaved benchmark"
-          + (f"; write {out}" if out else ""))
-    print("dry run: nothing was done")
+    m = rep["model"]
+    print(f"model:  {m['path']} ({m['format']}; from {m['source']})")
+    plan = rep["plan"] or ([{"pass": "export", "step": None, "of": "original model"}] if m["format"] != "onnx" else [])
+    for i, p in enumerate(plan, 1):
+        name = f"steps[{p['step']}] {p['pass']}" if p["step"] is not None else f"{p['pass']} (inserted)"
+        print(f"step {i}: {name} of the {p['of']}")
+    if measures:
+        print("then:   measure the baseline" + (" and each step in one interleaved benchmark" if rep["plan"] else ""))
+    if out is not None:
+        print(f"output: {out}")
+    print("dry run: nothing was done" + (f" but writing the recipe {saved_to}" if saved_to else ""))
 
 
 def _read_layer_ratios(path: Path) -> tuple[tuple[str, float], ...]:
@@ -531,6 +527,8 @@ def prune(
     def body() -> int:
         given: frozenset[str] = frozenset()
         if deprecated_batch_size is not None:
+            if _given(tctx, "recover_batch_size"):
+                raise UsageError("give --recover-batch-size only (--batch-size is its deprecated spelling)")
             params["recover_batch_size"] = deprecated_batch_size
             given = frozenset({"recover_batch_size"})
         return _compress(tctx, params, "prune", also_given=given,

@@ -49,6 +49,8 @@ class PassSpec:
         advice_when_far: What to try when its result's outputs moved far from the baseline's.
         output_suffix: Default output name ``<input stem>.<suffix>.onnx`` when it is the only step.
         output_form: The form it gives (None: the form it was given).
+        check: ``"module:function"`` run before any work, ``check(config, ctx, *, form, has_python_classes)``:
+            raises a UsageError for settings this run cannot satisfy (missing data, a form it cannot take).
     """
 
     name: str
@@ -59,6 +61,16 @@ class PassSpec:
     advice_when_far: str | None = None
     output_suffix: str = "compressed"
     output_form: str | None = None
+    check: str | None = None
+
+    def load_check(self) -> Callable[..., None] | None:
+        """Import and return the pass's up-front check, if it has one."""
+        if self.check is None:
+            return None
+        import importlib
+
+        module, _, fn = self.check.partition(":")
+        return getattr(importlib.import_module(module), fn)
 
     def load_runner(self) -> Callable[..., PassResult]:
         """Import and return the pass's ``run(artifact, config, ctx)`` function."""
@@ -104,12 +116,12 @@ def _registry() -> dict[str, PassSpec]:
                  output_form=ONNX),
         PassSpec("prune", PruneConfig, "compressor.passes.prune:run_prune", accepts=(TORCH, ONNX),
                  report_key="pruning", advice_when_far="use --recover with --calibration-data, or a lower --ratio",
-                 output_suffix="pruned"),
+                 output_suffix="pruned", check="compressor.passes.prune:check_prune"),
         PassSpec("quantize", QuantizeConfig, "compressor.passes.quantize:run_quantize", accepts=(ONNX,),
                  report_key="quantization",
                  advice_when_far="keep sensitive layers in float with --exclude, or try --mode dynamic or "
                                  "--calibration-method entropy",
-                 output_suffix="quantized"),
+                 output_suffix="quantized", check="compressor.passes.quantize:check_quantize"),
     ]
     return {s.name: s for s in specs}
 

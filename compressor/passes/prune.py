@@ -25,6 +25,34 @@ from compressor.passes.configs import PruneConfig
 from compressor.scope import ExclusionScope, match_globs
 
 
+def check_prune(config: PruneConfig, ctx: RunContext, *, form: str, has_python_classes: bool) -> None:
+    """Refuse, before any work, settings this run cannot satisfy.
+
+    Args:
+        config: Prune settings.
+        ctx: Run context (the data given).
+        form: ``"torch"`` or ``"onnx"``: the form of the model this step will get.
+        has_python_classes: The PyTorch model carries its own ``nn.Module`` classes.
+
+    Raises:
+        UsageError: Structured pruning of an ONNX-only model or of a file without Python classes,
+            ``taylor`` without calibration data, ``recover`` without data.
+    """
+    from compressor.errors import UsageError
+
+    if config.method == "structured" and (form == "onnx" or not has_python_classes):
+        what = "an ONNX model" if form == "onnx" else "a file without the model's Python classes"
+        raise UnsupportedModelError(
+            f"structured pruning needs the model's Python classes, and this step gets {what}; load it from a "
+            "torch.save(model) pickle or a state_dict with --model-class package.module:ClassName, put pruning "
+            "before quantization, or use --method unstructured")
+    if config.criterion == "taylor" and ctx.calibration is None:
+        raise UsageError("--criterion taylor needs --calibration-data FILE.npz (gradients come from real inputs)")
+    if config.recover and ctx.train_data is None and ctx.calibration is None:
+        raise UsageError("--recover needs inputs to learn from: pass --calibration-data FILE.npz (no labels needed) "
+                         "or --train-data FILE.npz (inputs plus labels)")
+
+
 def run_prune(artifact: ModelArtifact, config: PruneConfig, ctx: RunContext) -> PassResult:
     """Prune a model; the input artifact is never changed.
 
@@ -152,6 +180,8 @@ def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> Pas
         "lossless": False,
         "note": "structured pruning changes the function: fidelity and accuracy are measured against the original",
     }
+    if config.recover:
+        details["advice_when_far"] = "use a lower --ratio, more --recover-steps, or --train-data with labels"
     if ctx.eval_data is not None:
         details["accuracy_before_recovery"] = _torch_accuracy(model, ctx)
     if config.recover:

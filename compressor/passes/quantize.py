@@ -23,6 +23,16 @@ from compressor.runtime import cpu_info, has_vnni, make_session
 from compressor.scope import ExclusionScope, require_op_types
 
 
+def check_quantize(config: QuantizeConfig, ctx: RunContext, *, form: str, has_python_classes: bool) -> None:
+    """Refuse, before any work, int8 settings that cannot run: static without calibration data, S8U8.
+
+    Raises:
+        UsageError: The reason and the flags that fix it.
+    """
+    if config.precision == "int8":
+        choose_settings(config, has_conv=config.mode == "static", has_calibration=ctx.calibration is not None)
+
+
 def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calibration: bool = False) -> dict[str, Any]:
     """Resolve a config into the settings used on this CPU, with the reason for each choice.
 
