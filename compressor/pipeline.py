@@ -454,10 +454,11 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
         base = {"onnx": baseline_onnx, "entry": model_entry(baseline_onnx, recipe.model)}
         if artifact.format.is_torch:
             base["entry"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
+        macs = None
         for c in candidates:
             shown = out if c is final else f"steps[{c['step']['step']}] {c['spec'].name} (intermediate, not written)"
             c["entry"] = model_entry(c["onnx"], shown)
-            _macs(c, base)
+            macs = _macs(c, base, macs)
         against = ("baseline fp32 ONNX (checked against the original PyTorch model)" if artifact.format.is_torch
                    else "baseline ONNX")
         measured = measure(ctx, recipe, base, candidates, against=against)
@@ -512,11 +513,19 @@ def _ends_in_torch(steps: list[PlannedStep]) -> bool:
     return steps[-1].inserted
 
 
-def _macs(candidate: dict[str, Any], base: dict[str, Any]) -> None:
+def _macs(candidate: dict[str, Any], base: dict[str, Any], previous: int | None) -> int | None:
+    """MACs per sample where a step counted them (structured pruning), carried to later steps.
+
+    Quantization and unstructured pruning change the arithmetic's precision or zeros, not the count
+    of multiply-accumulates of the dense graph, so a later step keeps the count the last one found.
+    """
     d = candidate["details"]
     if "macs_before" in d:
         base["entry"].setdefault("macs", d["macs_before"])
-        candidate["entry"]["macs"] = d["macs_after"]
+        previous = d["macs_after"]
+    if previous is not None:
+        candidate["entry"]["macs"] = previous
+    return previous
 
 
 def _warn_if_far(ctx: RunContext, c: dict[str, Any], recipe: Recipe) -> None:

@@ -66,6 +66,8 @@ def test_prune_recover_then_static_int8_chain(samples, tmp_path):
         assert m["speedup_ci95"][0] <= m["speedup"] <= m["speedup_ci95"][1]
         assert 0 < m["size_ratio"] < 1 and "cosine_min" in m["fidelity"] and "accuracy" in m
     assert measured[1]["measured"]["size_ratio"] < measured[0]["measured"]["size_ratio"]
+    assert measured[1]["measured"]["macs"] == measured[0]["measured"]["macs"] < rep["baseline"]["macs"]
+    assert rep["macs_ratio"] == rep["result"]["macs"] / rep["baseline"]["macs"]
     assert rep["result"]["path"] == str(out) and rep["speedup"] == measured[-1]["measured"]["speedup"]
     assert rep["pruning"]["method"] == "structured" and rep["quantization"]["mode"] == "static"
     assert [s["pass"] for s in rep["settings"]["steps"]] == ["prune", "quantize"]
