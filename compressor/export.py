@@ -226,10 +226,8 @@ def run_export(artifact: ModelArtifact, config: ExportConfig, ctx: RunContext) -
     if not artifact.format.is_torch:
         raise UsageError("export takes a PyTorch model, and the model is already ONNX at this step; drop the export step")
     path = ctx.workdir / "exported.onnx"
-    ctx.progress("export", 0, 1)
     res = export_to_onnx(artifact.loaded, ctx.io, path, check_data=ctx.data, opset=config.opset, atol=config.atol,
                          rtol=config.rtol, exporter=config.exporter)
-    ctx.progress("export", 1, 1)
     if res.opset is not None and res.opset != config.opset:
         ctx.warn(f"asked for opset {config.opset} but the {res.exporter} exporter wrote opset {res.opset}")
     for a in res.attempts[:-1]:

@@ -106,9 +106,11 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         if candidates:
             out["accuracy"].update(result=accs[-1], drop_points=100.0 * (accs[0] - accs[-1]))
     feeds, batch = bench_feeds(ctx, recipe)
-    ctx.progress("benchmark", 0, 1)
+    task = f"benchmark of {len(paths)} model{'s' if len(paths) > 1 else ''} at batch {batch}" + (
+        ", interleaved" if len(paths) > 1 else "")
+    ctx.progress(task, 0, 1)
     det = benchmark_detailed(paths, feeds, recipe.bench)
-    ctx.progress("benchmark", 1, 1)
+    ctx.progress(task, 1, 1)
     stats = det["latency"]
     for i, m in enumerate(models):
         m["entry"]["latency_ms"] = stats[i].to_json()

@@ -368,9 +368,9 @@ def _step_dir(work: Path, n: int, name: str) -> Path:
 def _run_step(planned: PlannedStep, artifact: ModelArtifact, ctx: RunContext, work: Path, n: int) -> Any:
     """Run one planned step in its own scratch sub-folder (its files never clash with another step's)."""
     step_ctx = dataclasses.replace(ctx, workdir=_step_dir(work, n, planned.spec.name))  # shares warnings
-    step_ctx.progress(planned.spec.name, 0, None)
+    step_ctx.progress(planned.describe(), 0, None)
     result = planned.spec.load_runner()(artifact, planned.config, step_ctx)
-    step_ctx.progress(planned.spec.name, 1, 1)
+    step_ctx.progress(planned.describe(), 1, 1)
     return result
 
 
@@ -404,105 +404,114 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
     from compressor.measure import measure, model_entry
     from compressor.report import new_report
 
-    recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=True)
-    artifact = _load(recipe)
-    steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX)
-    if recipe.save_torch is not None and not _ends_in_torch(steps):
-        raise UsageError("--save-torch needs a PyTorch input and a last step that gives a PyTorch model (prune); "
-                         "this run ends with an ONNX-only model")
-    out = recipe.output or default_output(recipe.model, default_suffix)
-    check_output(recipe.model, out)
     report = new_report(command)
-    with scratch_dir(out) as work:
-        ctx = make_context(artifact, recipe, work, callbacks)
-        check_steps(steps, artifact, ctx)
-        report["input"] = _input_entry(recipe, artifact, ctx)
-        report["sources"] = dict(recipe.sources)
-        report["recipe"] = recipe.to_json()
-        report["settings"] = settings_block(recipe)
-        entries: list[dict[str, Any]] = []
-        candidates: list[dict[str, Any]] = []
-        baseline_onnx = artifact.path if not artifact.format.is_torch else None
-        torch_model = artifact if artifact.format.is_torch else None
-        onnx_model = artifact if not artifact.format.is_torch else None
-        sections: dict[str, Any] = {}
-        for n, planned in enumerate(steps):
-            src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
-            result = _run_step(planned, src, ctx, work, n)
-            entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
-                     "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
-            entries.append(entry)
-            if planned.spec.report_key:
-                sections[planned.spec.report_key] = result.details
-            new = result.artifact
-            if new.format.is_torch:
-                torch_model = new
-            else:
-                onnx_model = new
-                if not planned.inserted:  # a recipe step gave ONNX: from here on the model exists only as ONNX
-                    torch_model = None
-            if planned.inserted and baseline_onnx is None:
-                baseline_onnx = new.path
-                entry["role"] = "baseline"
-                continue
-            if planned.inserted:  # the export of the previous step's PyTorch result: it measures that step
-                candidates[-1]["onnx"] = new.path
-                continue
-            candidates.append({"onnx": new.path if not new.format.is_torch else None, "entry": {}, "compare": {},
-                               "step": entry, "spec": planned.spec, "details": result.details})
-        final = candidates[-1]
-        base = {"onnx": baseline_onnx, "entry": model_entry(baseline_onnx, recipe.model)}
-        if artifact.format.is_torch:
-            base["entry"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
-        macs = None
-        for c in candidates:
-            shown = out if c is final else f"steps[{c['step']['step']}] {c['spec'].name} (intermediate, not written)"
-            c["entry"] = model_entry(c["onnx"], shown)
-            macs = _macs(c, base, macs)
-        against = ("baseline fp32 ONNX (checked against the original PyTorch model)" if artifact.format.is_torch
-                   else "baseline ONNX")
-        measured = measure(ctx, recipe, base, candidates, against=against)
-        report["baseline"] = base["entry"]
-        report["result"] = final["entry"]
-        for i, c in enumerate(candidates):
-            c["step"]["measured"] = {**c["entry"], **c["compare"]}
-            _warn_if_far(ctx, c, recipe)
-            if i and c["compare"]["speedup_ci95"][1] < candidates[i - 1]["compare"]["speedup_ci95"][0]:
-                prev = candidates[i - 1]
-                ctx.warn(f"steps[{c['step']['step']}] ({c['spec'].name}) made the model slower than "
-                         f"steps[{prev['step']['step']}] ({prev['spec'].name}) left it: speedup "
-                         f"{c['compare']['speedup']:.2f}x against {prev['compare']['speedup']:.2f}x at batch "
-                         f"{measured['benchmark']['batch_size']}; see each step's figures in the report")
-        report.update({k: final["compare"][k] for k in ("size_ratio", "speedup", "speedup_ci95", "fidelity")})
-        if "macs" in final["entry"]:
-            report["macs_ratio"] = final["entry"]["macs"] / max(base["entry"].get("macs", 0), 1)
-        report.update(measured)
-        report.update(sections)
-        if "accuracy" in report:
+    warnings: list[str] = []
+    try:
+        recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=True)
+        artifact = _load(recipe)
+        steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX)
+        if recipe.save_torch is not None and not _ends_in_torch(steps):
+            raise UsageError("--save-torch needs a PyTorch input and a last step that gives a PyTorch model (prune); "
+                             "this run ends with an ONNX-only model")
+        out = recipe.output or default_output(recipe.model, default_suffix)
+        check_output(recipe.model, out)
+        with scratch_dir(out) as work:
+            ctx = make_context(artifact, recipe, work, callbacks)
+            warnings = ctx.warnings
+            check_steps(steps, artifact, ctx)
+            report["input"] = _input_entry(recipe, artifact, ctx)
+            report["sources"] = dict(recipe.sources)
+            report["recipe"] = recipe.to_json()
+            report["settings"] = settings_block(recipe)
+            entries: list[dict[str, Any]] = []
+            report["steps"] = entries  # filled as steps finish (a failure's report shows those that ran)
+            candidates: list[dict[str, Any]] = []
+            baseline_onnx = artifact.path if not artifact.format.is_torch else None
+            torch_model = artifact if artifact.format.is_torch else None
+            onnx_model = artifact if not artifact.format.is_torch else None
+            sections: dict[str, Any] = {}
+            for n, planned in enumerate(steps):
+                src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
+                result = _run_step(planned, src, ctx, work, n)
+                entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
+                         "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
+                entries.append(entry)
+                if planned.spec.report_key:
+                    sections[planned.spec.report_key] = result.details
+                new = result.artifact
+                if new.format.is_torch:
+                    torch_model = new
+                else:
+                    onnx_model = new
+                    if not planned.inserted:  # a recipe step gave ONNX: from here on the model exists only as ONNX
+                        torch_model = None
+                if planned.inserted and baseline_onnx is None:
+                    baseline_onnx = new.path
+                    entry["role"] = "baseline"
+                    continue
+                if planned.inserted:  # the export of the previous step's PyTorch result: it measures that step
+                    candidates[-1]["onnx"] = new.path
+                    continue
+                candidates.append({"onnx": new.path if not new.format.is_torch else None, "entry": {}, "compare": {},
+                                   "step": entry, "spec": planned.spec, "details": result.details})
+            final = candidates[-1]
+            base = {"onnx": baseline_onnx, "entry": model_entry(baseline_onnx, recipe.model)}
+            if artifact.format.is_torch:
+                base["entry"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
+            macs = None
             for c in candidates:
-                for key in ("accuracy_before_recovery", "accuracy_after_recovery"):
-                    if key in c["details"]:
-                        report["accuracy"][key.removeprefix("accuracy_")] = c["details"][key]
-        if report["speedup_ci95"][1] < 1.0:
-            ctx.warn(f"the result is slower than the baseline on this CPU (speedup {report['speedup']:.2f}, 95% CI "
-                     f"[{report['speedup_ci95'][0]:.2f}, {report['speedup_ci95'][1]:.2f}]) at batch "
-                     f"{report['benchmark']['batch_size']}; see the op types in the report")
-        exports = [e for e in entries if e["name"] == "export"]
-        if exports:
-            report["export"] = exports[0]
-        report["steps"] = entries
-        if recipe.gates.any:
-            report["gates"] = recipe.gates.evaluate(report)
-        torch_tmp = _write_torch(torch_model, recipe.save_torch, ctx) if recipe.save_torch is not None else None
-        try:
-            _shield(callbacks)
-            if torch_tmp is not None:
-                os.replace(torch_tmp, recipe.save_torch)
-                report["torch_output"] = {"path": str(recipe.save_torch), "format": torch_tmp.kind}
-            publish(final["onnx"], out)
-        finally:
-            if torch_tmp is not None:
-                Path(torch_tmp).unlink(missing_ok=True)
+                shown = out if c is final else f"steps[{c['step']['step']}] {c['spec'].name} (intermediate, not written)"
+                c["entry"] = model_entry(c["onnx"], shown)
+                macs = _macs(c, base, macs)
+            against = ("baseline fp32 ONNX (checked against the original PyTorch model)" if artifact.format.is_torch
+                       else "baseline ONNX")
+            measured = measure(ctx, recipe, base, candidates, against=against)
+            report["baseline"] = base["entry"]
+            report["result"] = final["entry"]
+            for i, c in enumerate(candidates):
+                c["step"]["measured"] = {**c["entry"], **c["compare"]}
+                _warn_if_far(ctx, c, recipe)
+                if i and c["compare"]["speedup_ci95"][1] < candidates[i - 1]["compare"]["speedup_ci95"][0]:
+                    prev = candidates[i - 1]
+                    ctx.warn(f"steps[{c['step']['step']}] ({c['spec'].name}) made the model slower than "
+                             f"steps[{prev['step']['step']}] ({prev['spec'].name}) left it: speedup "
+                             f"{c['compare']['speedup']:.2f}x against {prev['compare']['speedup']:.2f}x at batch "
+                             f"{measured['benchmark']['batch_size']}; see each step's figures in the report")
+            report.update({k: final["compare"][k] for k in ("size_ratio", "speedup", "speedup_ci95", "fidelity")})
+            if "macs" in final["entry"]:
+                report["macs_ratio"] = final["entry"]["macs"] / max(base["entry"].get("macs", 0), 1)
+            report.update(measured)
+            report.update(sections)
+            if "accuracy" in report:
+                for c in candidates:
+                    for key in ("accuracy_before_recovery", "accuracy_after_recovery"):
+                        if key in c["details"]:
+                            report["accuracy"][key.removeprefix("accuracy_")] = c["details"][key]
+            if report["speedup_ci95"][1] < 1.0:
+                ctx.warn(f"the result is slower than the baseline on this CPU (speedup {report['speedup']:.2f}, 95% CI "
+                         f"[{report['speedup_ci95'][0]:.2f}, {report['speedup_ci95'][1]:.2f}]) at batch "
+                         f"{report['benchmark']['batch_size']}; see the op types in the report")
+            exports = [e for e in entries if e["name"] == "export"]
+            if exports:
+                report["export"] = exports[0]
+            report["steps"] = entries
+            if recipe.gates.any:
+                report["gates"] = recipe.gates.evaluate(report)
+            torch_tmp = _write_torch(torch_model, recipe.save_torch, ctx) if recipe.save_torch is not None else None
+            try:
+                _shield(callbacks)
+                if torch_tmp is not None:
+                    os.replace(torch_tmp, recipe.save_torch)
+                    report["torch_output"] = {"path": str(recipe.save_torch), "format": torch_tmp.kind}
+                publish(final["onnx"], out)
+            finally:
+                if torch_tmp is not None:
+                    Path(torch_tmp).unlink(missing_ok=True)
+    except BaseException as e:  # the CLI shows what was measured before the failure (--json error object)
+        report["warnings"] = warnings
+        with contextlib.suppress(AttributeError, TypeError):
+            e.report = report
+        raise
     report["output"] = str(out)
     report["warnings"] = ctx.warnings
     return report

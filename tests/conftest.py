@@ -31,7 +31,12 @@ class CliResult:
 
     @property
     def error_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
+        """Lines of stderr that are not progress reports."""
+        return [line for line in self.stderr.splitlines() if line.strip() and not line.startswith("progress: ")]
+
+    @property
+    def progress_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("progress: ")]
 
 
 @contextlib.contextmanager

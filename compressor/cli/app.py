@@ -27,48 +27,74 @@ _JSON_FD: int | None = None  # the real stdout while --json sends library chatte
 EPILOG = ("Exit codes: 0 success, 1 a step failed (export, parity, quantization, session), 2 bad usage or input, "
           "3 a quality gate failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
 
+
+def _examples(*lines: str) -> str:
+    """An epilog: examples (one paragraph each), then the exit codes."""
+    return "\n\n".join(["Examples:", *(f"  $ {line}" for line in lines), EPILOG])
+
+
+EXAMPLES = {
+    "prune": _examples(
+        "compressor prune model.pt --ratio 0.5 --input-shape 1,3,224,224",
+        "compressor prune model.pt --ratio 0.5 --recover --calibration-data calib.npz --eval-data eval.npz",
+        "compressor prune model.onnx --method unstructured --ratio 0.8 --json > report.json"),
+    "quantize": _examples(
+        "compressor quantize model.onnx    (dynamic int8 for transformers)",
+        "compressor quantize cnn.pt --input-shape 1,3,224,224 --calibration-data calib.npz    (static QDQ int8)",
+        "compressor quantize model.onnx --precision int4 --max-size-ratio 0.3 --min-cosine 0.98"),
+    "run": _examples("compressor run chain.toml", "compressor run chain.toml --dry-run",
+                     "compressor prune model.pt --ratio 0.5 --save-recipe chain.toml    (then edit and run it)"),
+    "export": _examples("compressor export model.pt --input-shape 1,3,224,224",
+                        "compressor export model.pt --calibration-data calib.npz -o model.onnx --opset 17"),
+    "bench": _examples("compressor bench model.onnx",
+                       "compressor bench model.onnx model.quantized.onnx --batch-sizes 1,8,32 --markdown bench.md"),
+    "doctor": _examples("compressor doctor", "compressor doctor --json"),
+}
+
 app = typer.Typer(
     name="compressor",
     help="Prune or quantize a deep-learning model for CPU, export it to ONNX, and measure size, latency and fidelity.",
     epilog=EPILOG,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+    rich_markup_mode="rich",
 )
 
 # ----------------------------------------------------------------------------- shared options
-ModelArg = Annotated[Optional[Path], typer.Argument(metavar="[MODEL]", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content). Default: `model` in compressor.toml / [tool.compressor].", show_default=False)]
-OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default beside the input: <stem>.pruned.onnx for prune, <stem>.quantized.onnx for quantize, <stem>.compressed.onnx for a recipe of several steps).")]
-InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
-CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
-EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", help=".npz of inputs plus 'labels': report top-1 accuracy of baseline and result.")]
-ModelClassOpt = Annotated[Optional[str], typer.Option("--model-class", help="package.module:ClassName to load a state_dict into (current folder is importable).")]
-ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", help="JSON object of constructor arguments for --model-class.")]
-TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow pickles that need classes outside torch.nn (runs code from the file).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout and nothing else.")]
-ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report to this file.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
-OpsetOpt = Annotated[int, typer.Option("--opset", min=13, max=23, help="ONNX opset version for export (the dynamo exporter needs 18 or later).")]
-AtolOpt = Annotated[float, typer.Option("--atol", min=0.0, help="Export parity check: pass when |onnx - torch| <= atol + rtol * |torch|.")]
-RtolOpt = Annotated[float, typer.Option("--rtol", min=0.0, help="Relative tolerance of the export parity check.")]
-ExporterOpt = Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript-based), dynamo or torchscript.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "--bench-batch-size", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="ONNX Runtime intra-op threads (0 = its default).")]
-RunsOpt = Annotated[Optional[int], typer.Option("--runs", min=1, help="Timed rounds (default: at least 20 rounds and 3 s).")]
-WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Fewest untimed warm-up runs per model (warm-up continues until timings settle, bounded).")]
-MemoryOpt = Annotated[bool, typer.Option("--measure-memory/--no-measure-memory", help="Measure each session's peak resident memory (in a child process, about 1 s per model).")]
-MinTimeOpt = Annotated[float, typer.Option("--min-time", min=0.0, help="Least total timed seconds when --runs is not given.")]
-InterThreadsOpt = Annotated[int, typer.Option("--inter-threads", min=0, help="ONNX Runtime inter-op threads (0 = its default).")]
-BatchSizesOpt = Annotated[Optional[str], typer.Option("--batch-sizes", help="Also time a sweep of batch sizes, e.g. 1,8,32.")]
-SeqLensOpt = Annotated[Optional[str], typer.Option("--seq-lens", help="Also time a sweep of sequence lengths of token inputs (axis 1), e.g. 64,128.")]
-MaxAccDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: largest top-1 accuracy drop in percentage points (needs --eval-data).")]
-MinSpeedupOpt = Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: least speedup, judged on the lower bound of its 95% confidence interval.")]
-MaxSizeRatioOpt = Annotated[Optional[float], typer.Option("--max-size-ratio", help="Gate: largest result/baseline size ratio.")]
-MinCosineOpt = Annotated[Optional[float], typer.Option("--min-cosine", help="Gate: least cosine similarity of any sample's output (fidelity.cosine_min).")]
-SaveRecipeOpt = Annotated[Optional[Path], typer.Option("--save-recipe", help="Write the recipe equivalent to this command line (TOML, for `compressor run`), then run.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Validate the settings and print the plan of steps; do no work.")]
-MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", help="Write a GitHub-flavoured Markdown summary (for PR comments / CI step summaries).")]
+ModelArg = Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content). Default: `model` in compressor.toml or \\[tool.compressor] of pyproject.toml.", show_default=False)]
+OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output and report", metavar="PATH", help="Output ONNX file (default beside the input: <stem>.pruned.onnx for prune, <stem>.quantized.onnx for quantize, <stem>.compressed.onnx for a recipe of several steps).")]
+InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", rich_help_panel="Input", metavar="SHAPE", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
+EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus 'labels': report top-1 accuracy of baseline and result.")]
+ModelClassOpt = Annotated[Optional[str], typer.Option("--model-class", rich_help_panel="Input", metavar="MODULE:CLASS", help="package.module:ClassName to load a state_dict into (current folder is importable).")]
+ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", rich_help_panel="Input", metavar="JSON", help="JSON object of constructor arguments for --model-class.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle", rich_help_panel="Input", metavar="", help="Allow pickles that need classes outside torch.nn (runs code from the file).")]
+JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel="Output and report", metavar="", help="Print the JSON report to stdout and nothing else.")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", rich_help_panel="Output and report", metavar="PATH", help="Write the JSON report to this file.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", rich_help_panel="Output and report", metavar="", help="Show tracebacks on errors.")]
+OpsetOpt = Annotated[int, typer.Option("--opset", rich_help_panel="Export", metavar="N", min=13, max=23, help="ONNX opset version for export (the dynamo exporter needs 18 or later).")]
+AtolOpt = Annotated[float, typer.Option("--atol", rich_help_panel="Export", metavar="FLOAT", min=0.0, help="Export parity check: pass when |onnx - torch| <= atol + rtol * |torch|.")]
+RtolOpt = Annotated[float, typer.Option("--rtol", rich_help_panel="Export", metavar="FLOAT", min=0.0, help="Relative tolerance of the export parity check.")]
+ExporterOpt = Annotated[str, typer.Option("--exporter", rich_help_panel="Export", metavar="auto|dynamo|torchscript", help="auto (dynamo, then TorchScript-based), dynamo or torchscript.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "--bench-batch-size", rich_help_panel="Benchmark", metavar="N", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", rich_help_panel="Benchmark", metavar="N", min=0, help="ONNX Runtime intra-op threads (0 = its default).")]
+RunsOpt = Annotated[Optional[int], typer.Option("--runs", rich_help_panel="Benchmark", metavar="N", min=1, help="Timed rounds (default: at least 20 rounds and 3 s).")]
+WarmupOpt = Annotated[int, typer.Option("--warmup", rich_help_panel="Benchmark", metavar="N", min=0, help="Fewest untimed warm-up runs per model (warm-up continues until timings settle, bounded).")]
+MemoryOpt = Annotated[bool, typer.Option("--measure-memory/--no-measure-memory", rich_help_panel="Benchmark", metavar="", help="Measure each session's peak resident memory (in a child process, about 1 s per model).")]
+MinTimeOpt = Annotated[float, typer.Option("--min-time", rich_help_panel="Benchmark", metavar="SECONDS", min=0.0, help="Least total timed seconds when --runs is not given.")]
+InterThreadsOpt = Annotated[int, typer.Option("--inter-threads", rich_help_panel="Benchmark", metavar="N", min=0, help="ONNX Runtime inter-op threads (0 = its default).")]
+BatchSizesOpt = Annotated[Optional[str], typer.Option("--batch-sizes", rich_help_panel="Benchmark", metavar="N,N,...", help="Also time a sweep of batch sizes, e.g. 1,8,32.")]
+SeqLensOpt = Annotated[Optional[str], typer.Option("--seq-lens", rich_help_panel="Benchmark", metavar="N,N,...", help="Also time a sweep of sequence lengths of token inputs (axis 1), e.g. 64,128.")]
+MaxAccDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", rich_help_panel="Quality gates", metavar="POINTS", help="Gate: largest top-1 accuracy drop in percentage points (needs --eval-data).")]
+MinSpeedupOpt = Annotated[Optional[float], typer.Option("--min-speedup", rich_help_panel="Quality gates", metavar="X", help="Gate: least speedup, judged on the lower bound of its 95% confidence interval.")]
+MaxSizeRatioOpt = Annotated[Optional[float], typer.Option("--max-size-ratio", rich_help_panel="Quality gates", metavar="R", help="Gate: largest result/baseline size ratio.")]
+MinCosineOpt = Annotated[Optional[float], typer.Option("--min-cosine", rich_help_panel="Quality gates", metavar="C", help="Gate: least cosine similarity of any sample's output (fidelity.cosine_min).")]
+SaveRecipeOpt = Annotated[Optional[Path], typer.Option("--save-recipe", rich_help_panel="Output and report", metavar="PATH", help="Write the recipe equivalent to this command line (TOML, for `compressor run`), then run.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Output and report", metavar="", help="No progress on stderr (warnings and errors still show).")]
+NoColorOpt = Annotated[bool, typer.Option("--no-color", rich_help_panel="Output and report", metavar="", help="No colours or styles in the output (also when NO_COLOR is set).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", rich_help_panel="Output and report", metavar="", help="Validate the settings and print the plan of steps; do no work.")]
+MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", rich_help_panel="Output and report", metavar="PATH", help="Write a GitHub-flavoured Markdown summary (for PR comments / CI step summaries).")]
 
 
 _ARGV: list[str] = []
@@ -130,31 +156,84 @@ def _json_stdout(json_out: bool):
         _JSON_FD = None
 
 
-def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False) -> None:
+#: Rendering choices of the running command (set by :func:`_run` from its flags).
+_OPTS: dict[str, Any] = {}
+
+_KINDS = [  # most specific first
+    ("UnknownFormatError", "unknown_format"), ("UntrustedPickleError", "untrusted_pickle"),
+    ("UnsupportedModelError", "unsupported_model"), ("FieldError", "bad_setting"), ("UsageError", "usage"),
+    ("ExportError", "export"), ("ParityError", "parity"), ("QuantizationError", "quantization"),
+    ("PruningError", "pruning"), ("SessionError", "session"), ("StepFailedError", "step_failed"),
+]
+
+
+def _kind(e: BaseException) -> str:
+    names = {c.__name__ for c in type(e).__mro__}
+    return next((kind for name, kind in _KINDS if name in names), "internal")
+
+
+def _no_color() -> bool:
+    return bool(_OPTS.get("no_color")) or bool(os.environ.get("NO_COLOR"))
+
+
+def _console(*, stderr: bool = False) -> Any:
+    """A rich console: no styles at all with ``--no-color`` / ``NO_COLOR``; full width (nothing cut) when piped."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    kwargs: dict[str, Any] = {"file": stream}
+    if _no_color():
+        kwargs.update(color_system=None, no_color=True)
+    if not stream.isatty():
+        kwargs["width"] = 400
+    return Console(**kwargs)
+
+
+def _fail(e: BaseException | None, code: int, kind: str, message: str, json_out: bool) -> None:
+    """One ``error:`` line on stderr; with ``--json`` also one JSON object on stdout (what was measured included)."""
+    _err(message)
+    if not json_out:
+        return
+    from compressor.report import new_report, to_json
+
+    partial = dict(getattr(e, "report", None) or {})
+    rep = {**new_report(_command_line()), **{k: v for k, v in partial.items() if k not in ("error",)}}
+    rep["error"] = {"exit_code": code, "kind": kind, "message": message}
+    rep.setdefault("warnings", list(_OPTS.get("warnings", [])))
+    sys.stdout.write(to_json(rep) + "\n")
+    sys.stdout.flush()
+
+
+def _run(debug: bool, fn: Callable[[], int | None], *, json_out: bool = False, params: dict[str, Any] | None = None
+         ) -> None:
     """Run a command body, mapping errors to one stderr line and an exit code.
 
-    Library warnings are hidden unless ``--debug``; with ``--json`` stdout carries the JSON alone.
+    Library warnings are hidden unless ``--debug``; with ``--json`` stdout carries the JSON alone: the report,
+    or on failure ``{"schema_version", "command", "error": {"exit_code", "kind", "message"}, ...}``.
     """
+    _OPTS.clear()
+    _OPTS.update(quiet=bool((params or {}).get("quiet")), no_color=bool((params or {}).get("no_color")), warnings=[])
     try:
         with _quiet_libraries(debug), _json_stdout(json_out):
             code = fn() or 0
     except CompressorError as e:
         if debug:
             traceback.print_exc()
-        _err(str(e))
+        _fail(e, e.exit_code, _kind(e), str(e), json_out)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        _err("interrupted")
+    except KeyboardInterrupt as e:
+        _fail(e, 130, "interrupted", "interrupted", json_out)
         raise typer.Exit(130) from None
     except SystemExit as e:  # SIGTERM: scratch folders were removed on the way out
         if e.code == 143:
-            _err("terminated")
+            _fail(e, 143, "terminated", "terminated", json_out)
         raise
     except Exception as e:  # a bug or an unexpected library failure: still one line
         if debug:
             traceback.print_exc()
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        _err(f"unexpected {type(e).__name__}: {first}" + ("" if debug else "; rerun with --debug for the traceback"))
+        msg = f"unexpected {type(e).__name__}: {first}" + ("" if debug else "; rerun with --debug for the traceback")
+        _fail(e, EXIT_STEP_FAILED, "internal", msg, json_out)
         raise typer.Exit(EXIT_STEP_FAILED) from None
     raise typer.Exit(code)
 
@@ -272,37 +351,72 @@ def _recipe(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | Non
 
 
 class _Renderer:
-    """Warnings as ``warning: ...`` lines and progress bars (rich, only on a terminal), all on stderr."""
+    """Warnings as ``warning: ...`` lines, and progress, all on stderr.
+
+    Progress: rich bars on a terminal; otherwise one ``progress: ...`` line when a step starts and ends (and
+    every tenth of a long step, such as recovery); nothing with ``--quiet``. Never on stdout.
+    """
 
     def __init__(self) -> None:
-        self._progress: Any = None
+        import time
+
+        self._clock = time.perf_counter
+        self._bar: Any = None
         self._tasks: dict[str, Any] = {}
+        self._started: dict[str, float] = {}
+        self._last_tenth: dict[str, int] = {}
 
     def warning(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(f"warning: {message}", markup=False, highlight=False)
+        _OPTS.setdefault("warnings", []).append(message)
+        if self._bar is not None:
+            self._bar.console.print(f"warning: {message}", markup=False, highlight=False)
         else:
             print(f"warning: {message}", file=sys.stderr)
 
     def progress(self, event: Any) -> None:
-        if not sys.stderr.isatty() or event.total is None:
+        if _OPTS.get("quiet"):
             return
-        if self._progress is None:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        if sys.stderr.isatty() and not _no_color():  # a live bar needs cursor control codes
+            self._draw(event)
+            return
+        first = event.task not in self._started
+        if first:
+            self._started[event.task] = self._clock()
+        info = "".join(f", {k} {v:.4g}" for k, v in event.info.items())
+        if event.total is not None and event.done >= event.total and event.done > 0:
+            took = self._clock() - self._started.pop(event.task, self._clock())
+            self._last_tenth.pop(event.task, None)
+            print(f"progress: {event.task}: done in {took:.1f} s{info}", file=sys.stderr, flush=True)
+        elif first:
+            total = f" ({event.total} steps)" if event.total and event.total > 1 else ""
+            print(f"progress: {event.task}{total} ...", file=sys.stderr, flush=True)
+        elif event.total:
+            tenth = 10 * event.done // event.total
+            if tenth > self._last_tenth.get(event.task, 0):
+                self._last_tenth[event.task] = tenth
+                print(f"progress: {event.task}: {event.done}/{event.total}{info}", file=sys.stderr, flush=True)
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                      TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-            self._progress.start()
+    def _draw(self, event: Any) -> None:
+        if self._bar is None:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                 console=_console(stderr=True), transient=True)
+            self._bar.start()
         info = " ".join(f"{k} {v:.4g}" for k, v in event.info.items())
         if event.task not in self._tasks:
-            self._tasks[event.task] = self._progress.add_task(event.task, total=event.total, info=info)
-        self._progress.update(self._tasks[event.task], completed=event.done, info=info)
+            self._tasks[event.task] = self._bar.add_task(event.task, total=event.total, info=info)
+        task = self._tasks[event.task]
+        self._bar.update(task, total=event.total, completed=event.done, info=info)
+        if event.total is not None and event.done >= event.total and event.done > 0:
+            self._bar.remove_task(task)
+            del self._tasks[event.task]
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
     def callbacks(self, on_publish: Callable[[], None] | None = None) -> Any:
         from compressor.pipeline import Callbacks
@@ -421,7 +535,6 @@ def _read_layer_ratios(path: Path) -> tuple[tuple[str, float], ...]:
 
 
 def _print_layers(rep: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     layers = (rep.get("pruning") or {}).get("layers") or []
@@ -430,7 +543,7 @@ def _print_layers(rep: dict[str, Any]) -> None:
         t.add_column(col, justify="left" if col == "layer" else "right")
     for la in layers:
         t.add_row(la["name"], str(la["channels_before"]), str(la["channels_after"]))
-    Console(stderr=True).print(t)
+    _console(stderr=True).print(t)
 
 
 def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, markdown: Path | None = None) -> int:
@@ -458,46 +571,41 @@ def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, mark
             sys.stdout.buffer.write(text)
             sys.stdout.flush()
         return code
-    from rich.console import Console
-
-    Console().print(render_table(report))
+    _console().print(render_table(report))
     if report.get("output"):
         _err_plain(f"wrote {report['output']}")
     return code
 
 
 # ----------------------------------------------------------------------------- commands
-@app.command(epilog=EPILOG)
+@app.command(epilog=EXAMPLES["prune"])
 def prune(
     tctx: typer.Context,
     model: ModelArg = None,
-    ratio: Annotated[float, typer.Option("--ratio", help="Structured: fraction of channels removed per layer. Unstructured: target sparsity. In (0, 1).")] = 0.5,
-    method: Annotated[str, typer.Option("--method", help="structured (remove channels, Torch-Pruning, L1 norm) or unstructured (zero weights, global L1 magnitude).")] = "structured",
-    criterion: Annotated[str, typer.Option("--criterion", help="Importance: l1, l2, fpgm, bn-scale, taylor (needs --calibration-data) or random.")] = "l1",
-    global_pruning: Annotated[bool, typer.Option("--global", help="Rank channels across layers instead of a uniform per-layer ratio.")] = False,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Layer-name glob never pruned at its outputs (repeatable; each must match).")] = None,
-    layer_ratios: Annotated[Optional[Path], typer.Option("--layer-ratios", help="TOML or JSON file: {\"layer glob\": ratio, ...} overriding --ratio.")] = None,
-    round_to: Annotated[Optional[int], typer.Option("--round-to", min=1, help="Keep channel counts multiples of N.")] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Iterative pruning in K steps.")] = 1,
-    heads: Annotated[Optional[float], typer.Option("--heads", help="Fraction of attention heads to remove (transformers); --ratio then applies to MLP hidden units.")] = None,
-    max_layer_ratio: Annotated[float, typer.Option("--max-layer-ratio", help="No layer loses more than this fraction of its channels.")] = 0.9,
-    recover: Annotated[bool, typer.Option("--recover", help="Fine-tune the pruned model to match the original (knowledge distillation on --calibration-data).")] = False,
-    recover_steps: Annotated[int, typer.Option("--recover-steps", min=1, help="Recovery optimiser steps.")] = 300,
-    lr: Annotated[float, typer.Option("--lr", help="Recovery learning rate (Adam).")] = 1e-3,
-    recover_batch_size: Annotated[int, typer.Option("--recover-batch-size", min=1, help="Recovery batch size.")] = 64,
-    deprecated_batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, hidden=True, help="Deprecated spelling of --recover-batch-size.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Recovery seed.")] = 0,
-    train_data: Annotated[Optional[Path], typer.Option("--train-data", help=".npz of inputs plus labels: adds the supervised loss to recovery.")] = None,
-    save_torch: Annotated[Optional[Path], typer.Option("--save-torch", help="Also write the pruned PyTorch model: .pt2 (ExportedProgram) or a full-module pickle.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show per-layer channel counts.")] = False,
-    output: OutputOpt = None,
     input_shape: InputShapeOpt = None,
-    calibration_data: CalibOpt = None,
-    eval_data: EvalOpt = None,
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
-    batch_size: Annotated[Optional[int], typer.Option("--bench-batch-size", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")] = None,
+    train_data: Annotated[Optional[Path], typer.Option("--train-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus labels: adds the supervised loss to recovery.")] = None,
+    calibration_data: CalibOpt = None,
+    eval_data: EvalOpt = None,
+    ratio: Annotated[float, typer.Option("--ratio", rich_help_panel="Pass settings", metavar="FLOAT", help="Structured: fraction of channels removed per layer. Unstructured: target sparsity. In (0, 1).")] = 0.5,
+    method: Annotated[str, typer.Option("--method", rich_help_panel="Pass settings", metavar="structured|unstructured", help="structured (remove channels, Torch-Pruning, L1 norm) or unstructured (zero weights, global L1 magnitude).")] = "structured",
+    criterion: Annotated[str, typer.Option("--criterion", rich_help_panel="Pass settings", metavar="l1|l2|fpgm|bn-scale|taylor|random", help="Importance: l1, l2, fpgm, bn-scale, taylor (needs --calibration-data) or random.")] = "l1",
+    global_pruning: Annotated[bool, typer.Option("--global", rich_help_panel="Pass settings", metavar="", help="Rank channels across layers instead of a uniform per-layer ratio.")] = False,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel="Pass settings", metavar="GLOB", help="Layer-name glob never pruned at its outputs (repeatable; each must match).")] = None,
+    layer_ratios: Annotated[Optional[Path], typer.Option("--layer-ratios", rich_help_panel="Pass settings", metavar="PATH", help="TOML or JSON file: {\"layer glob\": ratio, ...} overriding --ratio.")] = None,
+    round_to: Annotated[Optional[int], typer.Option("--round-to", rich_help_panel="Pass settings", metavar="N", min=1, help="Keep channel counts multiples of N.")] = None,
+    steps: Annotated[int, typer.Option("--steps", rich_help_panel="Pass settings", metavar="K", min=1, help="Iterative pruning in K steps.")] = 1,
+    heads: Annotated[Optional[float], typer.Option("--heads", rich_help_panel="Pass settings", metavar="FLOAT", help="Fraction of attention heads to remove (transformers); --ratio then applies to MLP hidden units.")] = None,
+    max_layer_ratio: Annotated[float, typer.Option("--max-layer-ratio", rich_help_panel="Pass settings", metavar="FLOAT", help="No layer loses more than this fraction of its channels.")] = 0.9,
+    recover: Annotated[bool, typer.Option("--recover", rich_help_panel="Pass settings", metavar="", help="Fine-tune the pruned model to match the original (knowledge distillation on --calibration-data).")] = False,
+    recover_steps: Annotated[int, typer.Option("--recover-steps", rich_help_panel="Pass settings", metavar="N", min=1, help="Recovery optimiser steps.")] = 300,
+    lr: Annotated[float, typer.Option("--lr", rich_help_panel="Pass settings", metavar="FLOAT", help="Recovery learning rate (Adam).")] = 1e-3,
+    recover_batch_size: Annotated[int, typer.Option("--recover-batch-size", rich_help_panel="Pass settings", metavar="N", min=1, help="Recovery batch size.")] = 64,
+    deprecated_batch_size: Annotated[Optional[int], typer.Option("--batch-size", rich_help_panel="Pass settings", metavar="N", min=1, hidden=True, help="Deprecated spelling of --recover-batch-size.")] = None,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel="Pass settings", metavar="N", help="Recovery seed.")] = 0,
+    batch_size: Annotated[Optional[int], typer.Option("--bench-batch-size", rich_help_panel="Benchmark", metavar="N", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")] = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,
     threads: ThreadsOpt = 0,
@@ -510,13 +618,18 @@ def prune(
     min_speedup: MinSpeedupOpt = None,
     max_size_ratio: MaxSizeRatioOpt = None,
     min_cosine: MinCosineOpt = None,
-    markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
+    save_torch: Annotated[Optional[Path], typer.Option("--save-torch", rich_help_panel="Output and report", metavar="PATH", help="Also write the pruned PyTorch model: .pt2 (ExportedProgram) or a full-module pickle.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", rich_help_panel="Output and report", metavar="", help="Show per-layer channel counts.")] = False,
+    output: OutputOpt = None,
+    markdown: MarkdownOpt = None,
     save_recipe: SaveRecipeOpt = None,
     dry_run: DryRunOpt = False,
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
@@ -534,39 +647,38 @@ def prune(
         return _compress(tctx, params, "prune", also_given=given,
                          after=_print_layers if verbose and not json_out else None)
 
-    _run(debug, body, json_out=json_out)
+    _run(debug, body, json_out=json_out, params=params)
 
 
-@app.command(epilog=EPILOG)
+@app.command(epilog=EXAMPLES["quantize"])
 def quantize(
     tctx: typer.Context,
     model: ModelArg = None,
-    scheme: Annotated[Optional[str], typer.Option("--scheme", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
-    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="One scale per output channel (default) or one per tensor.")] = True,
-    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights (default: on only for u8 x s8 on CPUs without VNNI).", show_default=False)] = None,
-    mode: Annotated[str, typer.Option("--mode", help="auto (static QDQ for CNNs with --calibration-data, else dynamic), dynamic or static.")] = "auto",
-    weight_scheme: Annotated[Optional[str], typer.Option("--weight-scheme", help="Override --scheme for weights.")] = None,
-    activation_scheme: Annotated[Optional[str], typer.Option("--activation-scheme", help="Override --scheme for activations (static).")] = None,
-    weight_type: Annotated[Optional[str], typer.Option("--weight-type", help="int8 or uint8 (default follows the weight scheme).")] = None,
-    activation_type: Annotated[Optional[str], typer.Option("--activation-type", help="int8 or uint8 (static; default follows the activation scheme).")] = None,
-    calibration_method: Annotated[str, typer.Option("--calibration-method", help="Static: minmax, entropy or percentile.")] = "minmax",
-    percentile: Annotated[float, typer.Option("--percentile", help="Static, percentile calibration: percentile kept.")] = 99.999,
-    calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", help="Static: use at most N calibration samples.")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="int8; int4 (weight-only blockwise, MatMulNBits, embeddings too); fp16.")] = "int8",
-    block_size: Annotated[int, typer.Option("--block-size", help="int4 block size (power of two >= 16).")] = 16,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
-    op_types: Annotated[Optional[str], typer.Option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,Gather).")] = None,
-    keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", help="fp16: keep float32 inputs and outputs (default).")] = True,
-    rewrites: Annotated[bool, typer.Option("--rewrites/--no-rewrites", help="Result-preserving graph rewrites: softmax NaN guard, GELU fusion; static QDQ also ReduceMean->GlobalAveragePool and float outputs from the last Gemm/MatMul.")] = True,
-    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Dynamic int8 with --calibration-data: SmoothQuant activation smoothing.")] = True,
-    smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", help="SmoothQuant migration strength in [0, 1].")] = 0.7,
-    output: OutputOpt = None,
     input_shape: InputShapeOpt = None,
-    calibration_data: CalibOpt = None,
-    eval_data: EvalOpt = None,
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    calibration_data: CalibOpt = None,
+    eval_data: EvalOpt = None,
+    scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel="Pass settings", metavar="", help="One scale per output channel (default) or one per tensor.")] = True,
+    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", rich_help_panel="Pass settings", metavar="", help="7-bit weights (default: on only for u8 x s8 on CPUs without VNNI).", show_default=False)] = None,
+    mode: Annotated[str, typer.Option("--mode", rich_help_panel="Pass settings", metavar="auto|dynamic|static", help="auto (static QDQ for CNNs with --calibration-data, else dynamic), dynamic or static.")] = "auto",
+    weight_scheme: Annotated[Optional[str], typer.Option("--weight-scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="Override --scheme for weights.")] = None,
+    activation_scheme: Annotated[Optional[str], typer.Option("--activation-scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="Override --scheme for activations (static).")] = None,
+    weight_type: Annotated[Optional[str], typer.Option("--weight-type", rich_help_panel="Pass settings", metavar="int8|uint8", help="int8 or uint8 (default follows the weight scheme).")] = None,
+    activation_type: Annotated[Optional[str], typer.Option("--activation-type", rich_help_panel="Pass settings", metavar="int8|uint8", help="int8 or uint8 (static; default follows the activation scheme).")] = None,
+    precision: Annotated[str, typer.Option("--precision", rich_help_panel="Pass settings", metavar="int8|int4|fp16", help="int8; int4 (weight-only blockwise, MatMulNBits, embeddings too); fp16.")] = "int8",
+    block_size: Annotated[int, typer.Option("--block-size", rich_help_panel="Pass settings", metavar="N", help="int4 block size (power of two >= 16).")] = 16,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel="Pass settings", metavar="GLOB", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
+    op_types: Annotated[Optional[str], typer.Option("--op-types", rich_help_panel="Pass settings", metavar="OP,OP,...", help="Quantize only these op types, comma-separated (e.g. MatMul,Gather).")] = None,
+    keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", rich_help_panel="Pass settings", metavar="", help="fp16: keep float32 inputs and outputs (default).")] = True,
+    rewrites: Annotated[bool, typer.Option("--rewrites/--no-rewrites", rich_help_panel="Pass settings", metavar="", help="Result-preserving graph rewrites: softmax NaN guard, GELU fusion; static QDQ also ReduceMean->GlobalAveragePool and float outputs from the last Gemm/MatMul.")] = True,
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", rich_help_panel="Pass settings", metavar="", help="Dynamic int8 with --calibration-data: SmoothQuant activation smoothing.")] = True,
+    smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", rich_help_panel="Pass settings", metavar="FLOAT", help="SmoothQuant migration strength in [0, 1].")] = 0.7,
+    calibration_method: Annotated[str, typer.Option("--calibration-method", rich_help_panel="Calibration (static int8)", metavar="minmax|entropy|percentile", help="Static: minmax, entropy or percentile.")] = "minmax",
+    percentile: Annotated[float, typer.Option("--percentile", rich_help_panel="Calibration (static int8)", metavar="FLOAT", help="Static, percentile calibration: percentile kept.")] = 99.999,
+    calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", rich_help_panel="Calibration (static int8)", metavar="N", help="Static: use at most N calibration samples.")] = None,
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,
@@ -580,20 +692,23 @@ def quantize(
     min_speedup: MinSpeedupOpt = None,
     max_size_ratio: MaxSizeRatioOpt = None,
     min_cosine: MinCosineOpt = None,
-    markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
+    output: OutputOpt = None,
+    markdown: MarkdownOpt = None,
     save_recipe: SaveRecipeOpt = None,
     dry_run: DryRunOpt = False,
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Quantize a model with ONNX Runtime: int8 (dynamic or static QDQ), int4 weight-only or fp16 (PyTorch inputs are exported first)."""
     params = dict(locals())
-    _run(debug, lambda: _compress(tctx, params, "quantize"), json_out=json_out)
+    _run(debug, lambda: _compress(tctx, params, "quantize"), json_out=json_out, params=params)
 
 
 def _compress(tctx: typer.Context, params: dict[str, Any], pass_name: str | None, *,
@@ -619,7 +734,7 @@ def _compress(tctx: typer.Context, params: dict[str, Any], pass_name: str | None
     return _emit(rep, params.get("json_out", False), params.get("report"), params.get("markdown"))
 
 
-@app.command(epilog=EPILOG)
+@app.command(epilog=EXAMPLES["run"])
 def run(
     tctx: typer.Context,
     recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe file (TOML): model, data, [[steps]] (prune, quantize, export), [benchmark], [gates].", show_default=False)],
@@ -627,31 +742,35 @@ def run(
     markdown: MarkdownOpt = None,
     save_recipe: SaveRecipeOpt = None,
     dry_run: DryRunOpt = False,
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run a recipe: its steps in order (e.g. prune, then quantize), each measured against one baseline."""
     params = dict(locals())
-    _run(debug, lambda: _compress(tctx, params, None, recipe_file=recipe_file), json_out=json_out)
+    _run(debug, lambda: _compress(tctx, params, None, recipe_file=recipe_file), json_out=json_out, params=params)
 
 
-@app.command(epilog=EPILOG)
+@app.command(epilog=EXAMPLES["export"])
 def export(
     tctx: typer.Context,
     model: ModelArg = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output ONNX file (default: the input's name with .onnx).")] = None,
     input_shape: InputShapeOpt = None,
-    calibration_data: CalibOpt = None,
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    calibration_data: CalibOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output and report", metavar="PATH", help="Output ONNX file (default: the input's name with .onnx).")] = None,
     save_recipe: SaveRecipeOpt = None,
     dry_run: DryRunOpt = False,
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
@@ -680,20 +799,20 @@ def export(
             print(f"wrote {rep['output']} ({ex['exporter']} exporter, max abs diff vs PyTorch {ex['max_abs_diff']:.3g})")
         return 0
 
-    _run(debug, body, json_out=json_out)
+    _run(debug, body, json_out=json_out, params=params)
 
 
-@app.command(epilog=EPILOG)
+@app.command(epilog=EXAMPLES["bench"])
 def bench(
     tctx: typer.Context,
     model: ModelArg = None,
     other: Annotated[Optional[Path], typer.Argument(metavar="[OTHER]", help="Optional second model: compare it with MODEL (speedup with 95% CI, fidelity, gates).", show_default=False)] = None,
     input_shape: InputShapeOpt = None,
-    calibration_data: CalibOpt = None,
-    eval_data: EvalOpt = None,
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    calibration_data: CalibOpt = None,
+    eval_data: EvalOpt = None,
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,
@@ -707,13 +826,15 @@ def bench(
     min_speedup: MinSpeedupOpt = None,
     max_size_ratio: MaxSizeRatioOpt = None,
     min_cosine: MinCosineOpt = None,
-    markdown: MarkdownOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
     exporter: ExporterOpt = "auto",
+    markdown: MarkdownOpt = None,
     save_recipe: SaveRecipeOpt = None,
     dry_run: DryRunOpt = False,
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
     json_out: JsonOpt = False,
     report: ReportOpt = None,
     debug: DebugOpt = False,
@@ -736,7 +857,7 @@ def bench(
             renderer.close()
         return _emit(rep, json_out, report, markdown)
 
-    _run(debug, body, json_out=json_out)
+    _run(debug, body, json_out=json_out, params=params)
 
 
 def _version(value: bool) -> None:
@@ -765,6 +886,11 @@ def main(argv: list[str] | None = None) -> None:
     """
     global _ARGV
     _ARGV = list(sys.argv[1:] if argv is None else argv)
+    restore_color = None
+    if os.environ.get("NO_COLOR") or "--no-color" in _ARGV:  # help too: no colours or styles at all
+        import typer.rich_utils
+
+        restore_color, typer.rich_utils.COLOR_SYSTEM = typer.rich_utils.COLOR_SYSTEM, None
     try:  # Typer 0.22+ vendors click as typer._click; older releases use click itself
         from typer._click import exceptions as cx
     except ImportError:  # pragma: no cover
@@ -777,9 +903,13 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         _main(cx, _ARGV)
-    finally:  # in-process callers (tests) get their handlers back
+    finally:  # in-process callers (tests) get their handlers and help colours back
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
+        if restore_color is not None:
+            import typer.rich_utils
+
+            typer.rich_utils.COLOR_SYSTEM = restore_color
 
 
 def _main(cx: Any, argv: list[str]) -> None:
@@ -790,7 +920,7 @@ def _main(cx: Any, argv: list[str]) -> None:
             print(e.ctx.get_help())
             sys.exit(0)
         cmd = e.ctx.command_path if e.ctx is not None else "compressor"
-        _err(f"{e.format_message().rstrip('.')}; see '{cmd} --help'")
+        _fail(e, 2, "usage", f"{e.format_message().rstrip('.')}; see '{cmd} --help'", "--json" in argv)
         sys.exit(2)
     except KeyboardInterrupt:
         _err("interrupted")
@@ -800,7 +930,7 @@ def _main(cx: Any, argv: list[str]) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-@app.command(epilog=EPILOG)
+@app.command(epilog=EXAMPLES["doctor"])
 def doctor(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Show this CPU's instruction sets, ONNX Runtime version and providers, and the quantization defaults they imply."""
 
