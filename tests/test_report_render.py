@@ -74,3 +74,11 @@ def test_markdown_sizes_and_baseline():
     lines = md.splitlines()
     assert "| model | fp32 ONNX export of `sample_models/digits_cnn.pt` | `out/model.pruned.onnx` |" in lines
     assert "| size | 114.6 KiB | 3.5 MiB |" in lines
+
+
+def test_table_shows_accuracy_before_and_after_recovery():
+    report = _report("sample_models/digits_cnn.pt", "torch_module_pickle")
+    report["accuracy"] = {"metric": "top1", "eval_data": "eval.npz", "baseline": 0.9911, "result": 0.9778,
+                          "before_recovery": 0.1733, "after_recovery": 0.9778}
+    text = _table_text(report, 200)
+    assert "recovery: top-1 accuracy 0.1733 right after pruning, 0.9778 after recovery (eval.npz)" in text

@@ -65,6 +65,10 @@ def render_table(report: dict[str, Any]) -> Any:
         summary.append(f"pruning: {p['method']}, ratio {p['pruning_ratio']}, criterion {p['criterion']}")
         if p.get("note"):
             summary.append(f"note: {p['note']}")
+    acc = report.get("accuracy") or {}
+    if acc.get("before_recovery") is not None and acc.get("after_recovery") is not None:
+        summary.append(f"recovery: top-1 accuracy {acc['before_recovery']:.4f} right after pruning, "
+                       f"{acc['after_recovery']:.4f} after recovery ({acc.get('eval_data')})")
     ex = report.get("export")
     if ex:
         summary.append(f"export: {ex.get('exporter')} exporter, max abs diff vs PyTorch {_f(ex.get('max_abs_diff'), '.3g')}")
