@@ -72,14 +72,45 @@ def write_text_atomic(text: str, path: Path) -> None:
         raise
 
 
-def _fmt_bytes(n: int | None) -> str:
+def _fmt_bytes(n: float | None) -> str:
+    """A size for people, in binary prefixes (1 KiB = 1024 bytes): ``"512 B"``, ``"114.6 KiB"``, ``"1.5 GiB"``.
+
+    Args:
+        n: Size in bytes, or None (shown as ``"-"``). Sizes of a TiB and more stay in GiB.
+    """
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _is_onnx_export(report: dict[str, Any], key: str, model: dict[str, Any]) -> bool:
+    """True when ``report[key]`` holds the figures of the fp32 ONNX export of a PyTorch file at ``model["path"]``.
+
+    For a PyTorch input the baseline is measured on its export (``baseline.note`` says so; ``bench`` marks it
+    by the input's format); ``bench A B`` with a PyTorch B lists B's export among its steps.
+    """
+    if key == "baseline" and (model.get("note") or (report.get("input") or {}).get("format", "onnx") != "onnx"):
+        return True
+    return any(st.get("name") == "export" and st.get("of") == model.get("path") for st in report.get("steps") or [])
+
+
+def _model_label(report: dict[str, Any], key: str, model: dict[str, Any], *, code: bool = False) -> str:
+    """What a column of figures measured: the model's path, or ``fp32 ONNX export of PATH`` for a PyTorch file.
+
+    Args:
+        report: The whole report (its ``input`` and ``steps`` tell exports apart).
+        key: ``"baseline"`` or ``"result"``.
+        model: ``report[key]``.
+        code: Wrap the path in backticks (Markdown).
+    """
+    path = str(model.get("path", "-"))
+    if code:
+        path = f"`{path}`"
+    return f"fp32 ONNX export of {path}" if _is_onnx_export(report, key, model) else path
 
 
 def _f(x: Any, spec: str = ".3f") -> str:
@@ -99,13 +130,14 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     """GitHub-flavoured Markdown: headline table, verdicts, gates and op-type histogram.
 
-    Ready for a pull-request comment or ``$GITHUB_STEP_SUMMARY``.
+    Ready for a pull-request comment or ``$GITHUB_STEP_SUMMARY``. Sizes are in binary prefixes (KiB, MiB, GiB;
+    the JSON keeps bytes); for a PyTorch input the baseline column names the fp32 ONNX export it measured.
     """
     models = [(k, report[k]) for k in ("baseline", "result") if report.get(k)]
     out = [f"### compressor: `{report['command']}`", ""]
     rows = [
-        ["path"] + [f"`{m.get('path')}`" for _, m in models],
-        ["size (bytes)"] + [m.get("size_bytes") for _, m in models],
+        ["model"] + [_model_label(report, k, m, code=True) for k, m in models],
+        ["size"] + [_fmt_bytes(m.get("size_bytes")) for _, m in models],
         ["parameters"] + [m.get("parameters") for _, m in models],
         ["sparsity"] + [_f(m.get("sparsity"), ".4f") for _, m in models],
     ]

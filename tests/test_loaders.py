@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import subprocess
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -33,6 +35,7 @@ from compressor.loaders.exported_program import ExportedProgramLoader
 from compressor.loaders.onnx import OnnxLoader
 from compressor.loaders.torch_pickle import TorchPickleLoader
 from compressor.loaders.torchscript import TorchScriptLoader
+from tests.conftest import run_cli
 
 UNKNOWN = ("is not a model compressor can read: expected ONNX, a torch.export .pt2, TorchScript, "
            "or a torch.save file (full module or state_dict)")
@@ -213,3 +216,43 @@ def test_example_inputs_default_to_seeded_random(model_files):
     got = example_inputs(art, art.io, num_samples=4, seed=1)
     want = random_data(art.io, num_samples=4, seed=1)
     assert list(got.arrays) == ["x"] and np.array_equal(got.arrays["x"], want.arrays["x"])
+
+
+_NET = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+"""
+
+
+def test_pickle_saved_from_a_scripts_main_says_how_to_fix_it(tmp_path):
+    script = tmp_path / "train.py"  # the class lives in the script: pickled as __main__.Net
+    script.write_text(_NET + "\nif __name__ == '__main__':\n    torch.save(Net(), 'model.pt')\n")
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, check=True)
+    for trust in ([], ["--trust-pickle"]):  # --trust-pickle cannot help: no other process can import __main__
+        r = run_cli("export", "model.pt", "--input-shape", "1,4", "-o", "out.onnx", *trust, cwd=tmp_path,
+                    subprocess_=True)
+        assert r.code == 2, r.stderr
+        assert len(r.error_lines) == 1, r.stderr
+        msg = r.error_lines[0]
+        assert "defines Net in __main__" in msg and "importable from a module" in msg
+        assert "model.state_dict()" in msg and "--model-class package.module:Net" in msg
+        assert "torch.save() the model again" in msg
+        assert not (tmp_path / "out.onnx").exists()
+
+    # following the advice works: the class in a module, a state_dict and --model-class
+    (tmp_path / "nets.py").write_text(_NET)
+    (tmp_path / "save.py").write_text("import torch\nfrom nets import Net\n\n"
+                                      "torch.save(Net().state_dict(), 'weights.pt')\n")
+    subprocess.run([sys.executable, "save.py"], cwd=tmp_path, check=True)
+    r = run_cli("export", "weights.pt", "--model-class", "nets:Net", "--input-shape", "1,4", "-o", "out.onnx",
+                cwd=tmp_path, subprocess_=True)
+    assert r.code == 0, r.stderr
+    assert (tmp_path / "out.onnx").exists()

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from compressor.report import _f, _fmt_bytes
+from compressor.report import _f, _fmt_bytes, _model_label
 
 
 def render_table(report: dict[str, Any]) -> Any:
-    """A ``rich`` renderable summarising the report for people (one row per step for chains)."""
+    """A ``rich`` renderable summarising the report for people (one row per step for chains).
+
+    Sizes are in binary prefixes (KiB, MiB, GiB). For a PyTorch input the baseline column names what was
+    measured, the fp32 ONNX export of the input. Columns holding paths or names fold long values onto more
+    lines instead of cutting them with "…", whatever the console's width.
+    """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -16,22 +21,22 @@ def render_table(report: dict[str, Any]) -> Any:
     parts: list[Any] = []
     models = [(k, report[k]) for k in ("baseline", "result") if report.get(k)]
     t = Table(title=report["command"], title_justify="left")
-    t.add_column("")
+    t.add_column("", no_wrap=True)
     for name, _ in models:
-        t.add_column(name, justify="right")
+        t.add_column(name, justify="right", overflow="fold")
     rows = [
-        ("path", lambda m: str(m.get("path", "-"))),
-        ("size", lambda m: _fmt_bytes(m.get("size_bytes"))),
-        ("parameters", lambda m: f"{m['parameters']:,}" if m.get("parameters") is not None else "-"),
-        ("sparsity", lambda m: _f(m.get("sparsity"))),
-        ("latency p50 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p50"))),
-        ("latency p90 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p90"))),
-        ("latency p99 (ms)", lambda m: _f((m.get("latency_ms") or {}).get("p99"))),
-        ("latency mean (ms)", lambda m: _f((m.get("latency_ms") or {}).get("mean"))),
-        ("top-1 accuracy", lambda m: _f(m.get("accuracy"), ".4f")),
+        ("model", lambda k, m: _model_label(report, k, m)),
+        ("size", lambda k, m: _fmt_bytes(m.get("size_bytes"))),
+        ("parameters", lambda k, m: f"{m['parameters']:,}" if m.get("parameters") is not None else "-"),
+        ("sparsity", lambda k, m: _f(m.get("sparsity"))),
+        ("latency p50 (ms)", lambda k, m: _f((m.get("latency_ms") or {}).get("p50"))),
+        ("latency p90 (ms)", lambda k, m: _f((m.get("latency_ms") or {}).get("p90"))),
+        ("latency p99 (ms)", lambda k, m: _f((m.get("latency_ms") or {}).get("p99"))),
+        ("latency mean (ms)", lambda k, m: _f((m.get("latency_ms") or {}).get("mean"))),
+        ("top-1 accuracy", lambda k, m: _f(m.get("accuracy"), ".4f")),
     ]
     for label, fn in rows:
-        t.add_row(label, *[fn(m) for _, m in models])
+        t.add_row(label, *[fn(k, m) for k, m in models])
     parts.append(t)
     summary = []
     if report.get("size_ratio") is not None:
@@ -60,6 +65,10 @@ def render_table(report: dict[str, Any]) -> Any:
         summary.append(f"pruning: {p['method']}, ratio {p['pruning_ratio']}, criterion {p['criterion']}")
         if p.get("note"):
             summary.append(f"note: {p['note']}")
+    acc = report.get("accuracy") or {}
+    if acc.get("before_recovery") is not None and acc.get("after_recovery") is not None:
+        summary.append(f"recovery: top-1 accuracy {acc['before_recovery']:.4f} right after pruning, "
+                       f"{acc['after_recovery']:.4f} after recovery ({acc.get('eval_data')})")
     ex = report.get("export")
     if ex:
         summary.append(f"export: {ex.get('exporter')} exporter, max abs diff vs PyTorch {_f(ex.get('max_abs_diff'), '.3g')}")
@@ -73,7 +82,7 @@ def render_table(report: dict[str, Any]) -> Any:
     if len(steps) > 1:
         st_table = Table(title="steps (each against the baseline, one interleaved benchmark)", title_justify="left")
         for col in ("step", "size ratio", "speedup", "95% CI", "cosine min", "top-1 accuracy"):
-            st_table.add_column(col, justify="left" if col == "step" else "right")
+            st_table.add_column(col, justify="left" if col == "step" else "right", overflow="fold")
         for st in steps:
             m = st["measured"]
             st_table.add_row(f"steps[{st['step']}] {st['name']}", _f(m["size_ratio"]), f"{m['speedup']:.2f}x",
@@ -83,7 +92,7 @@ def render_table(report: dict[str, Any]) -> Any:
     ops = sorted({op for _, m in models for op in (m.get("op_types") or {})})
     if ops:
         h = Table(title="ONNX op types", title_justify="left")
-        h.add_column("op type")
+        h.add_column("op type", overflow="fold")
         for name, _ in models:
             h.add_column(name, justify="right")
         for op in ops:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -44,7 +45,8 @@ class TorchPickleLoader(Loader):
             UntrustedPickleError: The pickle needs classes outside ``torch.nn`` and
                 ``options.trust_pickle`` is False.
             UnknownFormatError: The pickle cannot be read or unpickled.
-            UsageError: A class cannot be imported, the file holds neither a module nor a
+            UsageError: A class cannot be imported (a class defined in the ``__main__`` of the script
+                that saved the file never can), the file holds neither a module nor a
                 state_dict, a state_dict comes without ``model_class``, or it does not fit the class.
         """
         import torch
@@ -56,6 +58,9 @@ class TorchPickleLoader(Loader):
         torch_nn = [g for g in needed if _is_torch_nn_class(g)]
         foreign = [g for g in needed if g not in torch_nn]
         details: dict[str, Any] = {"pickle_classes": sorted(needed)}
+        in_main = sorted(g.removeprefix("__main__.") for g in foreign if g.startswith("__main__."))
+        if in_main:  # refused with or without --trust-pickle: no other process can import a script's classes
+            raise UsageError(_saved_from_main(path, in_main))
         if foreign and not options.trust_pickle:
             raise UntrustedPickleError(
                 f"{path} needs classes outside torch.nn to unpickle: {', '.join(sorted(foreign))}; "
@@ -69,6 +74,9 @@ class TorchPickleLoader(Loader):
                     warnings.simplefilter("ignore")
                     obj = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
             except (ImportError, AttributeError) as e:
+                if "__main__" in str(e):  # a class of __main__ that the scan above did not list
+                    name = re.search(r"attribute '(\w+)'", str(e))
+                    raise UsageError(_saved_from_main(path, [name[1] if name else "the model's class"])) from e
                 raise UsageError(
                     f"{path} needs a class that cannot be imported ({e}); run from the folder that holds its "
                     "package or add it to PYTHONPATH"
@@ -99,6 +107,18 @@ class TorchPickleLoader(Loader):
                 "save model.state_dict() (and pass --model-class) or the module itself"
             )
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module or a state_dict")
+
+
+def _saved_from_main(path: Path, class_names: list[str]) -> str:
+    """The one-line advice for a pickle whose classes were defined in the saving script's ``__main__``."""
+    names = ", ".join(class_names)
+    first = class_names[0] if len(class_names) == 1 and class_names[0].isidentifier() else "ClassName"
+    return (
+        f"{path} was saved from a script that defines {names} in __main__, and a pickle can only name a class "
+        f"importable from a module: move {first} into a module (e.g. package/module.py), then save "
+        f"model.state_dict() and pass --model-class package.module:{first} (no --trust-pickle needed), "
+        f"or import {first} from that module in the script and torch.save() the model again"
+    )
 
 
 def _is_torch_nn_class(qualname: str) -> bool:
