@@ -18,7 +18,7 @@ ESCAPE = re.compile(rb"\x1b\[[0-9;?]*[a-zA-Z]")
 
 @pytest.mark.parametrize("args", [
     ["prune", "missing.pt"], ["quantize", "missing.onnx"], ["export", "missing.pt"], ["bench", "missing.onnx"],
-    ["run", "missing.toml"], ["prune", "--no-such-flag"], ["quantize", "sample_models/digits_cnn.pt", "--ratio", "x"],
+    ["run", "missing.toml"], ["prune", "--no-such-flag"], ["doctor", "--no-such-flag"], ["quantize", "sample_models/digits_cnn.pt", "--ratio", "x"],
 ])
 def test_json_failure_is_one_json_object_with_the_exit_code(args):
     r = run_cli(*args, "--json")
