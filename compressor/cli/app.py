@@ -424,6 +424,15 @@ class _Renderer:
         return Callbacks(on_warning=self.warning, on_progress=self.progress, on_publish=on_publish or _shield_signals)
 
 
+def _rendered(fn: Callable[..., dict[str, Any]], recipe: Any, **kwargs: Any) -> dict[str, Any]:
+    """Call a pipeline entry point with this command line and callbacks that render on stderr."""
+    renderer = _Renderer()
+    try:
+        return fn(recipe, command=_command_line(), callbacks=renderer.callbacks(), **kwargs)
+    finally:
+        renderer.close()
+
+
 def _shield_signals() -> None:
     """Stop taking Ctrl-C/SIGTERM: the output is being put in place.
 
@@ -493,8 +502,7 @@ def _dry_run(recipe: Any, out: Path | None, json_out: bool, *, saved_to: Path | 
     """Validate everything the run would check before its first step, and print the plan."""
     from compressor.pipeline import check_output, dry_run
 
-    renderer = _Renderer()
-    rep = dry_run(recipe, command=_command_line(), callbacks=renderer.callbacks())
+    rep = _rendered(dry_run, recipe)
     if out is not None:
         check_output(recipe.model, out)
         rep["output"] = str(out)
@@ -723,12 +731,7 @@ def _compress(tctx: typer.Context, params: dict[str, Any], pass_name: str | None
 
     from compressor.pipeline import run_recipe
 
-    renderer = _Renderer()
-    try:
-        rep = run_recipe(dataclasses.replace(recipe, output=out), command=_command_line(),
-                         callbacks=renderer.callbacks())
-    finally:
-        renderer.close()
+    rep = _rendered(run_recipe, dataclasses.replace(recipe, output=out))
     if after is not None:
         after(rep)
     return _emit(rep, params.get("json_out", False), params.get("report"), params.get("markdown"))
@@ -786,12 +789,7 @@ def export(
 
         from compressor.pipeline import export_only
 
-        renderer = _Renderer()
-        try:
-            rep = export_only(dataclasses.replace(recipe, output=out), command=_command_line(),
-                              callbacks=renderer.callbacks())
-        finally:
-            renderer.close()
+        rep = _rendered(export_only, dataclasses.replace(recipe, output=out))
         if report is not None or json_out:
             _emit(rep, json_out, report)
         if not json_out:
@@ -850,11 +848,7 @@ def bench(
 
         if other is not None:
             check_side_files({"--report": report, "--markdown": markdown}, {"second model": other})
-        renderer = _Renderer()
-        try:
-            rep = bench_models(recipe, command=_command_line(), other=other, callbacks=renderer.callbacks())
-        finally:
-            renderer.close()
+        rep = _rendered(bench_models, recipe, other=other)
         return _emit(rep, json_out, report, markdown)
 
     _run(debug, body, json_out=json_out, params=params)
