@@ -95,7 +95,7 @@ def test_large_models_use_external_data(tmp_path, monkeypatch):
     from onnx import TensorProto, helper, numpy_helper
 
     from compressor import artifact
-    from compressor.pipeline import publish
+    from compressor.outputs import publish
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",

@@ -457,7 +457,7 @@ def _start(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None
     """
     import dataclasses
 
-    from compressor.pipeline import check_side_files, default_output
+    from compressor.outputs import check_side_files, default_output
 
     recipe = _recipe(tctx, params, pass_name=pass_name, recipe_file=recipe_file, also_given=also_given)
     if recipe.model is None:
@@ -500,7 +500,8 @@ def _start(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None
 
 def _dry_run(recipe: Any, out: Path | None, json_out: bool, *, saved_to: Path | None, measures: bool) -> None:
     """Validate everything the run would check before its first step, and print the plan."""
-    from compressor.pipeline import check_output, dry_run
+    from compressor.outputs import check_output
+    from compressor.pipeline import dry_run
 
     rep = _rendered(dry_run, recipe)
     if out is not None:
@@ -844,7 +845,8 @@ def bench(
         recipe, _, done = _start(tctx, params)
         if done:
             return 0
-        from compressor.pipeline import bench_models, check_side_files
+        from compressor.outputs import check_side_files
+        from compressor.pipeline import bench_models
 
         if other is not None:
             check_side_files({"--report": report, "--markdown": markdown}, {"second model": other})
