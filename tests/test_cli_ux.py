@@ -115,3 +115,10 @@ def test_quantize_help_has_groups_choices_examples_and_exit_codes(monkeypatch):
     for bad in ("<list[str]>", "<int range>", "{MODEL}", "[[OTHER]]", "[[MODEL]]"):
         assert bad not in text
     assert text.count("<bool>") == 1  # only click's own --help; our flags show no type
+
+
+def test_help_keeps_square_brackets(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert "[[steps]]" in run_cli("run", "--help").stdout
+    assert "[0, 1]" in run_cli("quantize", "--help").stdout
+    assert "[tool.compressor]" in run_cli("prune", "--help").stdout

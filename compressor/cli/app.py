@@ -684,7 +684,7 @@ def quantize(
     keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", rich_help_panel="Pass settings", metavar="", help="fp16: keep float32 inputs and outputs (default).")] = True,
     rewrites: Annotated[bool, typer.Option("--rewrites/--no-rewrites", rich_help_panel="Pass settings", metavar="", help="Result-preserving graph rewrites: softmax NaN guard, GELU fusion; static QDQ also ReduceMean->GlobalAveragePool and float outputs from the last Gemm/MatMul.")] = True,
     smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", rich_help_panel="Pass settings", metavar="", help="Dynamic int8 with --calibration-data: SmoothQuant activation smoothing.")] = True,
-    smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", rich_help_panel="Pass settings", metavar="FLOAT", help="SmoothQuant migration strength in [0, 1].")] = 0.7,
+    smooth_alpha: Annotated[float, typer.Option("--smooth-alpha", rich_help_panel="Pass settings", metavar="FLOAT", help="SmoothQuant migration strength in \\[0, 1].")] = 0.7,
     calibration_method: Annotated[str, typer.Option("--calibration-method", rich_help_panel="Calibration (static int8)", metavar="minmax|entropy|percentile", help="Static: minmax, entropy or percentile.")] = "minmax",
     percentile: Annotated[float, typer.Option("--percentile", rich_help_panel="Calibration (static int8)", metavar="FLOAT", help="Static, percentile calibration: percentile kept.")] = 99.999,
     calibration_samples: Annotated[Optional[int], typer.Option("--calibration-samples", rich_help_panel="Calibration (static int8)", metavar="N", help="Static: use at most N calibration samples.")] = None,
@@ -741,7 +741,7 @@ def _compress(tctx: typer.Context, params: dict[str, Any], pass_name: str | None
 @app.command(epilog=EXAMPLES["run"])
 def run(
     tctx: typer.Context,
-    recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe file (TOML): model, data, [[steps]] (prune, quantize, export), [benchmark], [gates].", show_default=False)],
+    recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe file (TOML): model, data, \\[\\[steps]] (prune, quantize, export), \\[benchmark], \\[gates].", show_default=False)],
     output: OutputOpt = None,
     markdown: MarkdownOpt = None,
     save_recipe: SaveRecipeOpt = None,
