@@ -46,9 +46,9 @@ class FieldError(UsageError):
         self.flag = flag or "--" + field.replace("_", "-")
         super().__init__(template.format(name=self.flag))
 
-    def named(self, name: str) -> UsageError:
+    def named(self, name: str) -> FieldError:
         """The same error with the setting called ``name`` (e.g. a recipe field)."""
-        return UsageError(self.template.format(name=name))
+        return FieldError(self.field, self.template, flag=name)
 
 
 class UnknownFormatError(UsageError):

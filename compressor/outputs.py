@@ -94,14 +94,23 @@ def check_side_files(paths: dict[str, Path | None], protected: dict[str, Path | 
             raise UsageError(f"{flag}: cannot write in {parent}; choose another path")
 
 
-def check_output(input_path: Path, output: Path) -> None:
-    """Refuse an output that would overwrite the input or land in a missing folder.
+def check_output(input_path: Path, output: Path, *, others: dict[str, Path | None] | None = None) -> None:
+    """Refuse an output that would overwrite the input (or another input file) or land in a missing folder.
+
+    Args:
+        input_path: The input model.
+        output: The output model.
+        others: Description -> other input files (data, recipe, project config) it must not overwrite.
 
     Raises:
-        UsageError: Same path as the input, or the folder does not exist.
+        UsageError: Same file as an input, or the folder does not exist or cannot be written.
     """
     if output.resolve() == input_path.resolve() or (output.exists() and output.samefile(input_path)):
         raise UsageError(f"output {output} is the input file; choose another -o/--output (inputs are never overwritten)")
+    for what, other in (others or {}).items():
+        if other is not None and Path(other).exists() and (
+                output.resolve() == Path(other).resolve() or (output.exists() and output.samefile(other))):
+            raise UsageError(f"output {output} is the {what}; choose another -o/--output (inputs are never overwritten)")
     if not output.parent.exists():
         raise UsageError(f"output folder {output.parent} does not exist; create it or choose another -o/--output")
     if not _can_write_in(output.parent):

@@ -143,11 +143,11 @@ def check_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunConte
     form = TORCH if artifact.format.is_torch else ONNX
     classes = artifact.format.has_python_classes
     several = len([p for p in steps if not p.inserted]) > 1
-    for planned in (p for p in steps if not p.inserted):
+    for i, planned in enumerate(p for p in steps if not p.inserted):
         check = planned.spec.load_check()
         if check is not None:
             try:
-                check(planned.config, ctx, form=form, has_python_classes=classes)
+                check(planned.config, ctx, form=form, has_python_classes=classes, artifact=artifact if i == 0 else None)
             except UsageError as e:
                 if several:
                     raise type(e)(f"steps[{planned.index}] ({planned.spec.name}): {e}") from None
@@ -177,6 +177,7 @@ def dry_run(recipe: Recipe, *, command: str, callbacks: Callbacks = Callbacks())
     with scratch_dir(None) as work:
         ctx = make_context(artifact, recipe, work, callbacks)
         check_steps(steps, artifact, ctx)
+        check_input_runs(artifact, ctx)
     report = new_report(command)
     report.update(dry_run=True, model={"path": str(recipe.model), "format": artifact.format.value,
                                        "inputs": [s.to_json() for s in ctx.io.inputs],
@@ -256,6 +257,18 @@ def _load(recipe: Recipe) -> ModelArtifact:
 
     if recipe.model is None:
         raise UsageError("no model given: pass MODEL, or set model = \"...\" in compressor.toml or the recipe")
+    if recipe.import_dir is not None and recipe.model_class:
+        import sys
+
+        folder = str(Path(recipe.import_dir).resolve())
+        added = folder not in sys.path
+        if added:
+            sys.path.insert(0, folder)
+        try:
+            return _load(dataclasses.replace(recipe, import_dir=None))
+        finally:
+            if added:
+                sys.path.remove(folder)
     return load_model(recipe.model, LoadOptions(trust_pickle=recipe.trust_pickle, model_class=recipe.model_class,
                                                 model_kwargs=dict(recipe.model_kwargs)))
 
@@ -281,11 +294,33 @@ def _run_step(planned: PlannedStep, artifact: ModelArtifact, ctx: RunContext, wo
 
 
 def settings_block(recipe: Recipe) -> dict[str, Any]:
-    """The report's ``settings``: the last step's pass and config (as in 1.0), plus every step."""
+    """The report's ``settings``: the last step's pass and config (as in 1.0), plus ``chain``: every step's."""
     last = recipe.steps[-1].to_json()
     if last["pass"] == "prune":
         last["batch_size"] = last["recover_batch_size"]  # the 1.0 name of the field, kept for scripts
-    return {**last, "steps": [s.to_json() for s in recipe.steps]}
+    return {**last, "chain": [s.to_json() for s in recipe.steps]}
+
+
+def check_input_runs(artifact: ModelArtifact, ctx: RunContext) -> None:
+    """An ONNX input must load and run in ONNX Runtime on the run's inputs before any pass touches it.
+
+    (PyTorch inputs are checked by the export's parity check.)
+
+    Raises:
+        SessionError: The input model itself does not load or run, named as the input's fault.
+    """
+    from compressor.errors import SessionError
+    from compressor.runtime import make_session
+
+    if artifact.format.is_torch:
+        return
+    try:
+        sess = make_session(artifact.path)
+        sess.run(None, ctx.data.batch(0, min(2, ctx.data.num_samples)))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise SessionError(f"the input model {artifact.path} does not run in ONNX Runtime ({msg}); no pass can "
+                           "work on it: check that it runs with onnxruntime on its own") from e
 
 
 def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compressed",
@@ -320,11 +355,12 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
             raise UsageError("--save-torch needs a PyTorch input and a last step that gives a PyTorch model (prune); "
                              "this run ends with an ONNX-only model")
         out = recipe.output or default_output(recipe.model, default_suffix)
-        check_output(recipe.model, out)
+        check_output(recipe.model, out, others=_data_files(recipe))
         with scratch_dir(out) as work:
             ctx = make_context(artifact, recipe, work, callbacks)
             warnings = ctx.warnings
             check_steps(steps, artifact, ctx)
+            check_input_runs(artifact, ctx)
             report["input"] = _input_entry(recipe, artifact, ctx)
             report["sources"] = dict(recipe.sources)
             report["recipe"] = recipe.to_json()
@@ -421,6 +457,12 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
     report["output"] = str(out)
     report["warnings"] = ctx.warnings
     return report
+
+
+def _data_files(recipe: Recipe) -> dict[str, Path | None]:
+    """Input files besides the model that an output must never overwrite."""
+    return {"calibration data": recipe.calibration_data, "evaluation data": recipe.eval_data,
+            "training data": recipe.train_data}
 
 
 def _ends_in_torch(steps: list[PlannedStep]) -> bool:
@@ -520,7 +562,7 @@ def export_only(recipe: Recipe, *, command: str, callbacks: Callbacks = Callback
     if artifact.format is ModelFormat.ONNX:
         raise UsageError(f"{recipe.model} is already ONNX; export takes a PyTorch model")
     out = recipe.output or recipe.model.with_suffix(".onnx")
-    check_output(recipe.model, out)
+    check_output(recipe.model, out, others=_data_files(recipe))
     report = new_report(command)
     with scratch_dir(out) as work:
         ctx = make_context(artifact, recipe, work, callbacks)

@@ -122,6 +122,8 @@ class Recipe:
         sources: Dotted setting name -> where its value came from (``"command line"``,
             ``"project config compressor.toml"``, ``"recipe r.toml"``); settings absent here are defaults.
         warnings: Things to tell the user about the settings themselves (deprecated names).
+        import_dir: Folder that ``model_class`` is imported from besides the working folder: the folder of
+            the file that named it (a recipe runs the same from any working folder).
     """
 
     model: Path | None = None
@@ -143,6 +145,7 @@ class Recipe:
     gates: Gates = field(default_factory=Gates)
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    import_dir: Path | None = field(default=None, compare=False)
 
     @property
     def parsed_input_shapes(self) -> list[tuple[str | None, tuple[int, ...], str]]:
@@ -500,6 +503,7 @@ def build_recipe(layers: list[Layer]) -> Recipe:
         gates=gates,
         sources=sources,
         warnings=tuple(notes),
+        import_dir=origin["model_class"].base_dir if "model_class" in origin else None,
     )
     try:
         recipe.parsed_input_shapes  # noqa: B018  (validates)

@@ -32,7 +32,7 @@ def make_session(path: Path, *, threads: int = 0, inter_threads: int = 0, optimi
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = inter_threads
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # run-time errors come back as exceptions; ORT's own log lines stay off stderr
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization == "all" else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     )

@@ -122,3 +122,54 @@ def test_help_keeps_square_brackets(monkeypatch):
     assert "[[steps]]" in run_cli("run", "--help").stdout
     assert "[0, 1]" in run_cli("quantize", "--help").stdout
     assert "[tool.compressor]" in run_cli("prune", "--help").stdout
+
+
+def test_outputs_never_overwrite_other_inputs(samples, tmp_path):
+    import shutil
+
+    for name in ("calib.npz", "eval.npz"):
+        shutil.copy(samples / ("digits_calib.npz" if name == "calib.npz" else "digits_eval.npz"), tmp_path / name)
+    cnn = [samples / "digits_cnn.pt", "--input-shape", "1,1,8,8"]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    r = run_cli("quantize", *cnn, "--calibration-data", tmp_path / "calib.npz", "-o", tmp_path / "calib.npz")
+    assert r.code == 2 and "is the calibration data" in r.stderr
+    r = run_cli("quantize", *cnn, "--eval-data", tmp_path / "eval.npz", "-o", tmp_path / "eval.npz")
+    assert r.code == 2 and "is the evaluation data" in r.stderr
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'model = "{samples / "digits_cnn.pt"}"\ninput_shape = ["1,1,8,8"]\n[[steps]]\npass = "prune"\n')
+    r = run_cli("run", recipe, "-o", recipe)
+    assert r.code == 2 and "is the recipe" in r.stderr
+    (tmp_path / "compressor.toml").write_text(f'model = "{samples / "digits_cnn.pt"}"\ninput_shape = ["1,1,8,8"]\n')
+    r = run_cli("prune", "-o", "compressor.toml", cwd=tmp_path)
+    assert r.code == 2 and "is the project config" in r.stderr
+    assert all((tmp_path / n).read_bytes() == b for n, b in before.items())
+
+
+def test_gate_failure_under_json_has_an_error_object(samples, tmp_path):
+    r = run_cli("prune", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "-o", tmp_path / "p.onnx",
+                "--max-size-ratio", "0.01", "--json", "--report", tmp_path / "r.json", *FAST_BENCH)
+    assert r.code == 3
+    rep = json.loads(r.stdout)
+    assert rep["error"]["exit_code"] == 3 and rep["error"]["kind"] == "gate" and "max_size_ratio" in rep["error"]["message"]
+    assert json.loads((tmp_path / "r.json").read_text())["error"] == rep["error"]
+    assert (tmp_path / "p.onnx").exists()  # a failed gate still writes the outputs
+
+
+def test_dry_run_checks_patterns_and_that_an_onnx_input_runs(samples, tmp_path):
+    r = run_cli("prune", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--exclude", "nomatch*", "--dry-run")
+    assert r.code == 2 and "nomatch*" in r.stderr and len(r.error_lines) == 1
+    onnx_model = tmp_path / "m.onnx"
+    assert run_cli("export", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "-o", onnx_model).code == 0
+    r = run_cli("quantize", onnx_model, "--exclude", "nomatch*", "--dry-run")
+    assert r.code == 2 and "nomatch*" in r.stderr and len(r.error_lines) == 1
+    import onnx
+
+    broken = onnx.load(str(onnx_model))
+    broken.graph.node[0].op_type = "NoSuchOp"
+    broken.graph.node[0].domain = "com.example"
+    broken.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    for extra in (["--dry-run"], []):
+        r = run_cli("quantize", tmp_path / "broken.onnx", *extra, "--json", *FAST_BENCH)
+        assert r.code == 1 and json.loads(r.stdout)["error"]["kind"] == "session", r.stderr
+        assert "the input model" in r.stderr and len(r.error_lines) == 1, r.stderr

@@ -70,7 +70,7 @@ def test_prune_recover_then_static_int8_chain(samples, tmp_path):
     assert rep["macs_ratio"] == rep["result"]["macs"] / rep["baseline"]["macs"]
     assert rep["result"]["path"] == str(out) and rep["speedup"] == measured[-1]["measured"]["speedup"]
     assert rep["pruning"]["method"] == "structured" and rep["quantization"]["mode"] == "static"
-    assert [s["pass"] for s in rep["settings"]["steps"]] == ["prune", "quantize"]
+    assert [s["pass"] for s in rep["settings"]["chain"]] == ["prune", "quantize"]
     assert "QuantizeLinear" in rep["result"]["op_types"]
     onnx.checker.check_model(str(out), full_check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx", "chain.toml"]

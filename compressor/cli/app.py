@@ -93,7 +93,7 @@ MinCosineOpt = Annotated[Optional[float], typer.Option("--min-cosine", rich_help
 SaveRecipeOpt = Annotated[Optional[Path], typer.Option("--save-recipe", rich_help_panel="Output and report", metavar="PATH", help="Write the recipe equivalent to this command line (TOML, for `compressor run`), then run.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel="Output and report", metavar="", help="No progress on stderr (warnings and errors still show).")]
 NoColorOpt = Annotated[bool, typer.Option("--no-color", rich_help_panel="Output and report", metavar="", help="No colours or styles in the output (also when NO_COLOR is set).")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", rich_help_panel="Output and report", metavar="", help="Validate the settings and print the plan of steps; do no work.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", rich_help_panel="Output and report", metavar="", help="Load the model and data, check everything the run would check before its first step, print the plan; do no work (a --save-recipe file is still written).")]
 MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", rich_help_panel="Output and report", metavar="PATH", help="Write a GitHub-flavoured Markdown summary (for PR comments / CI step summaries).")]
 
 
@@ -457,7 +457,7 @@ def _start(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None
     """
     import dataclasses
 
-    from compressor.outputs import check_side_files, default_output
+    from compressor.outputs import check_output, check_side_files, default_output
 
     recipe = _recipe(tctx, params, pass_name=pass_name, recipe_file=recipe_file, also_given=also_given)
     if recipe.model is None:
@@ -476,9 +476,17 @@ def _start(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None
         recipe = dataclasses.replace(recipe, output=None)
     save = params.get("save_recipe")
     report, markdown = params.get("report"), params.get("markdown")
+    from compressor.recipe import project_layer
+
+    project = project_layer() if recipe_file is None else None
+    inputs = {"calibration data": recipe.calibration_data, "evaluation data": recipe.eval_data,
+              "training data": recipe.train_data, "recipe": recipe_file,
+              "project config": project.file if project is not None else None}
+    if out is not None:
+        check_output(recipe.model, out, others=inputs)
     check_side_files({"--report": report, "--markdown": markdown, "--save-recipe": save},
-                     {"input model": recipe.model, "output model": out, "calibration data": recipe.calibration_data,
-                      "evaluation data": recipe.eval_data, "--save-torch file": recipe.save_torch})
+                     {"input model": recipe.model, "output model": out, "--save-torch file": recipe.save_torch,
+                      **inputs})
     if recipe.save_torch is not None:
         if recipe.save_torch.suffix not in (".pt2", ".pt", ".pth"):
             raise UsageError(f"--save-torch {recipe.save_torch}: use .pt2 (ExportedProgram) or .pt/.pth "
@@ -562,15 +570,16 @@ def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, mark
     from compressor.gates import Gates
     from compressor.report import render_markdown, to_json, write_json_atomic, write_text_atomic
 
-    if report_path is not None:
-        write_json_atomic(report, report_path)
-    if markdown is not None:
-        write_text_atomic(render_markdown(report), markdown)
     code = 0
     gates = report.get("gates")
     if gates and not gates["passed"]:
         code = EXIT_GATE_FAILED
-        _err(Gates.describe(gates["failed"]))
+        report["error"] = {"exit_code": code, "kind": "gate", "message": Gates.describe(gates["failed"])}
+        _err(report["error"]["message"])
+    if report_path is not None:
+        write_json_atomic(report, report_path)
+    if markdown is not None:
+        write_text_atomic(render_markdown(report), markdown)
     if json_out:
         text = (to_json(report) + "\n").encode()
         if _JSON_FD is not None:

@@ -33,8 +33,9 @@ def render_table(report: dict[str, Any]) -> Any:
         ("latency p90 (ms)", lambda k, m: _f((m.get("latency_ms") or {}).get("p90"))),
         ("latency p99 (ms)", lambda k, m: _f((m.get("latency_ms") or {}).get("p99"))),
         ("latency mean (ms)", lambda k, m: _f((m.get("latency_ms") or {}).get("mean"))),
-        ("top-1 accuracy", lambda k, m: _f(m.get("accuracy"), ".4f")),
     ]
+    if any(m.get("accuracy") is not None for _, m in models):  # only with --eval-data
+        rows.append(("top-1 accuracy", lambda k, m: _f(m.get("accuracy"), ".4f")))
     for label, fn in rows:
         t.add_row(label, *[fn(k, m) for k, m in models])
     parts.append(t)

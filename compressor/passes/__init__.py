@@ -49,8 +49,9 @@ class PassSpec:
         advice_when_far: What to try when its result's outputs moved far from the baseline's.
         output_suffix: Default output name ``<input stem>.<suffix>.onnx`` when it is the only step.
         output_form: The form it gives (None: the form it was given).
-        check: ``"module:function"`` run before any work, ``check(config, ctx, *, form, has_python_classes)``:
-            raises a UsageError for settings this run cannot satisfy (missing data, a form it cannot take).
+        check: ``"module:function"`` run before any work, ``check(config, ctx, *, form, has_python_classes,
+            artifact)`` (``artifact``: the input model for its first step, else None): raises a UsageError for
+            settings this run cannot satisfy (missing data, a form it cannot take, patterns that match nothing).
     """
 
     name: str

@@ -25,7 +25,8 @@ from compressor.passes.configs import PruneConfig
 from compressor.scope import ExclusionScope, match_globs
 
 
-def check_prune(config: PruneConfig, ctx: RunContext, *, form: str, has_python_classes: bool) -> None:
+def check_prune(config: PruneConfig, ctx: RunContext, *, form: str, has_python_classes: bool,
+                artifact: ModelArtifact | None = None) -> None:
     """Refuse, before any work, settings this run cannot satisfy.
 
     Args:
@@ -33,10 +34,12 @@ def check_prune(config: PruneConfig, ctx: RunContext, *, form: str, has_python_c
         ctx: Run context (the data given).
         form: ``"torch"`` or ``"onnx"``: the form of the model this step will get.
         has_python_classes: The PyTorch model carries its own ``nn.Module`` classes.
+        artifact: The model this step will get, when it is known before any work (the input model).
 
     Raises:
         UsageError: Structured pruning of an ONNX-only model or of a file without Python classes,
-            ``taylor`` without calibration data, ``recover`` without data.
+            ``taylor`` without calibration data, ``recover`` without data, an ``exclude`` glob that
+            matches no layer.
     """
     from compressor.errors import UsageError
 
@@ -51,6 +54,8 @@ def check_prune(config: PruneConfig, ctx: RunContext, *, form: str, has_python_c
     if config.recover and ctx.train_data is None and ctx.calibration is None:
         raise UsageError("--recover needs inputs to learn from: pass --calibration-data FILE.npz (no labels needed) "
                          "or --train-data FILE.npz (inputs plus labels)")
+    if config.exclude and config.method == "structured" and artifact is not None and artifact.format.is_torch:
+        ExclusionScope(config.exclude).torch_modules(dict(artifact.loaded.named_modules()))
 
 
 def run_prune(artifact: ModelArtifact, config: PruneConfig, ctx: RunContext) -> PassResult:

@@ -23,14 +23,24 @@ from compressor.runtime import cpu_info, has_vnni, make_session
 from compressor.scope import ExclusionScope, require_op_types
 
 
-def check_quantize(config: QuantizeConfig, ctx: RunContext, *, form: str, has_python_classes: bool) -> None:
-    """Refuse, before any work, int8 settings that cannot run: static without calibration data, S8U8.
+def check_quantize(config: QuantizeConfig, ctx: RunContext, *, form: str, has_python_classes: bool,
+                   artifact: ModelArtifact | None = None) -> None:
+    """Refuse, before any work, settings that cannot run.
+
+    Static int8 without calibration data, S8U8, and (for an ONNX input) ``exclude`` globs or
+    ``op_types`` that match no node.
 
     Raises:
         UsageError: The reason and the flags that fix it.
     """
     if config.precision == "int8":
         choose_settings(config, has_conv=config.mode == "static", has_calibration=ctx.calibration is not None)
+    if artifact is not None and not artifact.format.is_torch and (config.exclude or config.op_types):
+        import onnx
+
+        model = artifact.loaded or onnx.load_model(str(artifact.path), load_external_data=False)
+        ExclusionScope(config.exclude).onnx_nodes(model)
+        require_op_types(config.op_types, (n.op_type for n in model.graph.node), flag="--op-types")
 
 
 def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calibration: bool = False) -> dict[str, Any]:
@@ -204,7 +214,8 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
     for label, kwargs in (("full", {}), ("without symbolic shape inference", {"skip_symbolic_shape": True})):
         try:
             # ONNX Runtime's symbolic shape inference writes temp files into the current folder
-            with contextlib.chdir(dst.parent):
+            # ... and prints its own failures with a traceback on stderr: keep them in the warning below
+            with contextlib.chdir(dst.parent), _quiet_calibration():
                 quant_pre_process(str(src), str(dst), **kwargs)
             if label != "full":
                 ctx.warn(f"quantization pre-processing failed with symbolic shape inference ({errors[-1]}); "
