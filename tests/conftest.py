@@ -68,9 +68,52 @@ def _read(f) -> str:
     return f.read().decode(errors="replace")
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300, subprocess_: bool = False) -> CliResult:
+def assert_valid_onnx(path: str | Path) -> None:
+    """The one shared assertion on every ONNX file a test produces: the full ONNX checker (by path, so models
+    with external data are checked too) passes."""
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _outputs_of(args: list[str], result: CliResult, cwd: Path) -> set[Path]:
+    """The ONNX files a successful command says it wrote: ``-o``/``--output``, ``wrote PATH`` lines, and the
+    JSON report's ``output`` / ``result.path``."""
+    found: list[str] = []
+    for i, a in enumerate(args[:-1]):
+        if a in ("-o", "--output"):
+            found.append(args[i + 1])
+    for text in (result.stdout, result.stderr):
+        found += [line[len("wrote "):].split(" (")[0] for line in text.splitlines() if line.startswith("wrote ")]
+    try:
+        rep = json.loads(result.stdout)
+    except ValueError:
+        rep = None
+    if isinstance(rep, dict):
+        found += [rep.get("output") or "", (rep.get("result") or {}).get("path") or ""]
+    paths = set()
+    for f in found:
+        p = Path(f) if Path(f).is_absolute() else cwd / f
+        if f and p.suffix == ".onnx" and p.is_file():
+            paths.add(p)
+    return paths
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300, subprocess_: bool = False,
+            check_outputs: bool = True) -> CliResult:
     """Run ``compressor ARGS``: in this process (fast; the same entry point as the console script), or in a
-    child process with ``subprocess_=True`` (for signals, module imports from a test folder, the installed CLI)."""
+    child process with ``subprocess_=True`` (for signals, module imports from a test folder, the installed CLI).
+
+    After exit 0, every ONNX file the command wrote passes :func:`assert_valid_onnx` (unless ``check_outputs``
+    is False)."""
+    result = _run_cli(*args, cwd=cwd, timeout=timeout, subprocess_=subprocess_)
+    if check_outputs and result.code == 0:
+        for p in _outputs_of([str(a) for a in args], result, cwd or ROOT):
+            assert_valid_onnx(p)
+    return result
+
+
+def _run_cli(*args: str | Path, cwd: Path | None, timeout: float, subprocess_: bool) -> CliResult:
     if subprocess_:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT, env=env,
