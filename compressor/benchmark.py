@@ -30,7 +30,8 @@ class BenchmarkSettings:
         min_time_s: Least total timed seconds (all models) when ``runs`` is None.
         max_runs: Most timed rounds (all blocks) when ``runs`` is None.
         blocks: Blocks of rounds, each with fresh sessions (see :func:`benchmark_detailed`).
-        threads: Intra-op threads (0 = ONNX Runtime's choice).
+        threads: Intra-op threads: 0 = ONNX Runtime's choice (one per physical core), or ``"auto"``: each
+            model gets its own fastest count (see :mod:`compressor.threads`).
         inter_threads: Inter-op threads (0 = ONNX Runtime's choice).
         measure_memory: Measure each session's peak resident memory in a child process.
     """
@@ -42,7 +43,7 @@ class BenchmarkSettings:
     min_time_s: float = 3.0
     max_runs: int = 100_000
     blocks: int = 10
-    threads: int = 0
+    threads: int | str = 0
     inter_threads: int = 0
     measure_memory: bool = True
 
@@ -50,15 +51,17 @@ class BenchmarkSettings:
         """Validate.
 
         Raises:
-            FieldError: A count below its least value or a negative time.
+            FieldError: A count below its least value, a negative time, or ``threads`` neither a count nor "auto".
         """
         from compressor.errors import FieldError
 
-        least = {"warmup": 0, "max_warmup": 0, "runs": 1, "min_runs": 1, "max_runs": 1, "blocks": 1, "threads": 0,
-                 "inter_threads": 0}
+        if isinstance(self.threads, str) and self.threads != "auto":
+            raise FieldError("threads", f"{{name}} must be a whole number >= 0 or 'auto', got {self.threads!r}")
+        least = {"warmup": 0, "max_warmup": 0, "runs": 1, "min_runs": 1, "max_runs": 1, "blocks": 1,
+                 "threads": 0 if isinstance(self.threads, int) else None, "inter_threads": 0}
         for name, low in least.items():
             value = getattr(self, name)
-            if value is not None and value < low:
+            if value is not None and low is not None and value < low:
                 raise FieldError(name, f"{{name}} must be at least {low}, got {value}")
         if self.min_time_s < 0:
             raise FieldError("min_time_s", f"{{name}} must be >= 0 seconds, got {self.min_time_s}", flag="--min-time")
@@ -127,7 +130,8 @@ def _warm_up(sess: Any, feeds: dict[str, np.ndarray], settings: BenchmarkSetting
 
 
 def benchmark_detailed(
-    paths: list[Path], feeds: dict[str, np.ndarray], settings: BenchmarkSettings | None = None
+    paths: list[Path], feeds: dict[str, np.ndarray], settings: BenchmarkSettings | None = None, *,
+    threads: list[int] | None = None,
 ) -> dict[str, Any]:
     """Interleaved timing in blocks, each with fresh sessions; plus load times and warm-up counts.
 
@@ -136,11 +140,19 @@ def benchmark_detailed(
     rounds are therefore split into ``settings.blocks`` blocks, each with new sessions of
     every model; :func:`paired_speedup` resamples blocks, then rounds within them.
 
+    Args:
+        paths: ONNX models.
+        feeds: Input name -> array: the batch every model runs.
+        settings: How to time.
+        threads: Intra-op threads per model (overrides ``settings.threads``; needed when that is "auto").
+
     Returns:
         ``{"latency": [LatencyStats], "block_ids": ndarray[rounds] (int), "session_load_ms":
         [float] (first block), "warmup_runs": [int] (first block)}``.
     """
     settings = settings or BenchmarkSettings()
+    if threads is None:
+        threads = [settings.threads if isinstance(settings.threads, int) else 0] * len(paths)
     blocks = max(1, settings.blocks)
     if settings.runs is not None:  # at least 4 rounds per block
         blocks = max(1, min(blocks, settings.runs // 4))
@@ -155,7 +167,7 @@ def benchmark_detailed(
         creation = list(range(len(paths))) if block % 2 == 0 else list(reversed(range(len(paths))))
         for i in creation:
             t0 = time.perf_counter()
-            sessions[i] = make_session(paths[i], threads=settings.threads, inter_threads=settings.inter_threads)
+            sessions[i] = make_session(paths[i], threads=threads[i], inter_threads=settings.inter_threads)
             if block == 0:
                 load_ms.append((time.perf_counter() - t0) * 1e3)
         if block == 0:

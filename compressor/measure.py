@@ -16,6 +16,7 @@ from compressor.context import RunContext
 from compressor.errors import UsageError
 from compressor.fidelity import compare_outputs, is_classifier_output, run_onnx, top1_accuracy
 from compressor.runtime import cpu_info
+from compressor.threads import best_threads, one_thread_check, resolve_threads
 
 
 def model_entry(onnx_path: Path, shown_path: Path) -> dict[str, Any]:
@@ -106,22 +107,35 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         if candidates:
             out["accuracy"].update(result=accs[-1], drop_points=100.0 * (accs[0] - accs[-1]))
     feeds, batch = bench_feeds(ctx, recipe)
+    auto = recipe.bench.threads == "auto"
+    if auto:
+        task = f"choosing each model's thread count at batch {batch}"
+        ctx.progress(task, 0, 1)
+        used, thread_table = best_threads(paths, feeds, recipe.bench)
+        ctx.progress(task, 1, 1)
+    else:
+        used = [resolve_threads(recipe.bench.threads)] * len(paths)
     task = f"benchmark of {len(paths)} model{'s' if len(paths) > 1 else ''} at batch {batch}" + (
         ", interleaved" if len(paths) > 1 else "")
     ctx.progress(task, 0, 1)
-    det = benchmark_detailed(paths, feeds, recipe.bench)
+    det = benchmark_detailed(paths, feeds, recipe.bench, threads=used)
     ctx.progress(task, 1, 1)
     stats = det["latency"]
     for i, m in enumerate(models):
         m["entry"]["latency_ms"] = stats[i].to_json()
         m["entry"]["session_load_ms"] = det["session_load_ms"][i]
+        m["entry"]["threads"] = used[i]
         if recipe.bench.measure_memory:
-            m["entry"]["session_peak_rss_bytes"] = session_peak_rss_bytes(paths[i], feeds, threads=recipe.bench.threads)
+            m["entry"]["session_peak_rss_bytes"] = session_peak_rss_bytes(paths[i], feeds, threads=used[i])
+    speedups = []
     for i, c in enumerate(candidates, 1):
         c["compare"]["size_ratio"] = c["entry"]["size_bytes"] / baseline["entry"]["size_bytes"]
         sp, ci = paired_speedup(stats[0].samples_ms, stats[i].samples_ms, block_ids=det["block_ids"])
         c["compare"]["speedup"], c["compare"]["speedup_ci95"] = sp, list(ci)
+        speedups.append((sp, ci))
     out["benchmark"] = {
+        "threads": used[0],
+        "threads_per_model": used,
         "batch_size": batch,
         "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
         "interleaved": len(paths) > 1,
@@ -131,9 +145,39 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         "settings": recipe.bench.to_json(),
         "cpu": cpu_info(),
     }
+    if auto:
+        out["benchmark"]["threads_auto"] = {"latency_ms_p50": thread_table}
+    elif used[0] > 1:
+        task = f"checking the benchmark at 1 thread (it ran at {used[0]})"
+        ctx.progress(task, 0, 1)
+        check = one_thread_check(paths, feeds, recipe.bench, used, stats, speedups)
+        ctx.progress(task, 1, 1)
+        out["benchmark"]["one_thread"] = check
+        _warn_threads(ctx, used[0], stats, speedups, check)
     if recipe.batch_sizes or recipe.seq_lens:
-        out["sweep"] = sweep(ctx, recipe, [paths[0]] + ([paths[-1]] if candidates else []))
+        out["sweep"] = sweep(ctx, recipe, [paths[0]] + ([paths[-1]] if candidates else []),
+                             [used[0]] + ([used[-1]] if candidates else []))
     return out
+
+
+def _warn_threads(ctx: RunContext, n: int, stats: list[Any], speedups: list[Any], check: dict[str, Any]) -> None:
+    """One warning when the benchmark at ``n`` threads misleads.
+
+    That is when the baseline is slower than at 1 thread, or the result's speedup differs from its 1-thread
+    speedup by more than 20%.
+    """
+    one = check["latency_ms_p50"]
+    at_one = ""
+    if speedups:
+        sp, (lo, hi) = check["speedup"][-1], check["speedup_ci95"][-1]
+        at_one = f"at 1 thread the speedup is {sp:.2f}x [95% CI {lo:.2f}, {hi:.2f}], not {speedups[-1][0]:.2f}x"
+    if check["baseline_slower_with_threads"]:
+        ctx.warn(f"thread oversubscription: at {n} threads ONNX Runtime ran the baseline slower than at 1 thread "
+                 f"(p50 {stats[0].p50:.3g} ms vs {one[0]:.3g} ms)" + (f"; {at_one}" if at_one else "")
+                 + "; use --threads 1, or --threads auto to give each model its best count")
+    elif check["speedup_differs"]:
+        ctx.warn(f"the speedup depends on the thread count on this machine: {at_one} (at {n} threads); "
+                 "use --threads 1 for a 1-thread deployment, or --threads auto to give each model its best count")
 
 
 def _with_seq_len(feeds: dict[str, Any], io: Any, seq_len: int) -> dict[str, Any]:
@@ -164,15 +208,20 @@ def _with_seq_len(feeds: dict[str, Any], io: Any, seq_len: int) -> dict[str, Any
     return out
 
 
-def sweep(ctx: RunContext, recipe: Any, paths: list[Path]) -> list[dict[str, Any]]:
-    """Latency (and speedup of ``paths[1]`` over ``paths[0]``) for each batch size x sequence length."""
+def sweep(ctx: RunContext, recipe: Any, paths: list[Path], threads: list[int] | None = None) -> list[dict[str, Any]]:
+    """Latency (and speedup of ``paths[1]`` over ``paths[0]``) for each batch size x sequence length.
+
+    Each model runs at its count of ``threads`` (default: the benchmark setting, resolved).
+    """
+    if threads is None:
+        threads = [resolve_threads(recipe.bench.threads)] * len(paths)
     rows = []
     for b in recipe.batch_sizes or [None]:
         for seq in recipe.seq_lens or [None]:
             feeds, batch = bench_feeds(ctx, dataclasses.replace(recipe, batch_size=None) if b else recipe, b)
             if seq is not None:
                 feeds = _with_seq_len(feeds, ctx.io, seq)
-            det = benchmark_detailed(paths, feeds, recipe.bench)
+            det = benchmark_detailed(paths, feeds, recipe.bench, threads=threads)
             stats = det["latency"]
             row: dict[str, Any] = {"batch_size": batch, "baseline_latency_ms": stats[0].to_json()}
             if seq is not None:

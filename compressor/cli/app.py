@@ -78,7 +78,7 @@ AtolOpt = Annotated[float, typer.Option("--atol", rich_help_panel="Export", meta
 RtolOpt = Annotated[float, typer.Option("--rtol", rich_help_panel="Export", metavar="FLOAT", min=0.0, help="Relative tolerance of the export parity check.")]
 ExporterOpt = Annotated[str, typer.Option("--exporter", rich_help_panel="Export", metavar="auto|dynamo|torchscript", help="auto (dynamo, then TorchScript-based), dynamo or torchscript.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "--bench-batch-size", rich_help_panel="Benchmark", metavar="N", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", rich_help_panel="Benchmark", metavar="N", min=0, help="ONNX Runtime intra-op threads (0 = its default).")]
+ThreadsOpt = Annotated[str, typer.Option("--threads", rich_help_panel="Benchmark", metavar="N|auto", help="ONNX Runtime intra-op threads: N, 0 = its default (one per physical core), or auto = each model at its own fastest count. With more than 1 thread the benchmark is checked at 1 thread too, and a misleading figure is warned.")]
 RunsOpt = Annotated[Optional[int], typer.Option("--runs", rich_help_panel="Benchmark", metavar="N", min=1, help="Timed rounds (default: at least 20 rounds and 3 s).")]
 WarmupOpt = Annotated[int, typer.Option("--warmup", rich_help_panel="Benchmark", metavar="N", min=0, help="Fewest untimed warm-up runs per model (warm-up continues until timings settle, bounded).")]
 MemoryOpt = Annotated[bool, typer.Option("--measure-memory/--no-measure-memory", rich_help_panel="Benchmark", metavar="", help="Measure each session's peak resident memory (in a child process, about 1 s per model).")]
@@ -250,6 +250,15 @@ def _int_list(text: str | None, flag: str, example: str) -> list[int]:
     return values
 
 
+def _threads(text: str) -> int | str:
+    text = str(text).strip().lower()
+    if text == "auto":
+        return "auto"
+    if not text.isdigit():
+        raise UsageError(f"--threads must be a whole number >= 0 or 'auto', got '{text}'")
+    return int(text)
+
+
 def _model_kwargs(text: str) -> dict[str, Any]:
     try:
         kwargs = json.loads(text)
@@ -273,6 +282,7 @@ _TABLES = {
               "max_size_ratio": "max_size_ratio", "min_cosine": "min_cosine"},
 }
 _CONVERT: dict[str, Callable[[Any], Any]] = {
+    "threads": _threads,
     "model_kwargs": _model_kwargs,
     "batch_sizes": lambda v: _int_list(v, "--batch-sizes", "1,8,32"),
     "seq_lens": lambda v: _int_list(v, "--seq-lens", "64,128"),
@@ -626,7 +636,7 @@ def prune(
     batch_size: Annotated[Optional[int], typer.Option("--bench-batch-size", rich_help_panel="Benchmark", metavar="N", min=1, help="Benchmark batch size (default: from --input-shape or the graph, else 1).")] = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,
-    threads: ThreadsOpt = 0,
+    threads: ThreadsOpt = "0",
     inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,
@@ -700,7 +710,7 @@ def quantize(
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,
-    threads: ThreadsOpt = 0,
+    threads: ThreadsOpt = "0",
     inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,
@@ -824,7 +834,7 @@ def bench(
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,
-    threads: ThreadsOpt = 0,
+    threads: ThreadsOpt = "0",
     inter_threads: InterThreadsOpt = 0,
     runs: RunsOpt = None,
     warmup: WarmupOpt = 10,

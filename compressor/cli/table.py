@@ -44,8 +44,16 @@ def render_table(report: dict[str, Any]) -> Any:
         summary.append(f"size ratio {report['size_ratio']:.3f}")
     if report.get("speedup") is not None:
         ci = report.get("speedup_ci95") or [None, None]
+        bench = report.get("benchmark", {})
+        per = bench.get("threads_per_model") or []
+        threads = (f"threads {'/'.join(map(str, per))} (auto)" if bench.get("threads_auto")
+                   else f"{bench.get('threads')} thread{'s' if bench.get('threads') != 1 else ''}")
         summary.append(f"speedup {report['speedup']:.2f}x, 95% CI [{_f(ci[0])}, {_f(ci[1])}] "
-                       f"(p50, batch {report.get('benchmark', {}).get('batch_size')})")
+                       f"(p50, batch {bench.get('batch_size')}, {threads})")
+        one = bench.get("one_thread")
+        if one and one.get("speedup"):
+            oci = (one.get("speedup_ci95") or [[None, None]])[-1]
+            summary.append(f"at 1 thread: speedup {one['speedup'][-1]:.2f}x, 95% CI [{_f(oci[0])}, {_f(oci[1])}]")
     fid = report.get("fidelity")
     if fid:
         s = f"fidelity: max abs diff {_f(fid.get('max_abs_diff'), '.3g')}, cosine mean {_f(fid.get('cosine_mean'), '.5f')}"
