@@ -174,6 +174,10 @@ class QuantizeConfig:
             before dynamic or int4 quantization.
         smooth: Dynamic int8 with calibration data: SmoothQuant activation smoothing.
         smooth_alpha: SmoothQuant migration strength in [0, 1].
+        format: int8 kernel format: ``"auto"`` (static: time every format valid for this CPU and keep the
+            fastest within fidelity tolerance, see :mod:`compressor.passes.kernel_formats`) or one of
+            ``qdq-u8s8``, ``qdq-s8s8``, ``qoperator-u8s8``, ``qoperator-s8s8`` (static) and
+            ``dynamic-u8s8``, ``dynamic-u8u8`` (dynamic).
     """
 
     mode: str = "auto"
@@ -195,6 +199,7 @@ class QuantizeConfig:
     rewrites: bool = True
     smooth: bool = True
     smooth_alpha: float = 0.7
+    format: str = "auto"
 
     def __post_init__(self) -> None:
         """Validate each field and refuse combinations the runtime cannot run.
@@ -224,12 +229,28 @@ class QuantizeConfig:
         object.__setattr__(self, "op_types", tuple(self.op_types))
         if not 0.0 <= self.smooth_alpha <= 1.0:
             _bad(cls, "smooth_alpha", f"{{name}} must be in [0, 1], got {self.smooth_alpha}")
+        from compressor.passes.kernel_formats import FORMAT_CHOICES, FORMATS
+
+        if self.format not in FORMAT_CHOICES:
+            _bad(cls, "format", f"{{name}} '{self.format}' is unknown; use one of {', '.join(FORMAT_CHOICES)}")
+        if self.format != "auto":
+            fmt = FORMATS[self.format]
+            kind = "dynamic" if fmt.quant_format == "dynamic" else "static"
+            if self.mode not in ("auto", kind):
+                _bad(cls, "format", f"{{name}} {self.format} is a {kind} format; it does not go with --mode {self.mode}")
+            clash = [flag for flag, value, want in (("--activation-type", self.activation_type, fmt.activation_type),
+                                                    ("--weight-type", self.weight_type, fmt.weight_type))
+                     if value is not None and value != want]
+            if clash:
+                _bad(cls, "format", f"{{name}} {self.format} fixes the activation and weight types; drop "
+                     f"{' and '.join(clash)}")
         if self.precision not in PRECISIONS:
             _bad(cls, "precision", f"{{name}} '{self.precision}' is unknown; use one of {', '.join(PRECISIONS)}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             _bad(cls, "block_size", f"{{name}} must be a power of two of at least 16, got {self.block_size}")
         if self.precision != "int8":
-            int8_only = {"--mode": self.mode != "auto", "--activation-scheme": self.activation_scheme,
+            int8_only = {"--mode": self.mode != "auto", "--format": self.format != "auto",
+                         "--activation-scheme": self.activation_scheme,
                          "--activation-type": self.activation_type, "--weight-type": self.weight_type}
             if self.precision == "fp16":
                 int8_only.update({"--scheme": self.scheme, "--weight-scheme": self.weight_scheme})

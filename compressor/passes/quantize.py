@@ -539,27 +539,37 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
             if settings["calibration_method"] == "entropy":
                 cache = _entropy_ranges(pre, ctx.workdir, calib, op_types, large)
                 settings["entropy_bins"] = dict(ENTROPY_BINS)
-            with _quiet_calibration():
-                quantize_static(
-                    str(pre),
-                    str(out),
-                    _NpzReader(calib),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=settings["per_channel"],
-                    reduce_range=settings["reduce_range"],
-                    activation_type=qtype[settings["activation_type"]],
-                    weight_type=qtype[settings["weight_type"]],
-                    calibrate_method=method,
-                    op_types_to_quantize=op_types,
-                    nodes_to_exclude=excluded,
-                    use_external_data_format=large,
-                    extra_options=extra,
-                    calibration_cache_path=cache,
-                )
+            # ranges are computed once (ONNX Runtime writes its calibration cache on the first call) and
+            # shared by every kernel format that is tried
+            cache = cache or ctx.workdir / "calibration_ranges.json"
+
+            def quantize_one(fmt: dict[str, Any], dst: Path) -> None:
+                with _quiet_calibration():
+                    quantize_static(
+                        str(pre),
+                        str(dst),
+                        _NpzReader(calib),
+                        quant_format=QuantFormat.QOperator if fmt["quant_format"] == "QOperator" else QuantFormat.QDQ,
+                        per_channel=settings["per_channel"],
+                        reduce_range=fmt["reduce_range"],
+                        activation_type=qtype[fmt["activation_type"]],
+                        weight_type=qtype[fmt["weight_type"]],
+                        calibrate_method=method,
+                        op_types_to_quantize=op_types,
+                        nodes_to_exclude=excluded,
+                        use_external_data_format=large,
+                        extra_options=extra,
+                        calibration_cache_path=cache,
+                    )
+                if config.rewrites and fmt["quant_format"] == "QDQ":
+                    fmt["rewrites"] = _float_outputs(dst)
+
+            from compressor.passes.kernel_formats import static_formats
+
+            static_formats(ctx, config, settings, pre, out, calib, quantize_one)
+            rewrites.update(settings.pop("_rewrites", {}))
             settings["calibration_samples"] = calib.num_samples
             settings["calibration_data"] = calib.source
-            if config.rewrites:
-                rewrites.update(_float_outputs(out))
     except Exception as e:
         raise QuantizationError(
             f"ONNX Runtime {config.precision} quantization ({settings.get('mode', config.precision)}) failed: {type(e).__name__}: "
