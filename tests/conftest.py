@@ -135,6 +135,12 @@ def _run_cli(*args: str | Path, cwd: Path | None, timeout: float, subprocess_: b
         os.chdir(here)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory) -> None:
+    """Measured kernel-format selections go to a cache of this test session, not the user's."""
+    os.environ["COMPRESSOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("compressor-cache"))
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES

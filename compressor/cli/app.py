@@ -696,6 +696,7 @@ def quantize(
     activation_scheme: Annotated[Optional[str], typer.Option("--activation-scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="Override --scheme for activations (static).")] = None,
     weight_type: Annotated[Optional[str], typer.Option("--weight-type", rich_help_panel="Pass settings", metavar="int8|uint8", help="int8 or uint8 (default follows the weight scheme).")] = None,
     activation_type: Annotated[Optional[str], typer.Option("--activation-type", rich_help_panel="Pass settings", metavar="int8|uint8", help="int8 or uint8 (static; default follows the activation scheme).")] = None,
+    format: Annotated[str, typer.Option("--format", rich_help_panel="Pass settings", metavar="auto|qdq-u8s8|qdq-s8s8|qoperator-u8s8|qoperator-s8s8|dynamic-u8s8|dynamic-u8u8", help="int8 kernel format. auto (static): build every format valid for this CPU, time them against each other and keep the fastest within cosine 0.002 of the most accurate (cached per CPU, ONNX Runtime version and model).")] = "auto",
     precision: Annotated[str, typer.Option("--precision", rich_help_panel="Pass settings", metavar="int8|int4|fp16", help="int8; int4 (weight-only blockwise, MatMulNBits, embeddings too); fp16.")] = "int8",
     block_size: Annotated[int, typer.Option("--block-size", rich_help_panel="Pass settings", metavar="N", help="int4 block size (power of two >= 16).")] = 16,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel="Pass settings", metavar="GLOB", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
@@ -946,8 +947,12 @@ def _main(cx: Any, argv: list[str]) -> None:
 
 
 @app.command(epilog=EXAMPLES["doctor"])
-def doctor(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
-    """Show this CPU's instruction sets, ONNX Runtime version and providers, and the quantization defaults they imply."""
+def doctor(
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", metavar="", help="Measure the int8 kernel formats on a small probe CNN (a few seconds the first time, then cached).")] = True,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show this CPU's instruction sets, ONNX Runtime version and providers, the int8 kernel formats measured here, and the quantization defaults they imply."""
 
     def body() -> int:
         from compressor.passes.configs import QuantizeConfig
@@ -964,6 +969,16 @@ def doctor(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
             "CNN with calibration data": choose_settings(QuantizeConfig(), has_conv=True, has_calibration=True),
         }
         rep["warnings"] = []
+        if probe:
+            import tempfile
+
+            from compressor.passes.kernel_formats import probe_formats
+
+            with tempfile.TemporaryDirectory(prefix="compressor-probe-") as d:
+                q = probe_formats(Path(d))
+            rep["kernel_formats"] = {"probe": "3 x Conv 3x3 (32 channels) + Relu, Gemm; x [1, 8, 32, 32]",
+                                     "chosen": q.get("kernel_format"), "selection": q.get("format_selection"),
+                                     "candidates": q.get("format_candidates", [])}
         if json_out:
             _emit(rep, True, None)
             return 0
@@ -973,7 +988,19 @@ def doctor(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
         print(f"ONNX Runtime: {info['onnxruntime']}; providers: {', '.join(info['providers'])}")
         for name, s in rep["defaults"].items():
             print(f"default for a {name}: {s['mode']}, weights {s['weight_type']} {s['weight_scheme']}, "
-                  f"activations {s['activation_type']} {s['activation_scheme']}, reduce_range={s['reduce_range']}")
+                  f"activations {s['activation_type']} {s['activation_scheme']}, reduce_range={s['reduce_range']}"
+                  + ("; int8 kernel format measured per model (--format auto)" if s["mode"] == "static" else ""))
+        kfm = rep.get("kernel_formats")
+        if kfm:
+            sel = kfm["selection"] or {}
+            print(f"static int8 kernel formats measured on a probe CNN ({kfm['probe']}; batch 1, 1 thread"
+                  f"{', cached' if sel.get('by') == 'cached' else ''}):")
+            for c in kfm["candidates"]:
+                if c.get("latency_ms_p50") is None:
+                    print(f"  {c['format']:<16} not built: {c.get('error', '')}")
+                    continue
+                print(f"  {c['format']:<16} p50 {c['latency_ms_p50']:.3f} ms  speedup {c['speedup']:.2f}x  "
+                      f"cosine min {c['cosine_min']:.4f}{'  <- chosen' if c.get('chosen') else ''}")
         return 0
 
     _run(debug, body, json_out=json_out)

@@ -357,3 +357,61 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
     if fmt["reduce_range"] and config.reduce_range is None:
         reason += "; 7-bit weights: 8-bit ones can saturate this CPU's int8 kernels (no VNNI)"
     settings["reason"] = reason
+
+
+def probe_model(path: Path) -> None:
+    """Write a small seeded CNN for :func:`probe_formats`.
+
+    ``x [N, 8, 32, 32]`` float32 -> 3 x (Conv 3x3 + Relu, 32 channels) -> global pool -> Gemm -> ``[N, 10]``.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev, cin = [], [], "x", 8
+    for i in range(3):
+        w = (rng.standard_normal((32, cin, 3, 3)) * (2.0 / (cin * 9)) ** 0.5).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"conv{i}.weight"),
+                  numpy_helper.from_array((rng.standard_normal(32) * 0.1).astype(np.float32), f"conv{i}.bias")]
+        nodes += [helper.make_node("Conv", [prev, f"conv{i}.weight", f"conv{i}.bias"], [f"c{i}"], name=f"conv{i}",
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        prev, cin = f"r{i}", 32
+    inits += [numpy_helper.from_array((rng.standard_normal((10, 32)) * 0.2).astype(np.float32), "fc.weight"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "fc.bias")]
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["pool"], name="pool"),
+              helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def probe_formats(workdir: Path) -> dict[str, Any]:
+    """Measure the static int8 kernel formats on a small probe CNN (:func:`probe_model`) with the quantize pass.
+
+    Returns:
+        The report's ``quantization`` section of the run: ``kernel_format`` (the choice), ``format_candidates``
+        (each format's latency at batch 1 on one thread, speedup over fp32 and cosine), ``format_selection``.
+
+    Raises:
+        CompressorError: The probe could not be quantized (the message says why).
+    """
+    import numpy as np
+
+    from compressor.pipeline import run_recipe
+    from compressor.recipe import Layer, build_recipe
+
+    model, calib = workdir / "probe.onnx", workdir / "probe_calib.npz"
+    probe_model(model)
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((16, 8, 32, 32)).astype(np.float32))
+    recipe = build_recipe([Layer("probe", {
+        "model": str(model), "calibration_data": str(calib), "output": str(workdir / "probe.int8.onnx"),
+        "steps": [{"pass": "quantize", "mode": "static"}],
+        "benchmark": {"runs": 4, "warmup": 1, "measure_memory": False, "threads": 1},
+    })])
+    report = run_recipe(recipe, command="compressor doctor (probe)")
+    return report["quantization"]
