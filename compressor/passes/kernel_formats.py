@@ -220,6 +220,15 @@ def pick(rows: list[dict[str, Any]], tolerance: float = COSINE_TOLERANCE, margin
 # ---------------------------------------------------------------------------------------------- the pass's step
 
 
+def quantized_weight_count(path: Path) -> int:
+    """Weight tensors stored as 8-bit integers (rank >= 2 initializers of dtype int8/uint8) in an ONNX model."""
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    return sum(1 for t in model.graph.initializer
+               if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) >= 2)
+
+
 def _format_settings(name: str, reduce_range: bool | None, isa: dict[str, bool], machine: str) -> dict[str, Any]:
     f = FORMATS[name]
     rr = reduce_range if reduce_range is not None else reduce_range_for(f, isa, machine)
@@ -233,11 +242,6 @@ def _data_digest(data: Any) -> str:
         h.update(k.encode())
         h.update(data.arrays[k].tobytes())
     return h.hexdigest()
-
-
-def _label(fmt: dict[str, Any]) -> str:
-    pair = {"uint8": "U8", "int8": "S8"}
-    return f"{fmt['quant_format']} {pair[fmt['activation_type']]}{pair[fmt['weight_type']]}"
 
 
 def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, out: Path, calib: Any,
@@ -281,7 +285,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
                "weight_type": settings["weight_type"], "reduce_range": settings["reduce_range"]}
         quantize_one(fmt, out)
         settings["_rewrites"] = fmt.get("rewrites", {})
-        settings["format"] = _label(fmt)
+        settings["format"] = fmt["quant_format"]
         settings["format_selection"] = {"by": "flags"}
         return
     elif file_size_bytes(pre) > (max_bytes if max_bytes is not None else EXTERNAL_DATA_BYTES):
@@ -321,6 +325,13 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
                 built[name] = dst
             if not built:
                 raise last_error  # type: ignore[misc]
+            # a format that leaves more weights in float (e.g. QOperator has no ConvTranspose kernel) is no
+            # candidate: only the formats that quantize the most weight tensors compete
+            counts = {name: quantized_weight_count(p) for name, p in built.items()}
+            most = max(counts.values())
+            for name in [n for n, c in counts.items() if c < most]:
+                errors.append({"format": name, "error": f"quantizes {counts[name]} weight tensors, others {most}"})
+                built.pop(name).unlink(missing_ok=True)
             held = ctx.eval_data if ctx.eval_data is not None else calib
             if held.num_samples > 64:
                 held = type(held)({k: v[:64] for k, v in held.arrays.items()}, None, held.source)
@@ -340,7 +351,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
     settings["_rewrites"] = fmt.get("rewrites", {})
     old_a = settings["activation_type"]
     settings.update(activation_type=fmt["activation_type"], weight_type=fmt["weight_type"],
-                    reduce_range=fmt["reduce_range"], format=_label(fmt), kernel_format=chosen)
+                    reduce_range=fmt["reduce_range"], format=fmt["quant_format"], kernel_format=chosen)
     settings["format_selection"] = {"by": by, "batch_size": 1, "threads": 1, "cosine_tolerance": COSINE_TOLERANCE}
     if rows:
         settings["format_candidates"] = rows

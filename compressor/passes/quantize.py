@@ -66,8 +66,17 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
     Raises:
         UsageError: Static mode without calibration data.
     """
-    from compressor.errors import UsageError
+    import dataclasses
 
+    from compressor.errors import UsageError
+    from compressor.passes.kernel_formats import FORMATS
+
+    if config.format != "auto":  # an explicit kernel format fixes the mode and the types
+        fmt = FORMATS[config.format]
+        dynamic = fmt.quant_format == "dynamic"
+        config = dataclasses.replace(config, mode="dynamic" if dynamic else "static",
+                                     activation_type=None if dynamic else fmt.activation_type,
+                                     weight_type=fmt.weight_type)
     reasons = []
     mode = config.mode
     if mode == "auto":
