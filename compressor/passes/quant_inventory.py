@@ -51,9 +51,9 @@ QUANTIZED_OP_TYPES: frozenset[str] = frozenset(
 }
 
 #: Ops a constant weight may pass through on its way to the op that uses it (their other inputs are shapes,
-#: axes or quantization parameters).
+#: axes, quantization parameters or, for the arithmetic ones, constant scales: ``Cast(int8 w) * scale``).
 _PASS_THROUGH = frozenset({"DequantizeLinear", "Transpose", "Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze",
-                           "Flatten", "Slice", "Concat", "Split"})
+                           "Flatten", "Slice", "Concat", "Split", "Mul", "Div", "Add", "Sub"})
 
 #: ONNX element types of integer weights (quantized storage): uint8, int8, uint16, int16, uint4, int4.
 _INT_WEIGHT_TYPES = frozenset({2, 3, 4, 5, 21, 22})

@@ -508,7 +508,7 @@ def _dynamic_op_types(config: QuantizeConfig, pre: Path, settings: dict[str, Any
                                "ONNX Runtime's guidance): static int8 needs --calibration-data")
         ctx.warn(f"{len(names)} convolution(s) kept in float: dynamic int8 ConvInteger is usually slower than fp32 on "
                  "CPU; for int8 convolutions use static quantization, which needs --calibration-data FILE.npz "
-                 "(--op-types Conv,MatMul forces dynamic ConvInteger)")
+                 "(--op-types Conv forces dynamic ConvInteger)")
     return dynamic_op_types(config.op_types)
 
 
