@@ -27,6 +27,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _lists(report):
+    """The node lists of a report, which is first checked against the report schema."""
+    import jsonschema
+
+    from compressor.report import schema
+
+    jsonschema.Draft202012Validator(schema()).validate(report)
     q = report["quantization"]
     return q["quantized_nodes"], q["unquantized_nodes"]
 
@@ -268,7 +274,16 @@ def test_r21_a_run_that_would_quantize_nothing_exits_2(tmp_path):
     torch.save(qm.ConvOnly().eval(), tmp_path / "cnn.pt")
     r = run_cli("quantize", tmp_path / "cnn.pt", "--trust-pickle", "--input-shape", "1,3,16,16", "-o", tmp_path / "q.onnx")
     assert r.code == 2 and "--calibration-data" in r.stderr and not (tmp_path / "q.onnx").exists()
-    # an ONNX input is refused before any work: no progress line about quantizing
+    # an ONNX input is refused before any work (no step runs)
+    onnx_cnn = qm._model([onnx.helper.make_node("Conv", ["x", "k"], ["y"], name="conv")],
+                         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+                         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 6, 6])],
+                         [onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "k")])
+    onnx.save(onnx_cnn, tmp_path / "cnn.onnx")
+    r = run_cli("quantize", tmp_path / "cnn.onnx", "-o", tmp_path / "q.onnx")
+    assert r.code == 2 and "static int8 needs --calibration-data" in r.stderr and not r.progress_lines
+    r = run_cli("quantize", tmp_path / "cnn.onnx", "--precision", "int4", "-o", tmp_path / "q.onnx")
+    assert r.code == 2 and "would quantize no node" in r.stderr and "Conv" in r.stderr
     onnx.save(qm.mlp(), tmp_path / "mlp.onnx")
     r = run_cli("quantize", tmp_path / "mlp.onnx", "--op-types", "Gemm", "--exclude", "gemm*", "-o", tmp_path / "q.onnx")
     assert r.code == 2 and "would quantize no node" in r.stderr

@@ -663,6 +663,10 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     summary["rewrites"] = rewrites
     if upcast:
         settings["upcast_from_float16"] = upcast
+        if summary["unquantized_nodes"]:
+            left = ", ".join(f"{v} {k}" for k, v in summary["unquantized_nodes"].items())
+            ctx.warn(f"weight nodes left in float ({left}) now hold float32 weights, upcast from float16: the result "
+                     "can be larger than the input; --precision fp16 of the float32 model keeps them in float16")
     if not summary["quantized_nodes"]:
         left = ", ".join(f"{v} {k}" for k, v in summary["unquantized_nodes"].items()) or "none"
         raise QuantizationError(f"ONNX Runtime's {config.precision} quantizer quantized none of the weight nodes "
