@@ -335,3 +335,17 @@ def test_r23_weight_nodes_inside_subgraphs_are_listed():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
     lists = node_lists(helper.make_model(g))
     assert lists["unquantized_nodes"] == {"MatMul": 1} and lists["weight_nodes"][0]["name"] == "inner_mm"
+
+
+def test_r23_excluded_gemm_stays_float_under_dynamic_int8(tmp_path):
+    """ONNX Runtime renames each Gemm to <name>_MatMul before matching --exclude: the exclusion must still hold."""
+    onnx.save(qm.mlp(), tmp_path / "m.onnx")
+    r = run_cli("quantize", tmp_path / "m.onnx", "--exclude", "gemm0", "-o", tmp_path / "q.onnx", "--json", *FAST)
+    assert r.code == 0, r.stderr
+    assert r.report["result"]["op_types"]["MatMulInteger"] == 2
+    assert _lists(r.report) == ({"MatMul": 2}, {"MatMul": 1})
+    left = [w["name"] for w in r.report["quantization"]["weight_nodes"] if not w["quantized"]]
+    assert left == ["gemm0_MatMul"]
+    r = run_cli("quantize", tmp_path / "m.onnx", "--op-types", "Gemm", "-o", tmp_path / "q2.onnx", "--json", *FAST)
+    assert r.code == 0, r.stderr
+    assert _lists(r.report) == ({"MatMul": 3}, {})

@@ -493,14 +493,24 @@ def _upcast_if_float16(source: Path, model: Any, config: QuantizeConfig, ctx: Ru
 
 
 def _dynamic_op_types(config: QuantizeConfig, pre: Path, settings: dict[str, Any], ctx: RunContext,
-                      excluded: list[str]) -> list[str]:
-    """Op types for dynamic int8: convolutions stay float unless ``--op-types`` names them (case R21)."""
+                      excluded: list[str]) -> tuple[list[str], list[str]]:
+    """Op types and extra node exclusions for dynamic int8.
+
+    Convolutions stay float unless ``--op-types`` names them (case R21). ONNX Runtime 1.32.0's
+    dynamic quantizer first rewrites each Gemm (alpha = beta = 1) as ``<name>_MatMul`` + ``<name>_Add``
+    (``ONNXModel.replace_gemm_with_matmul``) and then matches names and op types against the new
+    nodes: an excluded Gemm must be excluded under its new name too, and ``--op-types Gemm`` must
+    let MatMul through while keeping the graph's own MatMul nodes out.
+
+    Returns:
+        ``(op_types_to_quantize, names to add to nodes_to_exclude)``.
+    """
     import onnx
 
     from compressor.passes.quant_inventory import candidates, dynamic_op_types
 
-    _, convs = candidates(onnx.load_model(str(pre), load_external_data=False), scheme="dynamic",
-                          op_types=config.op_types, excluded=set(excluded))
+    model = onnx.load_model(str(pre), load_external_data=False)
+    _, convs = candidates(model, scheme="dynamic", op_types=config.op_types, excluded=set(excluded))
     if convs:
         names = [w.name for w in convs]
         settings["convolutions_kept_float"] = names
@@ -509,7 +519,13 @@ def _dynamic_op_types(config: QuantizeConfig, pre: Path, settings: dict[str, Any
         ctx.warn(f"{len(names)} convolution(s) kept in float: dynamic int8 ConvInteger is usually slower than fp32 on "
                  "CPU; for int8 convolutions use static quantization, which needs --calibration-data FILE.npz "
                  "(--op-types Conv forces dynamic ConvInteger)")
-    return dynamic_op_types(config.op_types)
+    types = dynamic_op_types(config.op_types)
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm" and n.name}
+    aliases = [name + "_MatMul" for name in excluded if name in gemms]
+    if config.op_types and "Gemm" in types and "MatMul" not in types:
+        types.append("MatMul")
+        aliases += [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name]
+    return types, aliases
 
 
 def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContext) -> PassResult:
@@ -556,8 +572,9 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     else:
         settings = choose_settings(config, has_conv=has_conv, has_calibration=ctx.calibration is not None)
     op_types = list(config.op_types) or None
+    gemm_aliases: list[str] = []
     if settings.get("mode") == "dynamic":
-        op_types = _dynamic_op_types(config, pre, settings, ctx, excluded)
+        op_types, gemm_aliases = _dynamic_op_types(config, pre, settings, ctx, excluded)
     if settings.get("mode") != "static" and (config.calibration_method != "minmax" or config.calibration_samples):
         ctx.warn("--calibration-method and --calibration-samples only affect static quantization; this run is "
                  f"{settings.get('mode', config.precision)}")
@@ -607,7 +624,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                 reduce_range=settings["reduce_range"],
                 weight_type=qtype[settings["weight_type"]],
                 op_types_to_quantize=op_types,
-                nodes_to_exclude=excluded + per_tensor_nodes,
+                nodes_to_exclude=excluded + per_tensor_nodes + gemm_aliases,
                 use_external_data_format=large,
                 extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
                                "DefaultTensorType": onnx.TensorProto.FLOAT},
