@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from compressor.onnx_graph import ELEM_TYPES, initializers, producers
+from compressor.onnx_graph import ELEM_TYPES, FLOAT_ELEM_TYPES, initializers, producers
 from compressor.passes.quant_inventory import WEIGHT_OPS
 
 #: Element types counted as parameters: float, fp16, double, bf16, u8, s8, u4, s4, and int32 (the biases of
@@ -70,6 +70,58 @@ def _unpack_nbits(node: Any, packed: np.ndarray, zp: np.ndarray | None) -> tuple
     return q[:, :k], np.repeat(z, block, axis=1)[:, :k]
 
 
+def _quantized_copies(inits: dict[str, Any], weights: dict[str, tuple[str | None, Any]]) -> int:
+    """Elements of 8-bit weights that are copies of a float initializer still in the graph (counted once, case R16).
+
+    A weight tied to an embedding table stays float for the ``Gather`` while ONNX Runtime stores an
+    int8 (transposed) copy for the ``MatMul``: one logical weight, two tensors. A copy is an 8-bit
+    weight whose values (minus the zero point) are proportional, channel by channel (cosine >= 0.99
+    along one axis), to a float initializer of the same element count, as it is or transposed.
+    """
+    from onnx import numpy_helper
+
+    by_size: dict[int, list[str]] = {}
+    for name, t in inits.items():
+        if t.data_type in FLOAT_ELEM_TYPES and len(t.dims) >= 2 and name not in weights:
+            by_size.setdefault(int(np.prod(t.dims)), []).append(name)
+    copies = 0
+    for name, (zp_name, nbits) in weights.items():
+        t = inits[name]
+        if nbits is not None or t.data_type not in (ELEM_TYPES["int8"], ELEM_TYPES["uint8"]) or len(t.dims) < 2:
+            continue
+        size = int(np.prod(t.dims))
+        if size < 16 or size not in by_size:
+            continue
+        q = numpy_helper.to_array(t).astype(np.float64)
+        zp = numpy_helper.to_array(inits[zp_name]).astype(np.float64) if zp_name and zp_name in inits else 0.0
+        for other in by_size[size]:
+            w = numpy_helper.to_array(inits[other]).astype(np.float64)
+            if any(_proportional(q, zp, cand) for cand in (w, w.T) if cand.size == q.size):
+                copies += size
+                by_size[size].remove(other)
+                break
+    return copies
+
+
+def _proportional(q: np.ndarray, zp: Any, w: np.ndarray) -> bool:
+    """True when ``q - zp`` and ``w`` (same element count) agree up to one scale per row or per column."""
+    w = w.reshape(q.shape)
+    for axis in (0, q.ndim - 1):
+        z = np.asarray(zp)
+        if z.ndim == 1 and z.size == q.shape[axis] and z.size > 1:
+            shape = [1] * q.ndim
+            shape[axis] = z.size
+            z = z.reshape(shape)
+        elif z.size != 1:
+            continue
+        a = np.moveaxis(q - z, axis, 0).reshape(q.shape[axis], -1)
+        b = np.moveaxis(w, axis, 0).reshape(q.shape[axis], -1)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        if np.all(norms > 0) and np.min((a * b).sum(1) / norms) >= 0.99:
+            return True
+    return False
+
+
 def graph_stats(model: Any) -> dict[str, Any]:
     """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto`` (external data loaded).
 
@@ -125,6 +177,7 @@ def graph_stats(model: Any) -> dict[str, Any]:
         if init.data_type in _PARAMETER_ELEM_TYPES:
             n = int(np.prod(init.dims)) if len(init.dims) else 1
             params += logical.get(name, n)
+    params -= _quantized_copies(inits, weights)
     zeros = 0
     total = 0
     for name, (zp_name, nbits) in weights.items():

@@ -174,3 +174,14 @@ def integer_weights(seed: int = 0) -> onnx.ModelProto:
              helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+
+
+def tied_embedding(seed: int = 0, rows: int = 128) -> onnx.ModelProto:
+    """Case R16: one table [rows, 16] read by a Gather (ids [N, 6] int64) and, transposed, by the output MatMul."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("Transpose", ["table"], ["table_t"], name="tie", perm=[1, 0]),
+             helper.make_node("MatMul", ["e", "table_t"], ["y"], name="logits")]
+    return _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, rows])],
+                  [numpy_helper.from_array(_rand(rng, rows, 16), "table")])

@@ -349,3 +349,15 @@ def test_r23_excluded_gemm_stays_float_under_dynamic_int8(tmp_path):
     r = run_cli("quantize", tmp_path / "m.onnx", "--op-types", "Gemm", "-o", tmp_path / "q2.onnx", "--json", *FAST)
     assert r.code == 0, r.stderr
     assert _lists(r.report) == ({"MatMul": 3}, {})
+
+
+def test_r16_a_tied_table_kept_float_beside_its_int8_copy_counts_once(tmp_path):
+    model = qm.tied_embedding()
+    onnx.save(model, tmp_path / "m.onnx")
+    r = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--json", *FAST)
+    assert r.code == 0, r.stderr
+    assert r.report["quantization"]["tied_weights_kept_float"] == ["table"]
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    stored = sorted(int(np.prod(i.dims)) for i in out.graph.initializer if np.prod(i.dims) == 128 * 16)
+    assert stored == [2048, 2048]  # the float table and the int8 copy of the output layer: one logical weight
+    assert r.report["baseline"]["parameters"] == r.report["result"]["parameters"] == 2048
