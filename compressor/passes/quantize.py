@@ -93,10 +93,10 @@ def check_input_form(model: Any, config: QuantizeConfig, ctx: RunContext, *, exc
             "--calibration-data FILE.npz (or --calibration-data random); --op-types Conv forces dynamic ConvInteger")
     what = ", ".join(sorted(inv.QUANTIZABLE[scheme] - ({"EmbedLayerNormalization"})))
     raise UsageError(
-        f"{config.precision} ({scheme}) would quantize no node: it quantizes {what} weights"
-        + (" not excluded or filtered out by --exclude/--op-types" if excluded or config.op_types else "")
-        + f", and this model's weight nodes are: {', '.join(have)}"
-        + ("; static int8 (--calibration-data) also quantizes Conv" if scheme == "int4" and "Conv" in have else ""))
+        f"{config.precision} ({scheme}) would quantize no node: it takes {what} weights"
+        + (" left by --exclude/--op-types" if excluded or config.op_types else "")
+        + f"; this model's weight nodes: {', '.join(have)}"
+        + ("; static int8 (--calibration-data) quantizes Conv" if scheme == "int4" and "Conv" in have else ""))
 
 
 def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calibration: bool = False) -> dict[str, Any]:
@@ -470,6 +470,16 @@ def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) 
         settings["weight_scheme"] = actual
 
 
+def _excluded_or_none(config: QuantizeConfig, model: Any) -> list[str]:
+    """Nodes ``--exclude`` matches in ``model``; [] when none do (the patterns are checked on the pre-processed graph)."""
+    from compressor.errors import UsageError
+
+    try:
+        return ExclusionScope(config.exclude).onnx_nodes(model) if config.exclude else []
+    except UsageError:
+        return []
+
+
 def _upcast_if_float16(source: Path, model: Any, config: QuantizeConfig, ctx: RunContext) -> tuple[Path, int]:
     """Upcast float16 weights to float32 before int8/int4 quantization (case R8), with a warning.
 
@@ -556,8 +566,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     base_model = onnx.load_model(str(source), load_external_data=False)
     has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in base_model.graph.node)
     # cases R7, R8, R21 (also checked before any work for an ONNX input): refuse or upcast the input's form
-    check_input_form(base_model, config, ctx, excluded=ExclusionScope(config.exclude).onnx_nodes(base_model)
-                     if config.exclude else [])
+    check_input_form(base_model, config, ctx, excluded=_excluded_or_none(config, base_model))
     source, upcast = _upcast_if_float16(source, base_model, config, ctx)
     pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
     pre_model = onnx.load_model(str(pre), load_external_data=False)
