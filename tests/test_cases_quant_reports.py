@@ -361,3 +361,17 @@ def test_r16_a_tied_table_kept_float_beside_its_int8_copy_counts_once(tmp_path):
     stored = sorted(int(np.prod(i.dims)) for i in out.graph.initializer if np.prod(i.dims) == 128 * 16)
     assert stored == [2048, 2048]  # the float table and the int8 copy of the output layer: one logical weight
     assert r.report["baseline"]["parameters"] == r.report["result"]["parameters"] == 2048
+
+
+def test_r21_weight_on_the_left_is_not_counted_as_quantizable(tmp_path):
+    """MatMul(W, x): listed as a weight node, but ONNX Runtime's dynamic quantizer takes a constant B only."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
+    model = qm._model([helper.make_node("MatMul", ["w", "x"], ["y"], name="wx")],
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, "N"])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, "N"])], [w])
+    onnx.save(model, tmp_path / "wx.onnx")
+    r = run_cli("quantize", tmp_path / "wx.onnx", "--input-shape", "x:4x1", "-o", tmp_path / "q.onnx")
+    assert r.code == 2 and "would quantize no node" in r.stderr and "constant as first input" in r.stderr
+    assert not (tmp_path / "q.onnx").exists()

@@ -71,6 +71,7 @@ class WeightNode:
         stored_as: numpy dtype name of the stored weight (``int8``, ``uint8``, ``float16``, ...).
         quantized: Integer form, or an integer weight (directly or through ``DequantizeLinear``).
         subgraph: True for a node inside an ``If`` / ``Loop`` / ``Scan`` body.
+        weight_index: The input holding the weight (0 for ``MatMul(W, x)``, a weight on the left).
     """
 
     name: str
@@ -79,6 +80,7 @@ class WeightNode:
     stored_as: str
     quantized: bool
     subgraph: bool = False
+    weight_index: int = 1
 
     def to_json(self) -> dict[str, Any]:
         """The report's form: ``{"name", "op_type", "node_op_type", "stored_as", "quantized"}``."""
@@ -161,15 +163,15 @@ def weight_nodes(model: Any) -> list[WeightNode]:
             spec = WEIGHT_OPS.get(node.op_type)
             if spec is not None:
                 logical, idxs = spec
-                found = [consts.resolve(node.input[i]) for i in idxs if i < len(node.input)]
-                if node.op_type in ("MatMul", "Gemm") and (not found or found[0] is None) and node.input:
-                    found = [consts.resolve(node.input[0])]  # weight on the left: W @ x
-                found = [f for f in found if f is not None]
+                found = [(consts.resolve(node.input[i]), i) for i in idxs if i < len(node.input)]
+                if node.op_type in ("MatMul", "Gemm") and (not found or found[0][0] is None) and node.input:
+                    found = [(consts.resolve(node.input[0]), 0)]  # weight on the left: W @ x
+                found = [(f, i) for f, i in found if f is not None]
                 if found:
-                    elem, through_dq = found[0]
+                    (elem, through_dq), index = found[0]
                     quantized = (node.op_type != logical or through_dq or elem in _INT_WEIGHT_TYPES)
                     out.append(WeightNode(node.name or f"{node.op_type}#{k}", node.op_type, logical,
-                                          dtype_name(elem), quantized, sub))
+                                          dtype_name(elem), quantized, sub, index))
             for g in _subgraphs(node):
                 walk(g, consts.roots, True)
 
@@ -288,6 +290,8 @@ def candidates(model: Any, *, scheme: str, op_types: tuple[str, ...] | list[str]
     for w in weight_nodes(model):
         if w.quantized or w.name in excluded or w.op_type not in allowed:
             continue
+        if w.op_type in ("MatMul", "Gemm") and w.weight_index == 0 and scheme in ("dynamic", "int4"):
+            continue  # ONNX Runtime quantizes a constant B only (MatMulConstBOnly; MatMulNBits)
         if op_types and w.op_type not in op_types and w.node_op_type not in op_types:
             continue
         if scheme == "dynamic" and w.op_type in CONV_OPS and not op_types:

@@ -91,11 +91,16 @@ def check_input_form(model: Any, config: QuantizeConfig, ctx: RunContext, *, exc
             f"dynamic int8 keeps convolutions in float ({len(convs)} Conv: dynamic ConvInteger is usually slower than "
             "fp32 on CPU, ONNX Runtime's guidance) and this model has no other weights to quantize: static int8 needs "
             "--calibration-data FILE.npz (or --calibration-data random); --op-types Conv forces dynamic ConvInteger")
-    what = ", ".join(sorted(inv.QUANTIZABLE[scheme] - ({"EmbedLayerNormalization"})))
+    takes = inv.QUANTIZABLE[scheme] - {"EmbedLayerNormalization"}
+    if scheme == "dynamic" and not config.op_types:
+        takes = takes - inv.CONV_OPS
+    left_side = sorted({w.op_type for w in weights if w.weight_index == 0 and w.op_type in takes})
     raise UsageError(
-        f"{config.precision} ({scheme}) would quantize no node: it takes {what} weights"
+        f"{config.precision} ({scheme}) would quantize no node: it takes {', '.join(sorted(takes))} weights"
         + (" left by --exclude/--op-types" if excluded or config.op_types else "")
         + f"; this model's weight nodes: {', '.join(have)}"
+        + (f" ({', '.join(left_side)} with the constant as first input: ONNX Runtime quantizes a constant second "
+           "input only; static int8 with --calibration-data quantizes both)" if left_side and scheme != "static" else "")
         + ("; static int8 (--calibration-data) quantizes Conv" if scheme == "int4" and "Conv" in have else ""))
 
 
@@ -695,8 +700,8 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                      "can be larger than the input; --precision fp16 of the float32 model keeps them in float16")
     if not summary["quantized_nodes"]:
         left = ", ".join(f"{v} {k}" for k, v in summary["unquantized_nodes"].items()) or "none"
-        raise QuantizationError(f"ONNX Runtime's {config.precision} quantizer quantized none of the weight nodes "
-                                f"(left in float: {left}); nothing would change")
+        raise QuantizationError(f"quantization quantized no node: ONNX Runtime's {config.precision} quantizer left "
+                                f"every weight node in float ({left}); nothing would change")
     _check_weight_scheme(qmodel, settings, ctx)
     try:
         sess = make_session(out)
