@@ -122,6 +122,21 @@ def _proportional(q: np.ndarray, zp: Any, w: np.ndarray) -> bool:
     return False
 
 
+def _align(zp: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Insert singleton axes into ``zp`` so that it broadcasts against ``shape``, matching its axes left to right.
+
+    E.g. DynamicQuantizeLSTM's W ``[directions, input, 4 * hidden]`` with zero points ``[directions, 4 * hidden]``.
+    """
+    out, k = [], 0
+    for d in shape:
+        if k < zp.ndim and zp.shape[k] == d:
+            out.append(d)
+            k += 1
+        else:
+            out.append(1)
+    return zp.reshape(out) if k == zp.ndim else zp
+
+
 def graph_stats(model: Any) -> dict[str, Any]:
     """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto`` (external data loaded).
 
@@ -199,7 +214,12 @@ def graph_stats(model: Any) -> dict[str, Any]:
                 shape = [1] * arr.ndim
                 shape[axis] = zp.shape[0]
                 zp = zp.reshape(shape)
-        zeros += int(np.count_nonzero(arr == zp))
+            elif 1 < zp.ndim < arr.ndim:
+                zp = _align(zp, arr.shape)
+        try:
+            zeros += int(np.count_nonzero(arr == zp))
+        except ValueError:  # a zero-point layout this function does not know: leave the weight out, never fail
+            continue
         total += arr.size
     return {
         "parameters": params,

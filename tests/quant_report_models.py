@@ -123,15 +123,17 @@ def mlp(seed: int = 0, dims: tuple[int, ...] = (16, 32, 32, 4), *, matmul_add: b
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dims[-1]])], inits)
 
 
-def onnx_lstm(*, head: bool = False, seed: int = 0) -> onnx.ModelProto:
+def onnx_lstm(*, head: bool = False, bidirectional: bool = False, seed: int = 0) -> onnx.ModelProto:
     """Case R23: one ONNX LSTM (constant W [1,128,8], R [1,128,32], B [1,256]) on x [N, 10, 8] (transposed to
     sequence first: ONNX Runtime runs layout 0 only); output Y_h as [N, 1, 32], or with ``head`` a MatMul by a
-    constant [32, 4] after it."""
+    constant [32, 4] after it. ``bidirectional``: two directions (weights [2, ...], output [N, 2, 32])."""
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(_rand(rng, 1, 128, 8), "W"), numpy_helper.from_array(_rand(rng, 1, 128, 32), "R"),
-             numpy_helper.from_array(_rand(rng, 1, 256, scale=0.1), "B")]
+    d = 2 if bidirectional else 1
+    inits = [numpy_helper.from_array(_rand(rng, d, 128, 8), "W"), numpy_helper.from_array(_rand(rng, d, 128, 32), "R"),
+             numpy_helper.from_array(_rand(rng, d, 256, scale=0.1), "B")]
     nodes = [helper.make_node("Transpose", ["x"], ["xs"], name="to_seq_first", perm=[1, 0, 2]),
-             helper.make_node("LSTM", ["xs", "W", "R", "B"], ["", "h"], name="lstm", hidden_size=32),
+             helper.make_node("LSTM", ["xs", "W", "R", "B"], ["", "h"], name="lstm", hidden_size=32,
+                              direction="bidirectional" if bidirectional else "forward"),
              helper.make_node("Transpose", ["h"], ["hb"], name="to_batch_first", perm=[1, 0, 2])]
     out = "hb"
     if head:
@@ -139,7 +141,7 @@ def onnx_lstm(*, head: bool = False, seed: int = 0) -> onnx.ModelProto:
         nodes.append(helper.make_node("MatMul", ["hb", "Wo"], ["y"], name="head"))
         out = "y"
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10, 8])],
-                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 1, 4 if head else 32])], inits)
+                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", d, 4 if head else 32])], inits)
 
 
 def ms_attention(seed: int = 0) -> onnx.ModelProto:

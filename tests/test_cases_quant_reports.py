@@ -294,11 +294,12 @@ def test_r21_a_run_that_would_quantize_nothing_exits_2(tmp_path):
 
 
 @pytest.mark.parametrize("graph, expected", [
-    ("lstm", {"LSTM": 1}), ("lstm_matmul", {"LSTM": 1, "MatMul": 1}), ("attention_matmul", {"Attention": 1, "MatMul": 1}),
+    ("lstm", {"LSTM": 1}), ("bidirectional_lstm", {"LSTM": 1}), ("lstm_matmul", {"LSTM": 1, "MatMul": 1}), ("attention_matmul", {"Attention": 1, "MatMul": 1}),
     ("embedding_matmul", {"Gather": 1, "MatMul": 1}),
 ])
 def test_r23_onnx_graphs_quantized_dynamically_are_listed_by_final_type(tmp_path, graph, expected):
-    model = {"lstm": qm.onnx_lstm, "lstm_matmul": lambda: qm.onnx_lstm(head=True), "attention_matmul": qm.ms_attention,
+    model = {"lstm": qm.onnx_lstm, "lstm_matmul": lambda: qm.onnx_lstm(head=True),
+             "bidirectional_lstm": lambda: qm.onnx_lstm(bidirectional=True), "attention_matmul": qm.ms_attention,
              "embedding_matmul": qm.embedding_matmul}[graph]()
     onnx.save(model, tmp_path / "m.onnx")
     r = run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--json", *FAST)
@@ -375,3 +376,19 @@ def test_r21_weight_on_the_left_is_not_counted_as_quantizable(tmp_path):
     r = run_cli("quantize", tmp_path / "wx.onnx", "--input-shape", "x:4x1", "-o", tmp_path / "q.onnx")
     assert r.code == 2 and "would quantize no node" in r.stderr and "constant as first input" in r.stderr
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_r1_a_recurrent_layer_the_runtime_cannot_quantize_is_named(tmp_path):
+    """A lone ONNX RNN: ONNX Runtime has no quantized RNN, so nothing would be quantized: exit 2 naming it."""
+    model = qm.onnx_lstm()
+    rnn = model.graph.node[1]
+    rnn.op_type = "RNN"
+    inits = {i.name: i for i in model.graph.initializer}
+    for name, shape in (("W", [1, 32, 8]), ("R", [1, 32, 32]), ("B", [1, 64])):
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(np.full(shape, 0.1, np.float32), name))
+    onnx.save(model, tmp_path / "rnn.onnx")
+    r = run_cli("quantize", tmp_path / "rnn.onnx", "-o", tmp_path / "q.onnx")
+    assert r.code == 2 and "this model's weight nodes: RNN" in r.stderr and not (tmp_path / "q.onnx").exists()
+    r = run_cli("quantize", tmp_path / "rnn.onnx", "--precision", "fp16", "-o", tmp_path / "q16.onnx", "--json", *FAST)
+    assert r.code == 0, r.stderr
+    assert _lists(r.report) == ({"RNN": 1}, {})
