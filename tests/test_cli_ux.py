@@ -29,22 +29,29 @@ def test_json_failure_is_one_json_object_with_the_exit_code(args):
     assert len(r.error_lines) == 1 and r.error_lines[0] == "error: " + rep["error"]["message"]
 
 
-def test_json_failure_of_a_step_keeps_what_ran(tmp_path):
+def test_json_failure_of_a_step_keeps_what_ran(tmp_path, monkeypatch):
     import numpy as np
     import onnx
+    import onnxruntime.quantization
     from onnx import helper, numpy_helper
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])
-    c = numpy_helper.from_array(np.ones(4, np.float32), "c")
-    model = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "g", [x], [y], [c]),
+    c = numpy_helper.from_array(np.ones((4, 4), np.float32), "c")
+    model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "c"], ["y"])], "g", [x], [y], [c]),
                               opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(tmp_path / "add.onnx"))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    # the step itself fails (a model that would quantize nothing is refused before any work, exit 2)
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", boom)
     r = run_cli("quantize", tmp_path / "add.onnx", "--json", *FAST_BENCH)
     assert r.code == 1
     rep = json.loads(r.stdout)
     assert rep["error"] == {"exit_code": 1, "kind": "quantization", "message": rep["error"]["message"]}
-    assert "quantized no node" in rep["error"]["message"]
+    assert "failed: RuntimeError: boom" in rep["error"]["message"]
     assert rep["input"]["format"] == "onnx" and rep["recipe"]["steps"][0]["pass"] == "quantize"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["add.onnx"]
 

@@ -165,7 +165,11 @@ def test_quantize_helpers_read_the_tiny_graph(tmp_path):
     qm.graph.node.insert(0, helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w_dq"], name="dq"))
     qm.graph.node[2].input[1] = "w_dq"
     summary = q._node_summary(_model(), qm)
-    assert summary == {"quantized_nodes": {"MatMul": 1}, "unquantized_nodes": {"Conv": 1, "Gather": 1, "Gemm": 1}}
+    lists = {k: summary[k] for k in ("quantized_nodes", "unquantized_nodes")}
+    assert lists == {"quantized_nodes": {"MatMul": 1}, "unquantized_nodes": {"Conv": 1, "Gather": 1, "Gemm": 1}}
+    assert [(w["name"], w["stored_as"], w["quantized"]) for w in summary["weight_nodes"]] == [
+        ("embed", "float32", False), ("layer.0.mm", "int8", True), ("layer.1.gemm", "float32", False),
+        ("conv", "float32", False)]
 
 
 def test_unstructured_onnx_prunes_float_dense_weights_only(tmp_path):

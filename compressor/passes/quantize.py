@@ -16,7 +16,6 @@ from compressor import onnx_graph
 from compressor.artifact import EXTERNAL_DATA_BYTES, ModelArtifact, ModelFormat, file_size_bytes, save_onnx
 from compressor.context import RunContext
 from compressor.errors import QuantizationError, SessionError
-from compressor.onnx_graph import FLOAT_WEIGHT_OPS as WEIGHT_OPS
 from compressor.passes import PassResult
 from compressor.passes.configs import QuantizeConfig
 from compressor.runtime import cpu_info, has_vnni, make_session
@@ -35,12 +34,74 @@ def check_quantize(config: QuantizeConfig, ctx: RunContext, *, form: str, has_py
     """
     if config.precision == "int8":
         choose_settings(config, has_conv=config.mode == "static", has_calibration=ctx.calibration is not None)
-    if artifact is not None and not artifact.format.is_torch and (config.exclude or config.op_types):
+    if artifact is not None and not artifact.format.is_torch:
         import onnx
 
         model = artifact.loaded or onnx.load_model(str(artifact.path), load_external_data=False)
-        ExclusionScope(config.exclude).onnx_nodes(model)
-        require_op_types(config.op_types, (n.op_type for n in model.graph.node), flag="--op-types")
+        excluded = ExclusionScope(config.exclude).onnx_nodes(model) if config.exclude else []
+        if config.op_types:
+            require_op_types(config.op_types, (n.op_type for n in model.graph.node), flag="--op-types")
+        check_input_form(model, config, ctx, excluded=excluded)
+
+
+def check_input_form(model: Any, config: QuantizeConfig, ctx: RunContext, *, excluded: list[str]) -> None:
+    """Refuse, before any work, an input this precision cannot quantize (cases R7, R8, R21).
+
+    Already quantized models (QDQ, QOperator, integer weights) for every precision; float16
+    weights under ``--precision fp16``; and a run that would quantize no weight node (e.g. dynamic
+    int8 of a CNN, whose convolutions stay float by default).
+
+    Args:
+        model: The ONNX model about to be quantized (external data need not be loaded).
+        config: The quantize settings.
+        ctx: The run (``ctx.calibration`` decides dynamic or static int8).
+        excluded: Node names kept in float by ``--exclude``.
+
+    Raises:
+        UnsupportedModelError: Already quantized, or already float16 under ``--precision fp16``.
+        UsageError: Nothing would be quantized; the message says what would.
+    """
+    from compressor.errors import UnsupportedModelError
+    from compressor.passes import quant_inventory as inv
+
+    form = inv.quantized_form(model)
+    if form is not None:
+        raise UnsupportedModelError(
+            f"the model is already quantized: {form}; quantizing it again ({config.precision}) would stack a second "
+            "rounding on the first: give the float model it came from")
+    if config.precision == "fp16":
+        half = inv.float16_weight_nodes(model)
+        full = [w for w in inv.weight_nodes(model) if w.stored_as in ("float32", "float64")]
+        if half and not full:
+            raise UnsupportedModelError(
+                f"the model's weights are already float16 ({len(half)} weight nodes): --precision fp16 would change "
+                "nothing; use --precision int8 (the weights are upcast to float32 first) or int4")
+    scheme = config.precision if config.precision != "int8" else choose_settings(
+        config, has_conv=any(n.op_type in inv.CONV_OPS for n in model.graph.node),
+        has_calibration=ctx.calibration is not None)["mode"]
+    chosen, convs = inv.candidates(model, scheme=scheme, op_types=config.op_types, excluded=set(excluded))
+    if chosen:
+        return
+    from compressor.errors import UsageError
+
+    weights = inv.weight_nodes(model)
+    have = sorted({w.op_type for w in weights}) or ["none"]
+    if convs:
+        raise UsageError(
+            f"dynamic int8 keeps convolutions in float ({len(convs)} Conv: dynamic ConvInteger is usually slower than "
+            "fp32 on CPU, ONNX Runtime's guidance) and this model has no other weights to quantize: static int8 needs "
+            "--calibration-data FILE.npz (or --calibration-data random); --op-types Conv forces dynamic ConvInteger")
+    takes = inv.QUANTIZABLE[scheme] - {"EmbedLayerNormalization"}
+    if scheme == "dynamic" and not config.op_types:
+        takes = takes - inv.CONV_OPS
+    left_side = sorted({w.op_type for w in weights if w.weight_index == 0 and w.op_type in takes})
+    raise UsageError(
+        f"{config.precision} ({scheme}) would quantize no node: it takes {', '.join(sorted(takes))} weights"
+        + (" left by --exclude/--op-types" if excluded or config.op_types else "")
+        + f"; this model's weight nodes: {', '.join(have)}"
+        + (f" ({', '.join(left_side)} with the constant as first input: ONNX Runtime quantizes a constant second "
+           "input only; static int8 with --calibration-data quantizes both)" if left_side and scheme != "static" else "")
+        + ("; static int8 (--calibration-data) quantizes Conv" if scheme == "int4" and "Conv" in have else ""))
 
 
 def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calibration: bool = False) -> dict[str, Any]:
@@ -174,35 +235,20 @@ class _NpzReader:
         self.start = 0
 
 
-def _node_summary(baseline: Any, result: Any) -> dict[str, Any]:
-    """Quantized and unquantized weight nodes by op type (baseline op types)."""
-    from collections import Counter
+def _node_summary(baseline: Any, result: Any, *, precision: str = "int8") -> dict[str, Any]:
+    """Quantized and unquantized weight nodes of the OUTPUT graph, by the float op type each computes.
 
-    before = Counter(n.op_type for n in baseline.graph.node if n.op_type in WEIGHT_OPS)
-    producers = onnx_graph.producers(result)
-    quantized: Counter[str] = Counter()
-    for n in result.graph.node:
-        if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"):
-            quantized["MatMul"] += 1
-        elif n.op_type in ("ConvInteger", "QLinearConv"):
-            quantized["Conv"] += 1
-        elif n.op_type in ("GatherBlockQuantized",):
-            quantized["Gather"] += 1
-        elif n.op_type in WEIGHT_OPS:
-            w = onnx_graph.weight_input(n)
-            p = producers.get(w) if w is not None else None
-            if p is not None and p.op_type == "DequantizeLinear":
-                quantized[n.op_type] += 1
-    # Gemm may become MatMulInteger: count it under Gemm when the baseline had no MatMul left over
-    if quantized["MatMul"] > before.get("MatMul", 0) and before.get("Gemm"):
-        extra = quantized["MatMul"] - before.get("MatMul", 0)
-        quantized["MatMul"] -= extra
-        quantized["Gemm"] += extra
-    unquantized = {op: before[op] - min(before[op], quantized.get(op, 0)) for op in before}
-    return {
-        "quantized_nodes": {k: v for k, v in sorted(quantized.items()) if v},
-        "unquantized_nodes": {k: v for k, v in sorted(unquantized.items()) if v},
-    }
+    Read from the result alone (cases R1, R23): every op holding a constant weight, recurrent layers,
+    attention, embedding tables and subgraph bodies included, by its final type, so that the two
+    lists never mix the graph before and after pre-processing. ``baseline`` is kept for callers.
+
+    Returns:
+        ``{"quantized_nodes", "unquantized_nodes", "weight_nodes"}`` (see :func:`quant_inventory.node_lists`).
+    """
+    from compressor.passes.quant_inventory import node_lists
+
+    del baseline
+    return node_lists(result, precision=precision)
 
 
 def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
@@ -295,8 +341,11 @@ def _quantize_fp16(config: QuantizeConfig, src: Path, out: Path, excluded: list[
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from compressor.passes.quant_inventory import topological_sort
+
     model = convert_float_to_float16(onnx.load_model(str(src)), keep_io_types=config.keep_io_types,
                                      node_block_list=excluded or None)
+    topological_sort(model)  # case R11: the converter appends its input Casts at the end of the graph
     save_onnx(model, out)
     return {"mode": "fp16", "format": "float16", "weight_type": "float16", "weight_scheme": "none",
             "activation_type": "float16", "activation_scheme": "none", "per_channel": False, "reduce_range": False,
@@ -435,6 +484,74 @@ def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) 
         settings["weight_scheme"] = actual
 
 
+def _excluded_or_none(config: QuantizeConfig, model: Any) -> list[str]:
+    """Nodes ``--exclude`` matches in ``model``; [] when none do (the patterns are checked on the pre-processed graph)."""
+    from compressor.errors import UsageError
+
+    try:
+        return ExclusionScope(config.exclude).onnx_nodes(model) if config.exclude else []
+    except UsageError:
+        return []
+
+
+def _upcast_if_float16(source: Path, model: Any, config: QuantizeConfig, ctx: RunContext) -> tuple[Path, int]:
+    """Upcast float16 weights to float32 before int8/int4 quantization (case R8), with a warning.
+
+    Returns:
+        The path to quantize (``source`` itself when nothing is float16) and the number of tensors upcast.
+    """
+    import onnx
+
+    from compressor.passes.quant_inventory import float16_weight_nodes, upcast_float16
+
+    half = float16_weight_nodes(model)
+    if config.precision == "fp16" or not half:
+        return source, 0
+    full = onnx.load_model(str(source))
+    n = upcast_float16(full)
+    dst = ctx.workdir / "upcast_float32.onnx"
+    save_onnx(full, dst)
+    ctx.warn(f"the model's weights are float16 ({len(half)} weight nodes): upcast to float32 before {config.precision} "
+             "quantization (ONNX Runtime's quantizers take float32); inputs and outputs keep their dtypes")
+    return dst, n
+
+
+def _dynamic_op_types(config: QuantizeConfig, pre: Path, settings: dict[str, Any], ctx: RunContext,
+                      excluded: list[str]) -> tuple[list[str], list[str]]:
+    """Op types and extra node exclusions for dynamic int8.
+
+    Convolutions stay float unless ``--op-types`` names them (case R21). ONNX Runtime 1.32.0's
+    dynamic quantizer first rewrites each Gemm (alpha = beta = 1) as ``<name>_MatMul`` + ``<name>_Add``
+    (``ONNXModel.replace_gemm_with_matmul``) and then matches names and op types against the new
+    nodes: an excluded Gemm must be excluded under its new name too, and ``--op-types Gemm`` must
+    let MatMul through while keeping the graph's own MatMul nodes out.
+
+    Returns:
+        ``(op_types_to_quantize, names to add to nodes_to_exclude)``.
+    """
+    import onnx
+
+    from compressor.passes.quant_inventory import candidates, dynamic_op_types
+
+    model = onnx.load_model(str(pre), load_external_data=False)
+    _, convs = candidates(model, scheme="dynamic", op_types=config.op_types, excluded=set(excluded))
+    if convs:
+        names = [w.name for w in convs]
+        settings["convolutions_kept_float"] = names
+        settings["reason"] += ("; convolutions kept in float (dynamic ConvInteger is usually slower than fp32 on CPU, "
+                               "ONNX Runtime's guidance): static int8 needs --calibration-data")
+        ctx.warn(f"{len(names)} convolution(s) kept in float: dynamic int8 ConvInteger is usually slower than fp32 on "
+                 "CPU; for int8 convolutions use static quantization, which needs --calibration-data FILE.npz "
+                 "(--op-types Conv forces dynamic ConvInteger)")
+    types = dynamic_op_types(config.op_types)
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm" and n.name}
+    aliases = [name + "_MatMul" for name in excluded if name in gemms]
+    if config.op_types and "Gemm" in types and "MatMul" not in types:
+        types.append("MatMul")
+        aliases += [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name]
+    return types, aliases
+
+
 def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContext) -> PassResult:
     """Quantize an ONNX model: int8 (dynamic, or static QDQ with calibration), int4 or fp16.
 
@@ -462,6 +579,9 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     source = artifact.path
     base_model = onnx.load_model(str(source), load_external_data=False)
     has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in base_model.graph.node)
+    # cases R7, R8, R21 (also checked before any work for an ONNX input): refuse or upcast the input's form
+    check_input_form(base_model, config, ctx, excluded=_excluded_or_none(config, base_model))
+    source, upcast = _upcast_if_float16(source, base_model, config, ctx)
     pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
     pre_model = onnx.load_model(str(pre), load_external_data=False)
     excluded = ExclusionScope(config.exclude).onnx_nodes(pre_model)
@@ -475,6 +595,9 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     else:
         settings = choose_settings(config, has_conv=has_conv, has_calibration=ctx.calibration is not None)
     op_types = list(config.op_types) or None
+    gemm_aliases: list[str] = []
+    if settings.get("mode") == "dynamic":
+        op_types, gemm_aliases = _dynamic_op_types(config, pre, settings, ctx, excluded)
     if settings.get("mode") != "static" and (config.calibration_method != "minmax" or config.calibration_samples):
         ctx.warn("--calibration-method and --calibration-samples only affect static quantization; this run is "
                  f"{settings.get('mode', config.precision)}")
@@ -524,7 +647,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                 reduce_range=settings["reduce_range"],
                 weight_type=qtype[settings["weight_type"]],
                 op_types_to_quantize=op_types,
-                nodes_to_exclude=excluded + per_tensor_nodes,
+                nodes_to_exclude=excluded + per_tensor_nodes + gemm_aliases,
                 use_external_data_format=large,
                 extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
                                "DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -585,20 +708,19 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
             f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
         ) from e
     qmodel = onnx.load_model(str(out), load_external_data=False)
-    summary = _node_summary(base_model, qmodel)
+    summary = _node_summary(base_model, qmodel, precision=config.precision)
     summary["excluded_nodes"] = excluded
     summary["rewrites"] = rewrites
-    if config.precision == "fp16":  # every float node converts, but the ones kept in float32
-        from collections import Counter
-
-        kept = set(excluded)
-        summary["quantized_nodes"] = dict(Counter(n.op_type for n in base_model.graph.node
-                                                  if n.op_type in WEIGHT_OPS and n.name not in kept))
-        summary["unquantized_nodes"] = dict(Counter(n.op_type for n in base_model.graph.node
-                                                    if n.op_type in WEIGHT_OPS and n.name in kept))
+    if upcast:
+        settings["upcast_from_float16"] = upcast
+        if summary["unquantized_nodes"]:
+            left = ", ".join(f"{v} {k}" for k, v in summary["unquantized_nodes"].items())
+            ctx.warn(f"weight nodes left in float ({left}) now hold float32 weights, upcast from float16: the result "
+                     "can be larger than the input; --precision fp16 of the float32 model keeps them in float16")
     if not summary["quantized_nodes"]:
-        what = "MatMul, Gemm or Gather" if config.precision == "int4" else "Conv, MatMul or Gemm"
-        raise QuantizationError(f"quantization quantized no node (no {what} with constant weights); nothing would change")
+        left = ", ".join(f"{v} {k}" for k, v in summary["unquantized_nodes"].items()) or "none"
+        raise QuantizationError(f"quantization quantized no node: ONNX Runtime's {config.precision} quantizer left "
+                                f"every weight node in float ({left}); nothing would change")
     _check_weight_scheme(qmodel, settings, ctx)
     try:
         sess = make_session(out)
