@@ -19,7 +19,7 @@ from compressor.errors import QuantizationError, SessionError
 from compressor.onnx_graph import FLOAT_WEIGHT_OPS as WEIGHT_OPS
 from compressor.passes import PassResult
 from compressor.passes.configs import QuantizeConfig
-from compressor.runtime import cpu_info, has_vnni, make_session
+from compressor.runtime import cpu_info, int8_saturation_risk, make_session
 from compressor.scope import ExclusionScope, require_op_types
 
 
@@ -51,8 +51,9 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
     weights (S8S8) for convolutional graphs when calibration data is given. Weights default to symmetric int8
     per channel: the u8 x s8 integer kernels are the fast path on x86 (measured on MiniLM-L6:
     1.47x for s8 weights against 0.89x for u8 weights, case Q8), and per-channel scales keep
-    fidelity (cosine 0.99 against 0.95 per tensor). Without VNNI, u8 x s8 can saturate 16-bit
-    intermediates (case Q7), so 7-bit weights (``reduce_range``) are used there.
+    fidelity (cosine 0.99 against 0.95 per tensor). On x86 without VNNI, u8 x s8 (and s8 x s8, which ONNX
+    Runtime runs through the same kernel) can saturate 16-bit intermediates (cases Q7, R22), so 7-bit weights
+    (``reduce_range``) are used there; :func:`compressor.runtime.int8_saturation_risk` decides from the CPU flags.
 
     Args:
         config: The user's settings.
@@ -61,7 +62,8 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
 
     Returns:
         ``{"mode", "weight_type", "weight_scheme", "activation_type", "activation_scheme",
-        "per_channel", "reduce_range", "calibration_method", "chosen_by", "reason"}``.
+        "per_channel", "reduce_range", "saturation_risk" (None, or why 8-bit weights can saturate on this CPU),
+        "calibration_method", "chosen_by", "reason"}``.
 
     Raises:
         UsageError: Static mode without calibration data.
@@ -109,20 +111,29 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
             "int8 activations with uint8 weights (S8U8) cannot run in ONNX Runtime: add --activation-type uint8 "
             "(U8U8), or use --weight-type int8 (S8S8, the fast path)"
         )
-    vnni = has_vnni()
+    cpu = cpu_info()
+    # case R22: the choice is a pure function of the CPU flags and the format (runtime.int8_saturation_risk)
+    risk = int8_saturation_risk(cpu["machine"], cpu.get("isa", {}), activation_type=a_type, weight_type=w_type,
+                                weight_symmetric=w_scheme == "symmetric")
     if config.reduce_range is not None:
         reduce_range = config.reduce_range
-        reasons.append("reduce_range set by flag")
+        reasons.append(f"reduce_range {'on' if reduce_range else 'off'} by flag"
+                       + (f" (saturation risk: {risk})" if risk and not reduce_range else ""))
     else:
-        u8s8 = a_type == "uint8" and w_type == "int8"
-        reduce_range = u8s8 and not vnni and cpu_info()["machine"] in ("x86_64", "AMD64")
+        reduce_range = risk is not None
         if reduce_range:
-            reasons.append("7-bit weights: u8 activations x s8 weights can saturate without AVX512-VNNI/AVX-VNNI")
+            reasons.append(f"7-bit weights (reduce_range): {risk}")
     granularity = "channel" if config.per_channel else "tensor"
     if config.scheme is None and config.weight_scheme is None:
-        reasons.append(f"symmetric {w_type} weights per {granularity}"
-                       + (f": fast and accurate on this CPU ({'VNNI' if vnni else 'no VNNI'})" if config.per_channel
-                          and w_type == "int8" else ""))
+        if not (config.per_channel and w_type == "int8"):
+            why = ""
+        elif reduce_range:
+            why = ": accurate on this CPU with 7-bit weights"
+        elif risk:
+            why = ": can saturate on this CPU (reduce_range off by flag)"
+        else:
+            why = ": fast and accurate on this CPU (int8 products accumulate without 16-bit saturation)"
+        reasons.append(f"symmetric {w_type} weights per {granularity}{why}")
     else:
         flag = "--weight-scheme" if config.weight_scheme else "--scheme"
         reasons.append(f"{w_scheme} {w_type} weights per {granularity} ({flag} {w_scheme}"
@@ -140,6 +151,7 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
         "activation_scheme": a_scheme + (" (dynamic, per tensor, computed at run time)" if mode == "dynamic" else ""),
         "per_channel": config.per_channel,
         "reduce_range": reduce_range,
+        "saturation_risk": risk,
         "calibration_method": config.calibration_method if mode == "static" else None,
         "chosen_by": "user" if user else "default",
         "reason": "; ".join(reasons),
@@ -302,6 +314,7 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
 
     from compressor.passes.rewrites import (
         apply_rewrites,
+        fold_gemm_alpha_beta,
         gemm_to_matmul,
         reduce_mean_to_global_average_pool,
         smooth_activations,
@@ -309,6 +322,9 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
 
     model = onnx.load_model(str(src))
     done = apply_rewrites(model) if config.rewrites else {}
+    n = fold_gemm_alpha_beta(model)  # always: ONNX Runtime's quantizers assume alpha = beta = 1 (case R25)
+    if n:
+        done["gemm_alpha_beta"] = n
     if static and config.rewrites:
         n = reduce_mean_to_global_average_pool(model)
         if n:
@@ -466,6 +482,9 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     else:
         settings = choose_settings(config, has_conv=has_conv, has_calibration=ctx.calibration is not None)
     op_types = list(config.op_types) or None
+    if settings.get("saturation_risk") and not settings["reduce_range"]:
+        ctx.warn(f"8-bit weights with reduce_range off: {settings['saturation_risk']}; expect lower fidelity "
+                 "(drop --no-reduce-range)")
     if settings.get("mode") != "static" and (config.calibration_method != "minmax" or config.calibration_samples):
         ctx.warn("--calibration-method and --calibration-samples only affect static quantization; this run is "
                  f"{settings.get('mode', config.precision)}")
