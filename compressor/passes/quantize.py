@@ -158,16 +158,25 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
     }
 
 
+def _reader(ctx: RunContext, calib: Any) -> _NpzReader:
+    """Calibration batches of 16, or of the model's fixed batch size (case R10)."""
+    from compressor.inputs import fixed_batch_size
+
+    fixed = fixed_batch_size(ctx.io)
+    return _NpzReader(calib, fixed or 16, exact=fixed is not None)
+
+
 class _NpzReader:
     """ONNX Runtime ``CalibrationDataReader`` over :class:`SampleData`, in batches."""
 
-    def __init__(self, data: Any, batch_size: int = 16) -> None:
+    def __init__(self, data: Any, batch_size: int = 16, *, exact: bool = False) -> None:
         self.data = data
         self.batch_size = batch_size
+        self.exact = exact  # a model with a fixed batch axis: only whole batches (case R10)
         self.start = 0
 
     def get_next(self) -> dict[str, Any] | None:
-        if self.start >= self.data.num_samples:
+        if self.start + (self.batch_size if self.exact else 1) > self.data.num_samples:
             return None
         b = self.data.batch(self.start, self.batch_size)
         self.start += self.batch_size
@@ -271,13 +280,59 @@ def _tied_gathers(path: Path) -> dict[str, str]:
     return tied
 
 
+def _int4_op_types(config: QuantizeConfig, model: Any) -> tuple[str, ...]:
+    """The op types given to the int4 quantizer: the user's, else MatMul, plus Gather where a constant table exists.
+
+    ONNX Runtime 1.32.0's ``MatMulNBitsQuantizer`` sets the model's opset to 21 whenever ``Gather`` is in its
+    op types, without converting the nodes (a ``ReduceMean`` with an ``axes`` attribute is then invalid), so
+    ``Gather`` is only asked for when there is a table to quantize; the graph is then upgraded beforehand
+    (see :func:`_upgrade_opset_for`).
+    """
+    if config.op_types:
+        return tuple(config.op_types)
+    inits = onnx_graph.initializers(model)
+    tables = any(n.op_type == "Gather" and n.input and n.input[0] in inits for n in model.graph.node)
+    return ("MatMul", "Gather") if tables else ("MatMul",)
+
+
+def _upgrade_opset_for(config: QuantizeConfig, model: Any, source: Path, ctx: RunContext) -> tuple[Path, dict[str, Any]]:
+    """Upgrade an old-opset graph to the opset the quantizer's output needs, with ONNX's version converter (case R6).
+
+    int8: opset 13 (per-axis ``QuantizeLinear``/``DequantizeLinear``; ONNX Runtime's quantizer writes an
+    ``axis`` attribute that opset 11 lacks: "Unrecognized attribute: axis for operator DequantizeLinear").
+    int4 with embedding tables: opset 21 (int4 tensors), which ONNX Runtime's int4 quantizer declares
+    without converting the nodes. Checked by parity on the run's data.
+
+    Returns:
+        The model to quantize and ``{"from", "to", "max_abs_diff"}`` (empty when nothing was upgraded).
+
+    Raises:
+        UsageError: The converter fails or its model differs; the message names the opset.
+    """
+    from compressor.loaders.onnx import default_opset, upgrade_opset
+
+    opset = default_opset(model)
+    target = None
+    if config.precision == "int8":
+        target = 13
+    elif config.precision == "int4" and "Gather" in _int4_op_types(config, model):
+        target = 21
+    if opset is None or target is None or opset >= target:
+        return source, {}
+    feeds = ctx.data.batch(0, min(8, ctx.data.num_samples))
+    info = upgrade_opset(source, ctx.workdir / "opset_upgraded.onnx", target, feeds)
+    ctx.warn(f"the model uses ONNX opset {opset}; upgraded it to opset {target} with ONNX's version converter before "
+             f"quantizing (outputs match, max abs diff {info['max_abs_diff']:.2g})")
+    return ctx.workdir / "opset_upgraded.onnx", info
+
+
 def _quantize_int4(ctx: RunContext, config: QuantizeConfig, src: Path, out: Path, excluded: list[str]) -> dict[str, Any]:
     """Weight-only blockwise int4 (ONNX Runtime MatMulNBits; embedding tables as GatherBlockQuantized)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    op_types = config.op_types or ("MatMul", "Gather")
     model = onnx.load_model(str(src))
+    op_types = _int4_op_types(config, model)
     symmetric = (config.weight_scheme or config.scheme or "asymmetric") == "symmetric"
     q = MatMulNBitsQuantizer(model, bits=4, block_size=config.block_size, is_symmetric=symmetric,
                              nodes_to_exclude=excluded, op_types_to_quantize=tuple(op_types),
@@ -337,7 +392,8 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
         calib = ctx.calibration
         if config.calibration_samples is not None:
             calib = type(calib)({k: v[: config.calibration_samples] for k, v in calib.arrays.items()}, None, calib.source)
-        batches = [calib.batch(i, 16) for i in range(0, calib.num_samples, 16)]
+        size = ctx.batch_size(16)  # a model with a fixed batch axis takes only that size (case R10)
+        batches = [calib.batch(i, size) for i in range(0, calib.num_samples - size + 1, size)]
         n = smooth_activations(model, batches, alpha=config.smooth_alpha, skip_nodes=set(excluded))
         if n:
             done[f"smoothquant(alpha={config.smooth_alpha})"] = n
@@ -365,7 +421,8 @@ def _quiet_calibration() -> Any:
     return stack
 
 
-def _entropy_ranges(model: Path, workdir: Path, calib: Any, op_types: list[str] | None, large: bool) -> Path:
+def _entropy_ranges(model: Path, workdir: Path, calib: Any, op_types: list[str] | None, large: bool,
+                    reader: Any = _NpzReader) -> Path:
     """Entropy (KL-divergence) activation ranges from ONNX Runtime's calibrator, saved as its calibration cache.
 
     Returns:
@@ -378,7 +435,7 @@ def _entropy_ranges(model: Path, workdir: Path, calib: Any, op_types: list[str] 
         calibrator = create_calibrator(model, op_types, augmented_model_path=str(workdir / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.Entropy, use_external_data_format=large,
                                        extra_options=dict(ENTROPY_BINS))
-        calibrator.collect_data(_NpzReader(calib))
+        calibrator.collect_data(reader(calib))
         ranges = calibrator.compute_data()
         del calibrator
     cache = workdir / "calibration_ranges.json"
@@ -469,6 +526,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     source = artifact.path
     base_model = onnx.load_model(str(source), load_external_data=False)
     has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in base_model.graph.node)
+    source, opset_upgrade = _upgrade_opset_for(config, base_model, source, ctx)
     pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
     pre_model = onnx.load_model(str(pre), load_external_data=False)
     excluded = ExclusionScope(config.exclude).onnx_nodes(pre_model)
@@ -556,13 +614,13 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                 settings["percentile"] = config.percentile
             cache = None
             if settings["calibration_method"] == "entropy":
-                cache = _entropy_ranges(pre, ctx.workdir, calib, op_types, large)
+                cache = _entropy_ranges(pre, ctx.workdir, calib, op_types, large, reader=lambda d: _reader(ctx, d))
                 settings["entropy_bins"] = dict(ENTROPY_BINS)
             with _quiet_calibration():
                 quantize_static(
                     str(pre),
                     str(out),
-                    _NpzReader(calib),
+                    _reader(ctx, calib),
                     quant_format=QuantFormat.QDQ,
                     per_channel=settings["per_channel"],
                     reduce_range=settings["reduce_range"],
@@ -602,7 +660,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     _check_weight_scheme(qmodel, settings, ctx)
     try:
         sess = make_session(out)
-        sess.run(None, ctx.data.batch(0, min(2, ctx.data.num_samples)))
+        sess.run(None, ctx.data.batch(0, ctx.batch_size(min(2, ctx.data.num_samples))))
     except SessionError as e:
         raise QuantizationError(
             f"the quantized model does not load in ONNX Runtime ({e}); try --scheme asymmetric or --per-tensor"
@@ -624,4 +682,6 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
         ctx.warn("dynamic quantization turned convolutions into ConvInteger, which is often slower than fp32 "
                  f"on CPU; static quantization suits CNNs better: {how} (see the latency numbers)")
     settings["precision"] = config.precision
+    if opset_upgrade:
+        settings["opset_upgrade"] = opset_upgrade
     return PassResult(ModelArtifact(out, ModelFormat.ONNX, io=artifact.io), {**settings, **summary, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]})
