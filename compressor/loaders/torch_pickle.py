@@ -164,10 +164,9 @@ def find_weights(checkpoint: dict) -> tuple[str, Any] | None:
 
 
 def strip_prefixes(state: dict, expected: set[str] | None = None) -> tuple[dict, list[str]]:
-    """Remove wrapper prefixes from state_dict keys (``module.``, ``_orig_mod.``), and any other common prefix
-    whose removal makes the keys exactly ``expected``.
+    """Remove wrapper prefixes from state_dict keys (``module.``, ``_orig_mod.``) and any prefix that makes them fit.
 
-    The wrapper prefixes are removed with ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``
+    Another common prefix is removed only when the keys are then exactly ``expected``. The wrapper prefixes are removed with ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``
     when every key carries them; another prefix (e.g. ``model.`` of a Lightning module holding the
     network as ``self.model``) only when the result matches the class's keys.
 
