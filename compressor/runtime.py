@@ -49,6 +49,15 @@ def make_session(path: Path, *, threads: int = 0, inter_threads: int = 0, optimi
         raise SessionError(f"ONNX Runtime cannot load {Path(path).name}: {msg}") from e
 
 
+def cpuinfo_flags(text: str) -> set[str]:
+    """Instruction-set flags of the first CPU in ``/proc/cpuinfo`` text: x86 ``flags`` or aarch64 ``Features``."""
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("flags", "Features") and ":" in line:
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 @lru_cache(maxsize=1)
 def cpu_info() -> dict[str, Any]:
     """CPU model, instruction sets and runtime versions of this machine.
@@ -61,11 +70,11 @@ def cpu_info() -> dict[str, Any]:
     model = platform.processor() or platform.machine()
     try:
         text = Path("/proc/cpuinfo").read_text()
+        flags = cpuinfo_flags(text)
         for line in text.splitlines():
-            if (line.startswith("flags") or line.startswith("Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
+            if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
     import onnxruntime as ort

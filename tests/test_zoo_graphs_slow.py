@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import zoo_graphs
-from conftest import FAST_BENCH, run_cli
+
+from tests import zoo_graphs
+from tests.conftest import FAST_BENCH, run_cli
 
 PRECISIONS = {
     "static": ["--mode", "static"],

@@ -231,6 +231,7 @@ def fold_gemm_alpha_beta(model: Any) -> int:
     for n in list(model.graph.node):
         if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or len(n.input) < 2 or n.input[1] not in inits:
             continue
+        dtype = numpy_helper.to_array(inits[n.input[1]]).dtype
         attrs = {a.name: a for a in n.attribute}
         alpha = helper.get_attribute_value(attrs["alpha"]) if "alpha" in attrs else 1.0
         beta = helper.get_attribute_value(attrs["beta"]) if "beta" in attrs else 1.0
@@ -260,7 +261,6 @@ def fold_gemm_alpha_beta(model: Any) -> int:
                     users[c_name] -= 1
                     n.input[2] = name
             else:  # a computed C: C * beta before the Gemm (the same product the Gemm would form)
-                dtype = numpy_helper.to_array(inits[n.input[1]]).dtype
                 b_name, out = f"{n.name or c_name}_beta", f"{c_name}_times_beta_{done}"
                 model.graph.initializer.append(numpy_helper.from_array(np.asarray(beta, dtype=dtype), b_name))
                 pos = list(model.graph.node).index(n)
