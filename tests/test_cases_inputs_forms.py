@@ -419,3 +419,42 @@ def test_r25_gemm_alpha_beta_quantizes_in_every_precision(mode, tmp_path):
     feeds = dict(np.load(held))
     cos = zoo_graphs.cosine_min(zoo_graphs.run(src, feeds)[0], zoo_graphs.run(out, feeds)[0])
     assert cos >= (0.99 if mode[0] == "--mode" else 0.95), cos
+
+
+def test_r22_static_fidelity_is_checked_on_held_out_samples(tmp_path):
+    src, calib, _ = zoo_graphs.matmul_add().save(tmp_path)
+    r = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration-data", calib, "--json",
+                *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    q = r.report["quantization"]
+    held = q["held_out_fidelity"]
+    assert q["calibration_samples"] == 52 and held["samples"] == 12 and "not calibrated on" in held["inputs"]
+    x = np.load(calib)["x"][52:]
+    assert held["cosine_min"] == pytest.approx(
+        zoo_graphs.cosine_min(zoo_graphs.run(src, {"x": x})[0], zoo_graphs.run(tmp_path / "q.onnx", {"x": x})[0]),
+        abs=1e-6)
+    r = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration-data", calib,
+                "--calibration-samples", "40", "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    assert r.report["quantization"]["held_out_fidelity"]["samples"] == 24
+
+    # samples beyond the calibrated range: the held-out check says so in one warning
+    data = np.random.default_rng(0).standard_normal((40, 32)).astype(np.float32)
+    data[32:] *= 20.0
+    np.savez(tmp_path / "shifted.npz", x=data)
+    r = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration-data",
+                tmp_path / "shifted.npz", "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    assert r.report["quantization"]["held_out_fidelity"]["cosine_min"] < 0.98
+    assert sum("held-out samples" in w for w in r.report["warnings"]) == 1
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_r22_histogram_calibration_with_an_uneven_sample_count(tmp_path, method):
+    """50 samples (not a multiple of 16): ONNX Runtime's histogram calibrators fail on a shorter last batch."""
+    src, _, _ = zoo_graphs.gemm_clip_gemm().save(tmp_path)
+    np.savez(tmp_path / "c50.npz", x=np.random.default_rng(0).standard_normal((50, 32)).astype(np.float32))
+    r = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration-data",
+                tmp_path / "c50.npz", "--calibration-method", method, "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    assert r.report["quantization"]["calibration_samples"] == 40

@@ -159,11 +159,19 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
 
 
 def _reader(ctx: RunContext, calib: Any) -> _NpzReader:
-    """Calibration batches of 16, or of the model's fixed batch size (case R10)."""
+    """Calibration batches of one size: the model's fixed batch (case R10), else the largest divisor of the sample
+    count up to 16.
+
+    Equal batches because ONNX Runtime 1.32.0's histogram calibrators (entropy, percentile) stack the
+    batches' outputs with ``np.asarray`` and fail ("inhomogeneous shape") on a shorter last batch.
+    """
     from compressor.inputs import fixed_batch_size
 
     fixed = fixed_batch_size(ctx.io)
-    return _NpzReader(calib, fixed or 16, exact=fixed is not None)
+    if fixed is not None:
+        return _NpzReader(calib, fixed, exact=True)
+    n = calib.num_samples
+    return _NpzReader(calib, max(d for d in range(1, min(16, n) + 1) if n % d == 0))
 
 
 class _NpzReader:
@@ -443,6 +451,70 @@ def _entropy_ranges(model: Path, workdir: Path, calib: Any, op_types: list[str] 
     return cache
 
 
+#: Held-out samples taken from the calibration data when no --eval-data is given: a fifth of them (4 to 64),
+#: only when at least this many samples are given, so that calibration keeps 16 or more.
+HELD_OUT_MIN_CALIBRATION = 20
+
+
+def _split_held_out(ctx: RunContext, calib: Any, limit: int | None) -> tuple[Any, Any]:
+    """Calibration samples and held-out samples that static ranges never see (case R22).
+
+    Held-out samples are ``--eval-data`` when given; else the samples past ``--calibration-samples``; else
+    the last fifth of the calibration data (4 to 64 samples; only with 20 or more). With a fixed batch
+    axis, the held-out count is a multiple of it.
+
+    Returns:
+        ``(calibration, held_out or None)`` as :class:`~compressor.inputs.SampleData`.
+    """
+    from compressor.inputs import SampleData, fixed_batch_size
+
+    n = calib.num_samples
+
+    def part(data: Any, start: int, stop: int | None, what: str) -> Any:
+        return SampleData({k: v[start:stop] for k, v in data.arrays.items()}, None, what)
+
+    step = fixed_batch_size(ctx.io) or 1
+    if limit is not None and n > limit:
+        rest = min(n - limit, 64) // step * step
+        return part(calib, 0, limit, calib.source), (
+            part(calib, limit, limit + rest, f"{calib.source} (samples {limit}-{limit + rest - 1}, not calibrated on)")
+            if rest else None)
+    if ctx.eval_data is not None:
+        return calib, part(ctx.eval_data, 0, min(ctx.eval_data.num_samples, 512), ctx.eval_data.source)
+    if n < HELD_OUT_MIN_CALIBRATION:
+        return calib, None
+    h = max(4, min(64, n // 5)) // step * step
+    if not h:
+        return calib, None
+    return part(calib, 0, n - h, calib.source), part(calib, n - h, None,
+                                                      f"{calib.source} (last {h} samples, not calibrated on)")
+
+
+def _held_out_fidelity(baseline: Path, result: Path, held: Any, settings: dict[str, Any],
+                       ctx: RunContext) -> dict[str, Any]:
+    """Cosine of the static int8 result to its baseline on held-out samples, worst over float outputs (case R22).
+
+    Warns in one line when the worst per-sample cosine is under 0.98 (int8 normally gives 0.99 or more),
+    naming reduce_range where this CPU can saturate.
+    """
+    from compressor.fidelity import compare_outputs, run_onnx
+
+    base, got = run_onnx(baseline, held), run_onnx(result, held)
+    per = [compare_outputs([b], [r]) for b, r in zip(base, got, strict=True) if b.dtype.kind == "f"]
+    if not per:
+        return {"inputs": held.source, "samples": held.num_samples}
+    fid = {"inputs": held.source, "samples": held.num_samples,
+           "cosine_min": min(p["cosine_min"] for p in per), "cosine_mean": min(p["cosine_mean"] for p in per)}
+    if fid["cosine_min"] < 0.98:
+        advice = ("--reduce-range (this CPU can saturate 8-bit weights)" if settings.get("saturation_risk")
+                  and not settings.get("reduce_range") else
+                  "--calibration-method percentile, more calibration samples, --exclude the sensitive nodes, or "
+                  "--mode dynamic")
+        ctx.warn(f"static int8 on {fid['samples']} held-out samples: cosine_min {fid['cosine_min']:.3f} (mean "
+                 f"{fid['cosine_mean']:.3f}), below the 0.99 int8 usually keeps; try {advice}")
+    return fid
+
+
 def _float_outputs(path: Path) -> dict[str, int]:
     """Let the last Gemm/MatMul of a QDQ model write float32 graph outputs (see ``float_graph_outputs``)."""
     import onnx
@@ -551,6 +623,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
         ctx.warn(f"--percentile only applies with --calibration-method percentile; ignored "
                  f"(method {settings['calibration_method']})")
     rewrites: dict[str, int] = {}
+    held_out = None
     if config.precision == "int4" or (config.precision == "int8" and settings["mode"] == "dynamic"):
         pre, rewrites = _rewrite(ctx, config, pre, smooth=config.precision == "int8" and config.smooth, excluded=excluded)
     elif config.precision == "int8":
@@ -598,9 +671,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                                "DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         else:
-            calib = ctx.calibration
-            if config.calibration_samples is not None and calib.num_samples > config.calibration_samples:
-                calib = type(calib)({k: v[: config.calibration_samples] for k, v in calib.arrays.items()}, None, calib.source)
+            calib, held_out = _split_held_out(ctx, ctx.calibration, config.calibration_samples)
             method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                       "percentile": CalibrationMethod.Percentile}[settings["calibration_method"]]
             extra = {
@@ -671,6 +742,8 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
             f"the quantized model fails when run in ONNX Runtime ({msg}); try --per-tensor or --exclude the node named"
         ) from e
     ops = [n.op_type for n in qmodel.graph.node]
+    if settings.get("mode") == "static" and held_out is not None:
+        settings["held_out_fidelity"] = _held_out_fidelity(artifact.path, out, held_out, settings, ctx)
     if settings.get("mode") == "static":
         kept = _kept_float_activations(qmodel)
         if kept and settings["activation_scheme"] == "symmetric":
