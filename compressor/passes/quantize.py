@@ -159,8 +159,7 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
 
 
 def _reader(ctx: RunContext, calib: Any) -> _NpzReader:
-    """Calibration batches of one size: the model's fixed batch (case R10), else the largest divisor of the sample
-    count up to 16.
+    """Calibration batches of one size: the model's fixed batch (case R10), else the largest divisor of n up to 16.
 
     Equal batches because ONNX Runtime 1.32.0's histogram calibrators (entropy, percentile) stack the
     batches' outputs with ``np.asarray`` and fail ("inhomogeneous shape") on a shorter last batch.
