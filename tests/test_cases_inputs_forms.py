@@ -458,3 +458,37 @@ def test_r22_histogram_calibration_with_an_uneven_sample_count(tmp_path, method)
                 tmp_path / "c50.npz", "--calibration-method", method, "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
     assert r.report["quantization"]["calibration_samples"] == 40
+
+
+def test_r25_gemm_trans_a_becomes_a_transpose_and_quantizes(tmp_path):
+    """The same kind: a Gemm with transA=1 was left float by dynamic and int4 ("no Gemm with constant weights")."""
+    from compressor.passes.rewrites import gemm_trans_a_to_transpose
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 32, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [8, 16])
+    nodes = [helper.make_node("ReduceSum", ["x", "axis0"], ["a"], name="sum", keepdims=0),  # [32, 8]
+             helper.make_node("Gemm", ["a", "W", "b"], ["y"], name="gemm", transA=1, alpha=0.5)]
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 16)) / 6).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([0], dtype=np.int64), "axis0")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal((1, 32, 8)).astype(np.float32)}
+    ref = zoo_graphs.run(model, feeds)[0]
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    assert gemm_trans_a_to_transpose(m) == 1
+    onnx.checker.check_model(m, full_check=True)
+    np.testing.assert_array_equal(zoo_graphs.run(m, feeds)[0], ref)
+
+    src = tmp_path / "ta.onnx"
+    onnx.save(model, str(src))
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((16, 32, 8)).astype(np.float32))
+    for mode in (("--mode", "dynamic"), ("--precision", "int4")):
+        r = run_cli("quantize", src, "-o", tmp_path / "q.onnx", "--calibration-data", tmp_path / "c.npz", *mode,
+                    "--json", *FAST_BENCH)
+        assert r.code == 0, r.stderr
+        q = r.report["quantization"]
+        assert q["rewrites"]["gemm_trans_a"] == 1 and q["rewrites"]["gemm_alpha_beta"] == 1
+        assert sum(q["quantized_nodes"].values()) == 1

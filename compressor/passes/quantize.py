@@ -378,15 +378,18 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
         apply_rewrites,
         fold_gemm_alpha_beta,
         gemm_to_matmul,
+        gemm_trans_a_to_transpose,
         reduce_mean_to_global_average_pool,
         smooth_activations,
     )
 
     model = onnx.load_model(str(src))
     done = apply_rewrites(model) if config.rewrites else {}
-    n = fold_gemm_alpha_beta(model)  # always: ONNX Runtime's quantizers assume alpha = beta = 1 (case R25)
-    if n:
-        done["gemm_alpha_beta"] = n
+    # always: ONNX Runtime's quantizers assume alpha = beta = 1 and transA = 0 (case R25)
+    for name, fn in (("gemm_alpha_beta", fold_gemm_alpha_beta), ("gemm_trans_a", gemm_trans_a_to_transpose)):
+        n = fn(model)
+        if n:
+            done[name] = n
     if static and config.rewrites:
         n = reduce_mean_to_global_average_pool(model)
         if n:

@@ -12,7 +12,8 @@ The report lists the rewrites that ran and how often.
   ``com.microsoft.Gelu`` node, ONNX Runtime's kernel for the same formula (Hendrycks & Gimpel
   2016), which ONNX Runtime can then fuse with the preceding bias add.
 - ``gemm_alpha_beta`` (every int8 and int4 run, whatever ``rewrites`` says): ``alpha`` folded into
-  the constant weight and ``beta`` into the bias of each ``Gemm`` (case R25).
+  the constant weight and ``beta`` into the bias of each ``Gemm`` (case R25); ``gemm_trans_a``: a
+  ``transA`` becomes a ``Transpose`` of the input, so that the Gemm has the form the quantizers take.
 - ``global_average_pool`` (static QDQ only): ``ReduceMean`` over all spatial axes becomes
   ``GlobalAveragePool``, which has a fused int8 kernel.
 - ``float_output`` (static QDQ only, after quantization): the last Gemm/MatMul writes float32
@@ -269,6 +270,38 @@ def fold_gemm_alpha_beta(model: Any) -> int:
         for key in ("alpha", "beta"):
             if key in attrs:
                 n.attribute.remove(attrs[key])
+        done += 1
+    return done
+
+
+def gemm_trans_a_to_transpose(model: Any) -> int:
+    """Rewrite ``Gemm(A, B, C, transA=1)`` with a constant ``B`` as ``Gemm(Transpose(A), B, C)`` (case R25's kind).
+
+    The same product (a transpose moves values, it computes nothing). ONNX Runtime 1.32.0's dynamic
+    quantizer and the int4 rewrite to MatMul only take ``transA = 0``; without this such a Gemm stays float.
+
+    Args:
+        model: ``onnx.ModelProto``, changed in place.
+
+    Returns:
+        The number of Gemm nodes rewritten.
+    """
+    from onnx import helper
+
+    inits = onnx_graph.initializers(model)
+    done = 0
+    for n in list(model.graph.node):
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        trans = [a for a in n.attribute if a.name == "transA"]
+        if not trans or not helper.get_attribute_value(trans[0]):
+            continue
+        out = f"{n.input[0]}_transposed_{n.name or done}"
+        pos = list(model.graph.node).index(n)
+        model.graph.node.insert(pos, helper.make_node("Transpose", [n.input[0]], [out], name=f"{n.name}_transpose_a",
+                                                      perm=[1, 0]))
+        n.input[0] = out
+        n.attribute.remove(trans[0])
         done += 1
     return done
 
