@@ -114,6 +114,9 @@ class TorchPickleLoader(Loader):
             obj = weights
             if isinstance(obj, torch.nn.Module):
                 obj.eval()
+                if options.model_class:
+                    details["warnings"].append(f"--model-class {options.model_class} is ignored: '{key}' in "
+                                               f"{path.name} holds a whole module")
                 return ModelArtifact(path=path, format=ModelFormat.TORCH_MODULE, loaded=obj, details=details)
         if isinstance(obj, dict) and obj:
             return _load_state_dict(path, obj, options, details)
