@@ -58,6 +58,12 @@ class RunContext:
     on_warning: Callable[[str], None] | None = None
     on_progress: Callable[[Progress], None] | None = None
 
+    def batch_size(self, want: int) -> int:
+        """The batch size to feed the model: its fixed batch when its inputs fix one (case R10), else ``want``."""
+        from compressor.inputs import fixed_batch_size
+
+        return fixed_batch_size(self.io) or want
+
     def warn(self, message: str) -> None:
         """Record a warning and pass it to ``on_warning``."""
         self.warnings.append(message)

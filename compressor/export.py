@@ -159,9 +159,19 @@ def export_to_onnx(
     if is_script:
         order = [e for e in order if e == "torchscript"] or ["torchscript"]
 
+    from compressor.inputs import fixed_batch_size
+
     n = check_data.num_samples
-    batches = [check_data.batch(0, 1)] + ([check_data.batch(0, 2)] if n >= 2 else [])
-    example = check_data.batch(0, 2) if n >= 2 else check_data.batch(0, 1)
+    fixed = fixed_batch_size(io_spec)
+    if fixed is not None:  # a program traced at a fixed batch (case R10): only that batch size can run
+        if n < fixed:
+            raise UsageError(f"the model's batch axis is fixed at {fixed} but the data has {n} sample(s); "
+                             f"give at least {fixed} samples")
+        batches = [check_data.batch(i, fixed) for i in range(0, min(n - fixed, fixed) + 1, fixed)]
+        example = batches[0]
+    else:
+        batches = [check_data.batch(0, 1)] + ([check_data.batch(0, 2)] if n >= 2 else [])
+        example = check_data.batch(0, 2) if n >= 2 else check_data.batch(0, 1)
     refs = [torch_forward(model, b, io_spec) for b in batches]
     output_names = ["output"] if len(refs[0]) == 1 else [f"output_{i}" for i in range(len(refs[0]))]
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in io_spec.input_names)

@@ -229,11 +229,34 @@ def apply_shapes_to_spec(io: IOSpec, shapes: list[tuple[str | None, tuple[int, .
             )
         dims: list[int | str | None] = []
         for axis, (given, have) in enumerate(zip(shape, spec.shape, strict=True)):
+            if isinstance(have, int) and have > 0 and have != given and axis == 0:
+                raise UsageError(f"--input-shape for '{spec.name}' has batch {given} but the model fixes its batch axis "
+                                 f"at {have} (exported without a dynamic batch); use {have} or re-export with a dynamic "
+                                 "batch axis")
             if isinstance(have, int) and have > 0 and have != given and axis != 0:
                 raise UsageError(f"--input-shape for '{spec.name}' axis {axis} is {given} but the model fixes it at {have}")
             dims.append(have if axis == 0 and not isinstance(have, int) else given)
         new.append(TensorSpec(spec.name, spec.dtype, tuple(dims)))
     return IOSpec(inputs=tuple(new), outputs=io.outputs)
+
+
+def fixed_batch_size(io: IOSpec) -> int | None:
+    """The batch size the model fixes on axis 0 of its inputs, or None when the batch axis is dynamic (case R10).
+
+    A ``torch.export`` program exported without ``dynamic_shapes`` (and an ONNX graph without a
+    symbolic batch) runs only at the batch size it was traced with; every batch fed to it must have that size.
+
+    Args:
+        io: Input spec (axis 0 an ``int`` when fixed).
+
+    Returns:
+        The fixed size when every input has one and they agree, else None.
+    """
+    sizes = {s.shape[0] if s.shape else None for s in io.inputs}
+    if len(sizes) != 1:
+        return None
+    size = sizes.pop()
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def shape_batch_size(shapes: list[tuple[str | None, tuple[int, ...], str]]) -> int | None:

@@ -15,6 +15,7 @@ from compressor.benchmark import benchmark_detailed, paired_speedup, session_pea
 from compressor.context import RunContext
 from compressor.errors import UsageError
 from compressor.fidelity import compare_outputs, is_classifier_output, run_onnx, top1_accuracy
+from compressor.inputs import fixed_batch_size
 from compressor.runtime import cpu_info
 from compressor.threads import best_threads, one_thread_check, resolve_threads
 
@@ -47,10 +48,10 @@ def bench_feeds(ctx: RunContext, recipe: Any, batch_size: int | None = None) -> 
     """
     import numpy as np
 
-    from compressor.inputs import shape_batch_size
+    from compressor.inputs import fixed_batch_size, shape_batch_size
 
     io, data = ctx.io, ctx.data
-    batch = batch_size or recipe.batch_size or shape_batch_size(recipe.parsed_input_shapes)
+    batch = fixed_batch_size(io) or batch_size or recipe.batch_size or shape_batch_size(recipe.parsed_input_shapes)
     if batch is None:
         first = io.inputs[0].shape[0] if io.inputs and io.inputs[0].shape else None
         batch = first if isinstance(first, int) and first > 0 else 1
@@ -139,6 +140,7 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         "batch_size": batch,
         "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
         "interleaved": len(paths) > 1,
+        "batch_axis": "fixed by the model" if fixed_batch_size(ctx.io) else "dynamic",
         "models": len(paths),
         "warmup_runs": det["warmup_runs"],
         "blocks": det["blocks"],

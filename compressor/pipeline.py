@@ -27,6 +27,7 @@ from compressor.inputs import (
     SampleData,
     apply_shapes_to_spec,
     check_data_fits,
+    fixed_batch_size,
     load_npz,
     random_data,
     torch_io_spec,
@@ -231,6 +232,7 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     calib = load_npz(cal) if cal and not random_calib else None
     evald = load_npz(recipe.eval_data, want_labels=True) if recipe.eval_data else None
     io = resolve_io(artifact, recipe, calib or evald)
+    _check_fixed_batch(io, recipe)
     data = prepare_data(io, recipe, calib, evald)
     ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
                      on_progress=callbacks.on_progress)
@@ -238,6 +240,10 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
         ctx.warn(w)
     for w in artifact.details.get("warnings", []):
         ctx.warn(w)
+    fixed = fixed_batch_size(io)
+    if fixed is not None and artifact.format is ModelFormat.EXPORTED_PROGRAM:
+        ctx.warn(f"the program fixes its batch axis at {fixed} (torch.export without dynamic_shapes): every check and "
+                 f"the benchmark run at batch {fixed}, and the ONNX output keeps that fixed batch")
     if evald is not None:
         ctx.eval_data = check_data_fits(io, evald)
     if recipe.train_data is not None:
@@ -250,6 +256,22 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
         ctx.warn("--calibration-data random: activation ranges come from random inputs, not real data; "
                  "expect worse accuracy than with real samples")
     return ctx
+
+
+def _check_fixed_batch(io: IOSpec, recipe: Recipe) -> None:
+    """Refuse, before any work, benchmark batch sizes that a model with a fixed batch axis cannot run (case R10).
+
+    Raises:
+        UsageError: ``batch_size`` or ``batch_sizes`` asks for another size than the model's fixed batch.
+    """
+    fixed = fixed_batch_size(io)
+    if fixed is None:
+        return
+    asked = sorted({b for b in [recipe.batch_size, *(recipe.batch_sizes or [])] if b is not None and b != fixed})
+    if asked:
+        raise UsageError(f"the model fixes its batch axis at {fixed} (exported without a dynamic batch), so it cannot "
+                         f"run at batch {', '.join(map(str, asked))}; drop --batch-size/--batch-sizes or re-export "
+                         "with a dynamic batch axis")
 
 
 def _load(recipe: Recipe) -> ModelArtifact:
@@ -274,8 +296,11 @@ def _load(recipe: Recipe) -> ModelArtifact:
 
 
 def _input_entry(recipe: Recipe, artifact: ModelArtifact, ctx: RunContext) -> dict[str, Any]:
-    return {"path": str(recipe.model), "format": artifact.format.value, "size_bytes": file_size_bytes(recipe.model),
-            "inputs": [s.to_json() for s in ctx.io.inputs], "source": recipe.source("model")}
+    entry = {"path": str(recipe.model), "format": artifact.format.value, "size_bytes": file_size_bytes(recipe.model),
+             "inputs": [s.to_json() for s in ctx.io.inputs], "source": recipe.source("model")}
+    if "checkpoint" in artifact.details:  # case R15: where the weights were found, prefixes removed
+        entry["checkpoint"] = artifact.details["checkpoint"]
+    return entry
 
 
 def _step_dir(work: Path, n: int, name: str) -> Path:
@@ -316,7 +341,7 @@ def check_input_runs(artifact: ModelArtifact, ctx: RunContext) -> None:
         return
     try:
         sess = make_session(artifact.path)
-        sess.run(None, ctx.data.batch(0, min(2, ctx.data.num_samples)))
+        sess.run(None, ctx.data.batch(0, ctx.batch_size(min(2, ctx.data.num_samples))))
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise SessionError(f"the input model {artifact.path} does not run in ONNX Runtime ({msg}); no pass can "

@@ -690,7 +690,7 @@ def quantize(
     eval_data: EvalOpt = None,
     scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel="Pass settings", metavar="", help="One scale per output channel (default) or one per tensor.")] = True,
-    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", rich_help_panel="Pass settings", metavar="", help="7-bit weights (default: on only for u8 x s8 on CPUs without VNNI).", show_default=False)] = None,
+    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", rich_help_panel="Pass settings", metavar="", help="7-bit weights (default: on only where 8-bit weights can saturate: int8 weights on x86 CPUs without VNNI).", show_default=False)] = None,
     mode: Annotated[str, typer.Option("--mode", rich_help_panel="Pass settings", metavar="auto|dynamic|static", help="auto (static QDQ for CNNs with --calibration-data, else dynamic), dynamic or static.")] = "auto",
     weight_scheme: Annotated[Optional[str], typer.Option("--weight-scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="Override --scheme for weights.")] = None,
     activation_scheme: Annotated[Optional[str], typer.Option("--activation-scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="Override --scheme for activations (static).")] = None,
@@ -984,7 +984,7 @@ def doctor(
             return 0
         print(f"CPU:          {info['cpu_model']} ({info['machine']}, {info['logical_cores']} logical cores)")
         print("ISA:          " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info["isa"].items()))
-        print(f"VNNI:         {'yes: u8 x s8 int8 kernels run without 16-bit saturation' if rep['vnni'] else 'no: reduce_range is used for u8 x s8 (7-bit weights)'}")
+        print(f"VNNI:         {'yes: u8 x s8 int8 kernels run without 16-bit saturation' if rep['vnni'] else 'no: reduce_range (7-bit weights) is used for int8 weights (u8 x s8 and s8 x s8 kernels)'}")
         print(f"ONNX Runtime: {info['onnxruntime']}; providers: {', '.join(info['providers'])}")
         for name, s in rep["defaults"].items():
             print(f"default for a {name}: {s['mode']}, weights {s['weight_type']} {s['weight_scheme']}, "

@@ -100,3 +100,68 @@ def onnx_io_spec(model: Any) -> IOSpec:
         inputs=tuple(spec(v) for v in model.graph.input if v.name not in inits),
         outputs=tuple(spec(v) for v in model.graph.output),
     )
+
+
+def default_opset(model: Any) -> int | None:
+    """The default-domain (``ai.onnx``) opset an ``onnx.ModelProto`` declares, or None."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def upgrade_opset(src: Path, dst: Path, target: int, feeds: dict[str, Any], *, atol: float = 1e-5,
+                  rtol: float = 1e-4) -> dict[str, Any]:
+    """Convert an ONNX model to a newer default-domain opset with ONNX's version converter, checked by parity.
+
+    ``onnx.version_converter.convert_version`` rewrites each node whose signature changed between the
+    opsets (e.g. ``Unsqueeze``/``Squeeze``/``ReduceMean`` axes from an attribute to an input). The converted
+    model is run in ONNX Runtime next to the original on ``feeds`` and must give the same outputs
+    (``|a - b| <= atol + rtol * |b|``) before it is used.
+
+    Args:
+        src: ONNX file (external data beside it is loaded).
+        dst: Where to write the converted model.
+        target: The default-domain opset wanted.
+        feeds: One batch of inputs (``name -> ndarray``) for the parity check.
+        atol: Absolute tolerance of the parity check.
+        rtol: Relative tolerance of the parity check.
+
+    Returns:
+        ``{"from", "to", "max_abs_diff"}``.
+
+    Raises:
+        UsageError: The converter fails on this graph, or the converted model does not load, run or match;
+            the message names the opset and says how to re-export.
+    """
+    import numpy as np
+    import onnx
+    from onnx import version_converter
+
+    from compressor.artifact import save_onnx
+    from compressor.runtime import make_session
+
+    model = onnx.load_model(os.fspath(src))
+    before = default_opset(model)
+    advice = f"re-export the model with opset {target} or later (torch.onnx.export(..., opset_version={target}))"
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(f"the model uses ONNX opset {before}, and ONNX's version converter cannot upgrade it to "
+                         f"opset {target} ({msg}); {advice}") from e
+    save_onnx(converted, dst)
+    try:
+        ref = make_session(src).run(None, feeds)
+        got = make_session(dst).run(None, feeds)
+    except Exception as e:
+        raise UsageError(f"the model upgraded from ONNX opset {before} to {target} does not run in ONNX Runtime "
+                         f"({str(e).strip().splitlines()[0][:200]}); {advice}") from e
+    worst = 0.0
+    for a, b in zip(got, ref, strict=True):
+        if a.shape != b.shape or not np.allclose(a, b, atol=atol, rtol=rtol, equal_nan=True):
+            diff = float(np.max(np.abs(a.astype(np.float64) - b))) if a.shape == b.shape else float("inf")
+            raise UsageError(f"the model upgraded from ONNX opset {before} to {target} gives other outputs (max abs "
+                             f"diff {diff:.3g}); {advice}")
+        if a.size and a.dtype.kind == "f":
+            worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))))
+    return {"from": before, "to": target, "max_abs_diff": worst}
+

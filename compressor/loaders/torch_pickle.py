@@ -98,15 +98,112 @@ class TorchPickleLoader(Loader):
                     f"--model-class {options.model_class} is ignored: {path.name} holds a whole module"
                 ]
             return ModelArtifact(path=path, format=ModelFormat.TORCH_MODULE, loaded=obj, details=details)
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if isinstance(obj, dict) and obj and not _is_state_dict(obj):  # a training checkpoint (case R15)
+            found = find_weights(obj)
+            if found is None:
+                raise UsageError(
+                    f"{path} holds a dict with keys [{few(obj)}] but no model or state_dict under the usual keys "
+                    f"({', '.join(CHECKPOINT_KEYS)}); save model.state_dict() (and pass --model-class) or the module"
+                )
+            key, weights = found
+            ignored = [str(k) for k in obj if k != key]
+            details["checkpoint"] = {"weights_key": key, "ignored_keys": ignored}
+            details.setdefault("warnings", []).append(
+                f"{path.name} is a training checkpoint: loaded the weights under '{key}'"
+                + (f", ignored {few(ignored)}" if ignored else ""))
+            obj = weights
+            if isinstance(obj, torch.nn.Module):
+                obj.eval()
+                if options.model_class:
+                    details["warnings"].append(f"--model-class {options.model_class} is ignored: '{key}' in "
+                                               f"{path.name} holds a whole module")
+                return ModelArtifact(path=path, format=ModelFormat.TORCH_MODULE, loaded=obj, details=details)
+        if isinstance(obj, dict) and obj:
             return _load_state_dict(path, obj, options, details)
-        if isinstance(obj, dict):
-            keys = ", ".join(map(str, list(obj)[:8]))
-            raise UsageError(
-                f"{path} holds a dict with keys [{keys}] rather than a model or a state_dict; "
-                "save model.state_dict() (and pass --model-class) or the module itself"
-            )
         raise UsageError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module or a state_dict")
+
+
+#: Keys under which training scripts store a model's weights in a checkpoint dict, tried in this order:
+#: ``state_dict`` (PyTorch Lightning, many scripts), ``model_state_dict`` (the PyTorch tutorial's
+#: ``{"epoch", "model_state_dict", "optimizer_state_dict", "loss"}``), ``model`` (torchvision's and timm's
+#: reference scripts), then less common spellings.
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params")
+
+#: Key prefixes that wrappers add to every entry of a state_dict: ``module.`` (``nn.DataParallel``,
+#: ``DistributedDataParallel``) and ``_orig_mod.`` (``torch.compile``), stripped in any nesting.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def few(items: Any, n: int = 5) -> str:
+    """At most ``n`` items of ``items``, comma-separated, with how many more there are (keeps error lines short)."""
+    items = [str(i) for i in items]
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def find_weights(checkpoint: dict) -> tuple[str, Any] | None:
+    """The model weights inside a training checkpoint dict.
+
+    Args:
+        checkpoint: An unpickled dict such as ``{"epoch", "state_dict", "optimizer", ...}``.
+
+    Returns:
+        ``(key, value)`` for the first key of :data:`CHECKPOINT_KEYS` whose value is an ``nn.Module`` or a
+        non-empty dict of tensors, or None.
+    """
+    import torch
+
+    for key in CHECKPOINT_KEYS:
+        value = checkpoint.get(key)
+        if isinstance(value, torch.nn.Module) or _is_state_dict(value):
+            return key, value
+    return None
+
+
+def strip_prefixes(state: dict, expected: set[str] | None = None) -> tuple[dict, list[str]]:
+    """Remove wrapper prefixes from state_dict keys (``module.``, ``_orig_mod.``) and any prefix that makes them fit.
+
+    Another common prefix is removed only when the keys are then exactly ``expected``. The wrapper prefixes are removed with ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``
+    when every key carries them; another prefix (e.g. ``model.`` of a Lightning module holding the
+    network as ``self.model``) only when the result matches the class's keys.
+
+    Args:
+        state: The state_dict (not changed).
+        expected: The keys of the model class's own ``state_dict()``, when known.
+
+    Returns:
+        The state_dict with plain keys, and the prefixes removed, in order.
+    """
+    from collections import OrderedDict
+
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+    state = OrderedDict(state)
+    removed: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(str(k).startswith(prefix) for k in state):
+                consume_prefix_in_state_dict_if_present(state, prefix)
+                removed.append(prefix)
+                changed = True
+    if expected is not None and set(state) != expected:
+        first = str(next(iter(state)))
+        parts = first.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i]) + "."
+            if all(str(k).startswith(prefix) for k in state) and {str(k)[len(prefix):] for k in state} == expected:
+                consume_prefix_in_state_dict_if_present(state, prefix)
+                removed.append(prefix)
+                break
+    return state, removed
 
 
 def _saved_from_main(path: Path, class_names: list[str]) -> str:
@@ -171,9 +268,13 @@ def import_model_class(spec: str) -> type:
 
 
 def _load_state_dict(path: Path, state: dict, options: LoadOptions, details: dict[str, Any]) -> ModelArtifact:
+    if not _is_state_dict(state):
+        raise UsageError(f"{path} holds a dict with keys [{few(state)}] whose values are not all tensors; "
+                         "save model.state_dict() (and pass --model-class) or the module itself")
     if not options.model_class:
+        where = f" (under '{details['checkpoint']['weights_key']}')" if "checkpoint" in details else ""
         raise UsageError(
-            f"{path} is a state_dict (weights only); pass --model-class package.module:ClassName "
+            f"{path} is a state_dict (weights only){where}; pass --model-class package.module:ClassName "
             "(and --model-kwargs '{...}' if its constructor needs arguments)"
         )
     cls = import_model_class(options.model_class)
@@ -183,13 +284,28 @@ def _load_state_dict(path: Path, state: dict, options: LoadOptions, details: dic
         raise UsageError(
             f"cannot build {options.model_class} with --model-kwargs {json.dumps(options.model_kwargs)}: {e}"
         ) from e
+    expected = {str(k) for k in module.state_dict()}
+    state, removed = strip_prefixes(state, expected)
+    if removed:
+        details.setdefault("checkpoint", {})["stripped_prefixes"] = removed
+        details.setdefault("warnings", []).append(
+            f"removed the key prefix {' + '.join(repr(p) for p in removed)} from the state_dict in {path.name} "
+            "(saved from a wrapped model: DataParallel/DistributedDataParallel, torch.compile or a training module)")
+    missing = sorted(expected - {str(k) for k in state})
+    unexpected = sorted({str(k) for k in state} - expected)
+    if missing or unexpected:  # torch's own message lists every key (kilobytes on one line): name a handful
+        parts = ([f"{len(missing)} missing key(s): {few(missing)}"] if missing else []) + (
+            [f"{len(unexpected)} unexpected key(s): {few(unexpected)}"] if unexpected else [])
+        raise UsageError(f"the state_dict in {path} does not fit {options.model_class}: {'; '.join(parts)}; "
+                         "check --model-class and --model-kwargs")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = next((line for line in lines if line.startswith("size mismatch")), lines[-1] if lines else str(e))
         raise UsageError(
-            f"the state_dict in {path} does not fit {options.model_class}: {detail}; check --model-class and --model-kwargs"
+            f"the state_dict in {path} does not fit {options.model_class}: {detail[:300]}; "
+            "check --model-class and --model-kwargs"
         ) from e
     module.eval()
     details = {**details, "model_class": options.model_class, "model_kwargs": options.model_kwargs}

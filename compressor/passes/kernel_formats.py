@@ -96,8 +96,14 @@ def dynamic_candidates(isa: dict[str, bool], machine: str) -> list[str]:
 
 
 def reduce_range_for(fmt: KernelFormat, isa: dict[str, bool], machine: str) -> bool:
-    """7-bit weights where the format's kernels can saturate on this CPU (s8 weights on x86 without VNNI)."""
-    return fmt.weight_type == "int8" and saturates(isa, machine)
+    """7-bit weights where the format's kernels can saturate on this CPU.
+
+    See :func:`compressor.runtime.int8_saturation_risk` (s8 weights on x86 without VNNI).
+    """
+    from compressor.runtime import int8_saturation_risk
+
+    return int8_saturation_risk(machine, isa, activation_type=fmt.activation_type,
+                                weight_type=fmt.weight_type) is not None
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -245,7 +251,7 @@ def _data_digest(data: Any) -> str:
 
 
 def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, out: Path, calib: Any,
-                   quantize_one: Any, *, max_bytes: int | None = None) -> None:
+                   quantize_one: Any, *, held_out: Any = None, max_bytes: int | None = None) -> None:
     """Build the static int8 model at ``out`` in the kernel format chosen for this CPU; fill ``settings``.
 
     With ``config.format == "auto"`` and no type, scheme or reduce_range flag given, every format of
@@ -266,6 +272,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
         calib: Calibration :class:`~compressor.inputs.SampleData`.
         quantize_one: ``quantize_one(fmt: dict, dst: Path)`` builds one format (``fmt`` has ``quant_format``,
             ``activation_type``, ``weight_type``, ``reduce_range``; it may add ``rewrites``).
+        held_out: Samples kept out of calibration for fidelity (default: ``ctx.eval_data``, else ``calib``).
         max_bytes: Models larger than this are not built three times (default: the external-data size).
 
     Raises:
@@ -299,7 +306,8 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
         quantize_one(fmt, out)
     else:
         key = cache_key(pre, {"config": dataclasses.asdict(config), "calibration": _data_digest(calib),
-                              "held_out": _data_digest(ctx.eval_data) if ctx.eval_data is not None else None}, cpu)
+                              "held_out": _data_digest(held_out) if held_out is not None else
+                              _data_digest(ctx.eval_data) if ctx.eval_data is not None else None}, cpu)
         hit = cache_get(key)
         if hit is not None:
             chosen, rows, by = hit["chosen"], hit["candidates"], "cached"
@@ -332,7 +340,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
             for name in [n for n, c in counts.items() if c < most]:
                 errors.append({"format": name, "error": f"quantizes {counts[name]} weight tensors, others {most}"})
                 built.pop(name).unlink(missing_ok=True)
-            held = ctx.eval_data if ctx.eval_data is not None else calib
+            held = held_out if held_out is not None else ctx.eval_data if ctx.eval_data is not None else calib
             if held.num_samples > 64:
                 held = type(held)({k: v[:64] for k, v in held.arrays.items()}, None, held.source)
             task = f"timing {len(built)} int8 kernel formats on this CPU"

@@ -18,7 +18,7 @@ from compressor.context import RunContext
 from compressor.errors import QuantizationError, SessionError
 from compressor.passes import PassResult
 from compressor.passes.configs import QuantizeConfig
-from compressor.runtime import cpu_info, has_vnni, make_session
+from compressor.runtime import cpu_info, int8_saturation_risk, make_session
 from compressor.scope import ExclusionScope, require_op_types
 
 
@@ -112,8 +112,9 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
     weights (S8S8) for convolutional graphs when calibration data is given. Weights default to symmetric int8
     per channel: the u8 x s8 integer kernels are the fast path on x86 (measured on MiniLM-L6:
     1.47x for s8 weights against 0.89x for u8 weights, case Q8), and per-channel scales keep
-    fidelity (cosine 0.99 against 0.95 per tensor). Without VNNI, u8 x s8 can saturate 16-bit
-    intermediates (case Q7), so 7-bit weights (``reduce_range``) are used there.
+    fidelity (cosine 0.99 against 0.95 per tensor). On x86 without VNNI, u8 x s8 (and s8 x s8, which ONNX
+    Runtime runs through the same kernel) can saturate 16-bit intermediates (cases Q7, R22), so 7-bit weights
+    (``reduce_range``) are used there; :func:`compressor.runtime.int8_saturation_risk` decides from the CPU flags.
 
     Args:
         config: The user's settings.
@@ -122,7 +123,8 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
 
     Returns:
         ``{"mode", "weight_type", "weight_scheme", "activation_type", "activation_scheme",
-        "per_channel", "reduce_range", "calibration_method", "chosen_by", "reason"}``.
+        "per_channel", "reduce_range", "saturation_risk" (None, or why 8-bit weights can saturate on this CPU),
+        "calibration_method", "chosen_by", "reason"}``.
 
     Raises:
         UsageError: Static mode without calibration data.
@@ -179,20 +181,29 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
             "int8 activations with uint8 weights (S8U8) cannot run in ONNX Runtime: add --activation-type uint8 "
             "(U8U8), or use --weight-type int8 (S8S8, the fast path)"
         )
-    vnni = has_vnni()
+    cpu = cpu_info()
+    # case R22: the choice is a pure function of the CPU flags and the format (runtime.int8_saturation_risk)
+    risk = int8_saturation_risk(cpu["machine"], cpu.get("isa", {}), activation_type=a_type, weight_type=w_type,
+                                weight_symmetric=w_scheme == "symmetric")
     if config.reduce_range is not None:
         reduce_range = config.reduce_range
-        reasons.append("reduce_range set by flag")
+        reasons.append(f"reduce_range {'on' if reduce_range else 'off'} by flag"
+                       + (f" (saturation risk: {risk})" if risk and not reduce_range else ""))
     else:
-        u8s8 = a_type == "uint8" and w_type == "int8"
-        reduce_range = u8s8 and not vnni and cpu_info()["machine"] in ("x86_64", "AMD64")
+        reduce_range = risk is not None
         if reduce_range:
-            reasons.append("7-bit weights: u8 activations x s8 weights can saturate without AVX512-VNNI/AVX-VNNI")
+            reasons.append(f"7-bit weights (reduce_range): {risk}")
     granularity = "channel" if config.per_channel else "tensor"
     if config.scheme is None and config.weight_scheme is None:
-        reasons.append(f"symmetric {w_type} weights per {granularity}"
-                       + (f": fast and accurate on this CPU ({'VNNI' if vnni else 'no VNNI'})" if config.per_channel
-                          and w_type == "int8" else ""))
+        if not (config.per_channel and w_type == "int8"):
+            why = ""
+        elif reduce_range:
+            why = ": accurate on this CPU with 7-bit weights"
+        elif risk:
+            why = ": can saturate on this CPU (reduce_range off by flag)"
+        else:
+            why = ": fast and accurate on this CPU (int8 products accumulate without 16-bit saturation)"
+        reasons.append(f"symmetric {w_type} weights per {granularity}{why}")
     else:
         flag = "--weight-scheme" if config.weight_scheme else "--scheme"
         reasons.append(f"{w_scheme} {w_type} weights per {granularity} ({flag} {w_scheme}"
@@ -210,22 +221,39 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
         "activation_scheme": a_scheme + (" (dynamic, per tensor, computed at run time)" if mode == "dynamic" else ""),
         "per_channel": config.per_channel,
         "reduce_range": reduce_range,
+        "saturation_risk": risk,
         "calibration_method": config.calibration_method if mode == "static" else None,
         "chosen_by": "user" if user else "default",
         "reason": "; ".join(reasons),
     }
 
 
+def _reader(ctx: RunContext, calib: Any) -> _NpzReader:
+    """Calibration batches of one size: the model's fixed batch (case R10), else the largest divisor of n up to 16.
+
+    Equal batches because ONNX Runtime 1.32.0's histogram calibrators (entropy, percentile) stack the
+    batches' outputs with ``np.asarray`` and fail ("inhomogeneous shape") on a shorter last batch.
+    """
+    from compressor.inputs import fixed_batch_size
+
+    fixed = fixed_batch_size(ctx.io)
+    if fixed is not None:
+        return _NpzReader(calib, fixed, exact=True)
+    n = calib.num_samples
+    return _NpzReader(calib, max(d for d in range(1, min(16, n) + 1) if n % d == 0))
+
+
 class _NpzReader:
     """ONNX Runtime ``CalibrationDataReader`` over :class:`SampleData`, in batches."""
 
-    def __init__(self, data: Any, batch_size: int = 16) -> None:
+    def __init__(self, data: Any, batch_size: int = 16, *, exact: bool = False) -> None:
         self.data = data
         self.batch_size = batch_size
+        self.exact = exact  # a model with a fixed batch axis: only whole batches (case R10)
         self.start = 0
 
     def get_next(self) -> dict[str, Any] | None:
-        if self.start >= self.data.num_samples:
+        if self.start + (self.batch_size if self.exact else 1) > self.data.num_samples:
             return None
         b = self.data.batch(self.start, self.batch_size)
         self.start += self.batch_size
@@ -314,13 +342,59 @@ def _tied_gathers(path: Path) -> dict[str, str]:
     return tied
 
 
+def _int4_op_types(config: QuantizeConfig, model: Any) -> tuple[str, ...]:
+    """The op types given to the int4 quantizer: the user's, else MatMul, plus Gather where a constant table exists.
+
+    ONNX Runtime 1.32.0's ``MatMulNBitsQuantizer`` sets the model's opset to 21 whenever ``Gather`` is in its
+    op types, without converting the nodes (a ``ReduceMean`` with an ``axes`` attribute is then invalid), so
+    ``Gather`` is only asked for when there is a table to quantize; the graph is then upgraded beforehand
+    (see :func:`_upgrade_opset_for`).
+    """
+    if config.op_types:
+        return tuple(config.op_types)
+    inits = onnx_graph.initializers(model)
+    tables = any(n.op_type == "Gather" and n.input and n.input[0] in inits for n in model.graph.node)
+    return ("MatMul", "Gather") if tables else ("MatMul",)
+
+
+def _upgrade_opset_for(config: QuantizeConfig, model: Any, source: Path, ctx: RunContext) -> tuple[Path, dict[str, Any]]:
+    """Upgrade an old-opset graph to the opset the quantizer's output needs, with ONNX's version converter (case R6).
+
+    int8: opset 13 (per-axis ``QuantizeLinear``/``DequantizeLinear``; ONNX Runtime's quantizer writes an
+    ``axis`` attribute that opset 11 lacks: "Unrecognized attribute: axis for operator DequantizeLinear").
+    int4 with embedding tables: opset 21 (int4 tensors), which ONNX Runtime's int4 quantizer declares
+    without converting the nodes. Checked by parity on the run's data.
+
+    Returns:
+        The model to quantize and ``{"from", "to", "max_abs_diff"}`` (empty when nothing was upgraded).
+
+    Raises:
+        UsageError: The converter fails or its model differs; the message names the opset.
+    """
+    from compressor.loaders.onnx import default_opset, upgrade_opset
+
+    opset = default_opset(model)
+    target = None
+    if config.precision == "int8":
+        target = 13
+    elif config.precision == "int4" and "Gather" in _int4_op_types(config, model):
+        target = 21
+    if opset is None or target is None or opset >= target:
+        return source, {}
+    feeds = ctx.data.batch(0, min(8, ctx.data.num_samples))
+    info = upgrade_opset(source, ctx.workdir / "opset_upgraded.onnx", target, feeds)
+    ctx.warn(f"the model uses ONNX opset {opset}; upgraded it to opset {target} with ONNX's version converter before "
+             f"quantizing (outputs match, max abs diff {info['max_abs_diff']:.2g})")
+    return ctx.workdir / "opset_upgraded.onnx", info
+
+
 def _quantize_int4(ctx: RunContext, config: QuantizeConfig, src: Path, out: Path, excluded: list[str]) -> dict[str, Any]:
     """Weight-only blockwise int4 (ONNX Runtime MatMulNBits; embedding tables as GatherBlockQuantized)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    op_types = config.op_types or ("MatMul", "Gather")
     model = onnx.load_model(str(src))
+    op_types = _int4_op_types(config, model)
     symmetric = (config.weight_scheme or config.scheme or "asymmetric") == "symmetric"
     q = MatMulNBitsQuantizer(model, bits=4, block_size=config.block_size, is_symmetric=symmetric,
                              nodes_to_exclude=excluded, op_types_to_quantize=tuple(op_types),
@@ -360,13 +434,20 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
 
     from compressor.passes.rewrites import (
         apply_rewrites,
+        fold_gemm_alpha_beta,
         gemm_to_matmul,
+        gemm_trans_a_to_transpose,
         reduce_mean_to_global_average_pool,
         smooth_activations,
     )
 
     model = onnx.load_model(str(src))
     done = apply_rewrites(model) if config.rewrites else {}
+    # always: ONNX Runtime's quantizers assume alpha = beta = 1 and transA = 0 (case R25)
+    for name, fn in (("gemm_alpha_beta", fold_gemm_alpha_beta), ("gemm_trans_a", gemm_trans_a_to_transpose)):
+        n = fn(model)
+        if n:
+            done[name] = n
     if static and config.rewrites:
         n = reduce_mean_to_global_average_pool(model)
         if n:
@@ -379,7 +460,8 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
         calib = ctx.calibration
         if config.calibration_samples is not None:
             calib = type(calib)({k: v[: config.calibration_samples] for k, v in calib.arrays.items()}, None, calib.source)
-        batches = [calib.batch(i, 16) for i in range(0, calib.num_samples, 16)]
+        size = ctx.batch_size(16)  # a model with a fixed batch axis takes only that size (case R10)
+        batches = [calib.batch(i, size) for i in range(0, calib.num_samples - size + 1, size)]
         n = smooth_activations(model, batches, alpha=config.smooth_alpha, skip_nodes=set(excluded))
         if n:
             done[f"smoothquant(alpha={config.smooth_alpha})"] = n
@@ -407,7 +489,8 @@ def _quiet_calibration() -> Any:
     return stack
 
 
-def _entropy_ranges(model: Path, workdir: Path, calib: Any, op_types: list[str] | None, large: bool) -> Path:
+def _entropy_ranges(model: Path, workdir: Path, calib: Any, op_types: list[str] | None, large: bool,
+                    reader: Any = _NpzReader) -> Path:
     """Entropy (KL-divergence) activation ranges from ONNX Runtime's calibrator, saved as its calibration cache.
 
     Returns:
@@ -420,12 +503,76 @@ def _entropy_ranges(model: Path, workdir: Path, calib: Any, op_types: list[str] 
         calibrator = create_calibrator(model, op_types, augmented_model_path=str(workdir / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.Entropy, use_external_data_format=large,
                                        extra_options=dict(ENTROPY_BINS))
-        calibrator.collect_data(_NpzReader(calib))
+        calibrator.collect_data(reader(calib))
         ranges = calibrator.compute_data()
         del calibrator
     cache = workdir / "calibration_ranges.json"
     save_tensors_data(ranges, cache)
     return cache
+
+
+#: Held-out samples taken from the calibration data when no --eval-data is given: a fifth of them (4 to 64),
+#: only when at least this many samples are given, so that calibration keeps 16 or more.
+HELD_OUT_MIN_CALIBRATION = 20
+
+
+def _split_held_out(ctx: RunContext, calib: Any, limit: int | None) -> tuple[Any, Any]:
+    """Calibration samples and held-out samples that static ranges never see (case R22).
+
+    Held-out samples are ``--eval-data`` when given; else the samples past ``--calibration-samples``; else
+    the last fifth of the calibration data (4 to 64 samples; only with 20 or more). With a fixed batch
+    axis, the held-out count is a multiple of it.
+
+    Returns:
+        ``(calibration, held_out or None)`` as :class:`~compressor.inputs.SampleData`.
+    """
+    from compressor.inputs import SampleData, fixed_batch_size
+
+    n = calib.num_samples
+
+    def part(data: Any, start: int, stop: int | None, what: str) -> Any:
+        return SampleData({k: v[start:stop] for k, v in data.arrays.items()}, None, what)
+
+    step = fixed_batch_size(ctx.io) or 1
+    if limit is not None and n > limit:
+        rest = min(n - limit, 64) // step * step
+        return part(calib, 0, limit, calib.source), (
+            part(calib, limit, limit + rest, f"{calib.source} (samples {limit}-{limit + rest - 1}, not calibrated on)")
+            if rest else None)
+    if ctx.eval_data is not None:
+        return calib, part(ctx.eval_data, 0, min(ctx.eval_data.num_samples, 512), ctx.eval_data.source)
+    if n < HELD_OUT_MIN_CALIBRATION:
+        return calib, None
+    h = max(4, min(64, n // 5)) // step * step
+    if not h:
+        return calib, None
+    return part(calib, 0, n - h, calib.source), part(calib, n - h, None,
+                                                      f"{calib.source} (last {h} samples, not calibrated on)")
+
+
+def _held_out_fidelity(baseline: Path, result: Path, held: Any, settings: dict[str, Any],
+                       ctx: RunContext) -> dict[str, Any]:
+    """Cosine of the static int8 result to its baseline on held-out samples, worst over float outputs (case R22).
+
+    Warns in one line when the worst per-sample cosine is under 0.98 (int8 normally gives 0.99 or more),
+    naming reduce_range where this CPU can saturate.
+    """
+    from compressor.fidelity import compare_outputs, run_onnx
+
+    base, got = run_onnx(baseline, held), run_onnx(result, held)
+    per = [compare_outputs([b], [r]) for b, r in zip(base, got, strict=True) if b.dtype.kind == "f"]
+    if not per:
+        return {"inputs": held.source, "samples": held.num_samples}
+    fid = {"inputs": held.source, "samples": held.num_samples,
+           "cosine_min": min(p["cosine_min"] for p in per), "cosine_mean": min(p["cosine_mean"] for p in per)}
+    if fid["cosine_min"] < 0.98:
+        advice = ("--reduce-range (this CPU can saturate 8-bit weights)" if settings.get("saturation_risk")
+                  and not settings.get("reduce_range") else
+                  "--calibration-method percentile, more calibration samples, --exclude the sensitive nodes, or "
+                  "--mode dynamic")
+        ctx.warn(f"static int8 on {fid['samples']} held-out samples: cosine_min {fid['cosine_min']:.3f} (mean "
+                 f"{fid['cosine_mean']:.3f}), below the 0.99 int8 usually keeps; try {advice}")
+    return fid
 
 
 def _float_outputs(path: Path) -> dict[str, int]:
@@ -582,6 +729,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     # cases R7, R8, R21 (also checked before any work for an ONNX input): refuse or upcast the input's form
     check_input_form(base_model, config, ctx, excluded=_excluded_or_none(config, base_model))
     source, upcast = _upcast_if_float16(source, base_model, config, ctx)
+    source, opset_upgrade = _upgrade_opset_for(config, onnx.load_model(str(source), load_external_data=False) if upcast else base_model, source, ctx)
     pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
     pre_model = onnx.load_model(str(pre), load_external_data=False)
     excluded = ExclusionScope(config.exclude).onnx_nodes(pre_model)
@@ -598,6 +746,9 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     gemm_aliases: list[str] = []
     if settings.get("mode") == "dynamic":
         op_types, gemm_aliases = _dynamic_op_types(config, pre, settings, ctx, excluded)
+    if settings.get("saturation_risk") and not settings["reduce_range"]:
+        ctx.warn(f"8-bit weights with reduce_range off: {settings['saturation_risk']}; expect lower fidelity "
+                 "(drop --no-reduce-range)")
     if settings.get("mode") != "static" and (config.calibration_method != "minmax" or config.calibration_samples):
         ctx.warn("--calibration-method and --calibration-samples only affect static quantization; this run is "
                  f"{settings.get('mode', config.precision)}")
@@ -606,6 +757,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
         ctx.warn(f"--percentile only applies with --calibration-method percentile; ignored "
                  f"(method {settings['calibration_method']})")
     rewrites: dict[str, int] = {}
+    held_out = None
     if config.precision == "int4" or (config.precision == "int8" and settings["mode"] == "dynamic"):
         pre, rewrites = _rewrite(ctx, config, pre, smooth=config.precision == "int8" and config.smooth, excluded=excluded)
     elif config.precision == "int8":
@@ -653,9 +805,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                                "DefaultTensorType": onnx.TensorProto.FLOAT},
             )
         else:
-            calib = ctx.calibration
-            if config.calibration_samples is not None and calib.num_samples > config.calibration_samples:
-                calib = type(calib)({k: v[: config.calibration_samples] for k, v in calib.arrays.items()}, None, calib.source)
+            calib, held_out = _split_held_out(ctx, ctx.calibration, config.calibration_samples)
             method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                       "percentile": CalibrationMethod.Percentile}[settings["calibration_method"]]
             extra = {
@@ -669,7 +819,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                 settings["percentile"] = config.percentile
             cache = None
             if settings["calibration_method"] == "entropy":
-                cache = _entropy_ranges(pre, ctx.workdir, calib, op_types, large)
+                cache = _entropy_ranges(pre, ctx.workdir, calib, op_types, large, reader=lambda d: _reader(ctx, d))
                 settings["entropy_bins"] = dict(ENTROPY_BINS)
             # ranges are computed once (ONNX Runtime writes its calibration cache on the first call) and
             # shared by every kernel format that is tried
@@ -680,7 +830,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                     quantize_static(
                         str(pre),
                         str(dst),
-                        _NpzReader(calib),
+                        _reader(ctx, calib),
                         quant_format=QuantFormat.QOperator if fmt["quant_format"] == "QOperator" else QuantFormat.QDQ,
                         per_channel=settings["per_channel"],
                         reduce_range=fmt["reduce_range"],
@@ -698,7 +848,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
 
             from compressor.passes.kernel_formats import static_formats
 
-            static_formats(ctx, config, settings, pre, out, calib, quantize_one)
+            static_formats(ctx, config, settings, pre, out, calib, quantize_one, held_out=held_out)
             rewrites.update(settings.pop("_rewrites", {}))
             settings["calibration_samples"] = calib.num_samples
             settings["calibration_data"] = calib.source
@@ -724,7 +874,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     _check_weight_scheme(qmodel, settings, ctx)
     try:
         sess = make_session(out)
-        sess.run(None, ctx.data.batch(0, min(2, ctx.data.num_samples)))
+        sess.run(None, ctx.data.batch(0, ctx.batch_size(min(2, ctx.data.num_samples))))
     except SessionError as e:
         raise QuantizationError(
             f"the quantized model does not load in ONNX Runtime ({e}); try --scheme asymmetric or --per-tensor"
@@ -735,6 +885,8 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
             f"the quantized model fails when run in ONNX Runtime ({msg}); try --per-tensor or --exclude the node named"
         ) from e
     ops = [n.op_type for n in qmodel.graph.node]
+    if settings.get("mode") == "static" and held_out is not None:
+        settings["held_out_fidelity"] = _held_out_fidelity(artifact.path, out, held_out, settings, ctx)
     if settings.get("mode") == "static":
         kept = _kept_float_activations(qmodel)
         if kept and settings["activation_scheme"] == "symmetric":
@@ -746,4 +898,6 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
         ctx.warn("dynamic quantization turned convolutions into ConvInteger, which is often slower than fp32 "
                  f"on CPU; static quantization suits CNNs better: {how} (see the latency numbers)")
     settings["precision"] = config.precision
+    if opset_upgrade:
+        settings["opset_upgrade"] = opset_upgrade
     return PassResult(ModelArtifact(out, ModelFormat.ONNX, io=artifact.io), {**settings, **summary, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]})

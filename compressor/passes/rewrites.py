@@ -11,6 +11,9 @@ The report lists the rewrites that ran and how often.
 - ``gelu``: the exact erf GELU written out as ``x * 0.5 * (1 + erf(x / sqrt(2)))`` becomes one
   ``com.microsoft.Gelu`` node, ONNX Runtime's kernel for the same formula (Hendrycks & Gimpel
   2016), which ONNX Runtime can then fuse with the preceding bias add.
+- ``gemm_alpha_beta`` (every int8 and int4 run, whatever ``rewrites`` says): ``alpha`` folded into
+  the constant weight and ``beta`` into the bias of each ``Gemm`` (case R25); ``gemm_trans_a``: a
+  ``transA`` becomes a ``Transpose`` of the input, so that the Gemm has the form the quantizers take.
 - ``global_average_pool`` (static QDQ only): ``ReduceMean`` over all spatial axes becomes
   ``GlobalAveragePool``, which has a fused int8 kernel.
 - ``float_output`` (static QDQ only, after quantization): the last Gemm/MatMul writes float32
@@ -200,6 +203,105 @@ def gemm_to_matmul(model: Any) -> int:
         model.graph.node.remove(n)
         for k, node in enumerate(new):
             model.graph.node.insert(pos + k, node)
+        done += 1
+    return done
+
+
+def fold_gemm_alpha_beta(model: Any) -> int:
+    """Fold ``alpha`` into a constant ``B`` and ``beta`` into a constant ``C`` of every ``Gemm`` (case R25).
+
+    ``Gemm(A, B, C) = alpha * op(A) @ op(B) + beta * C`` equals ``op(A) @ op(alpha * B) + (beta * C)``
+    with ``alpha = beta = 1``: the same result (bit for bit when alpha and beta are powers of two,
+    else within one float32 rounding). ONNX Runtime's quantizers assume ``alpha = beta = 1``: its
+    QDQ Gemm quantizer (1.32.0) quantizes the bias with ``beta`` reset to 1 without scaling it
+    (cosine 0.897 on a Gemm with beta 2), and its dynamic and int4 paths skip such a Gemm. A ``B``
+    shared with another node gets its own scaled copy; a ``C`` that is not constant is scaled by a
+    ``Mul``. A Gemm whose ``B`` is not constant is left as it is (it has no weight to quantize).
+
+    Args:
+        model: ``onnx.ModelProto`` (float32/float16 initializers), changed in place.
+
+    Returns:
+        The number of Gemm nodes rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = onnx_graph.initializers(model)
+    users = onnx_graph.use_counts(model)
+    done = 0
+    for n in list(model.graph.node):
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        dtype = numpy_helper.to_array(inits[n.input[1]]).dtype
+        attrs = {a.name: a for a in n.attribute}
+        alpha = helper.get_attribute_value(attrs["alpha"]) if "alpha" in attrs else 1.0
+        beta = helper.get_attribute_value(attrs["beta"]) if "beta" in attrs else 1.0
+        if alpha == 1.0 and beta == 1.0:
+            continue
+        if alpha != 1.0:
+            w = numpy_helper.to_array(inits[n.input[1]])
+            name = n.input[1] if users[n.input[1]] == 1 else f"{n.input[1]}_alpha_{n.name or done}"
+            scaled = numpy_helper.from_array((w * np.asarray(alpha, dtype=w.dtype)).astype(w.dtype), name)
+            if name == n.input[1]:
+                inits[name].CopyFrom(scaled)
+            else:
+                model.graph.initializer.append(scaled)
+                users[n.input[1]] -= 1
+                n.input[1] = name
+        has_bias = len(n.input) > 2 and bool(n.input[2])
+        if beta != 1.0 and has_bias:
+            c_name = n.input[2]
+            if c_name in inits:
+                c = numpy_helper.to_array(inits[c_name])
+                name = c_name if users[c_name] == 1 else f"{c_name}_beta_{n.name or done}"
+                scaled = numpy_helper.from_array((c * np.asarray(beta, dtype=c.dtype)).astype(c.dtype), name)
+                if name == c_name:
+                    inits[name].CopyFrom(scaled)
+                else:
+                    model.graph.initializer.append(scaled)
+                    users[c_name] -= 1
+                    n.input[2] = name
+            else:  # a computed C: C * beta before the Gemm (the same product the Gemm would form)
+                b_name, out = f"{n.name or c_name}_beta", f"{c_name}_times_beta_{done}"
+                model.graph.initializer.append(numpy_helper.from_array(np.asarray(beta, dtype=dtype), b_name))
+                pos = list(model.graph.node).index(n)
+                model.graph.node.insert(pos, helper.make_node("Mul", [c_name, b_name], [out], name=f"{b_name}_mul"))
+                n.input[2] = out
+        for key in ("alpha", "beta"):
+            if key in attrs:
+                n.attribute.remove(attrs[key])
+        done += 1
+    return done
+
+
+def gemm_trans_a_to_transpose(model: Any) -> int:
+    """Rewrite ``Gemm(A, B, C, transA=1)`` with a constant ``B`` as ``Gemm(Transpose(A), B, C)`` (case R25's kind).
+
+    The same product (a transpose moves values, it computes nothing). ONNX Runtime 1.32.0's dynamic
+    quantizer and the int4 rewrite to MatMul only take ``transA = 0``; without this such a Gemm stays float.
+
+    Args:
+        model: ``onnx.ModelProto``, changed in place.
+
+    Returns:
+        The number of Gemm nodes rewritten.
+    """
+    from onnx import helper
+
+    inits = onnx_graph.initializers(model)
+    done = 0
+    for n in list(model.graph.node):
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        trans = [a for a in n.attribute if a.name == "transA"]
+        if not trans or not helper.get_attribute_value(trans[0]):
+            continue
+        out = f"{n.input[0]}_transposed_{n.name or done}"
+        pos = list(model.graph.node).index(n)
+        model.graph.node.insert(pos, helper.make_node("Transpose", [n.input[0]], [out], name=f"{n.name}_transpose_a",
+                                                      perm=[1, 0]))
+        n.input[0] = out
+        n.attribute.remove(trans[0])
         done += 1
     return done
 
