@@ -18,8 +18,13 @@ _QPARAM_INPUTS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "Dynamic
                   "QLinearMatMul": (1, 2, 4, 5, 6, 7), "MatMulNBits": (2, 3)}
 
 
-def graph_stats(model: Any) -> dict[str, Any]:
-    """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto`` (external data loaded).
+def graph_stats(model: Any, *, base_dir: str | None = None) -> dict[str, Any]:
+    """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto``.
+
+    Args:
+        model: The model, with its external data loaded or not.
+        base_dir: Folder of the model's external data files, when they are not loaded: each
+            weight is then read on its own (memory: one tensor at a time).
 
     Returns:
         ``parameters``: elements of float, 8-/4-bit and int32 (quantized bias) initializers,
@@ -69,10 +74,10 @@ def graph_stats(model: Any) -> dict[str, Any]:
     zeros = 0
     total = 0
     for name, zp_name in weights.items():
-        arr = numpy_helper.to_array(inits[name])
+        arr = numpy_helper.to_array(inits[name], base_dir=base_dir or "")
         zp = 0
         if zp_name and zp_name in inits:
-            zp = numpy_helper.to_array(inits[zp_name])
+            zp = numpy_helper.to_array(inits[zp_name], base_dir=base_dir or "")
             if zp.ndim == 1 and arr.ndim >= 1 and zp.shape[0] != 1:
                 axis = next((a for a, d in enumerate(arr.shape) if d == zp.shape[0]), 0)
                 shape = [1] * arr.ndim
@@ -80,6 +85,7 @@ def graph_stats(model: Any) -> dict[str, Any]:
                 zp = zp.reshape(shape)
         zeros += int(np.count_nonzero(arr == zp))
         total += arr.size
+        del arr
     return {
         "parameters": params,
         "sparsity": float(zeros / total) if total else 0.0,
