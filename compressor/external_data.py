@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-#: Tensors at most this many bytes are read into the graph by :func:`load_graph` (scalars, shapes, masks).
-SMALL_TENSOR_BYTES = 1 << 16
 #: Tensors over this many bytes go to the data file (ONNX's own default ``size_threshold``).
 INLINE_MAX_BYTES = 1024
+#: Tensors at most this many bytes are read into the graph by :func:`load_graph` (scalars, shapes): what a
+#: model saved with ONNX's default threshold holds inline anyway.
+SMALL_TENSOR_BYTES = INLINE_MAX_BYTES
 #: Offsets in the data file are multiples of this (page size: lets ONNX Runtime map the file).
 ALIGN_BYTES = 4096
 _CHUNK_BYTES = 64 << 20
