@@ -32,6 +32,7 @@ SMALL_TENSOR_BYTES = INLINE_MAX_BYTES
 #: Offsets in the data file are multiples of this (page size: lets ONNX Runtime map the file).
 ALIGN_BYTES = 4096
 _CHUNK_BYTES = 64 << 20
+_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
 def data_file_name(model_path: Path | str) -> str:
@@ -167,7 +168,7 @@ class DataWriter:
     def _mark(self, tensor: Any, offset: int, length: int) -> None:
         import onnx
 
-        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        for name in _DATA_FIELDS:
             tensor.ClearField(name)
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.EXTERNAL
@@ -192,6 +193,8 @@ class DataWriter:
         tensor.dims.extend(array.shape)
         tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
         if array.nbytes <= INLINE_MAX_BYTES:
+            for name in _DATA_FIELDS:
+                tensor.ClearField(name)
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = array.tobytes()

@@ -115,9 +115,49 @@ def test_i14_over_threshold_skips_preprocessing_with_the_reason(ext_model, tmp_p
     assert q["preprocess_reason"].startswith("skipped: the model is")
     assert any("pre-processing skipped" in w for w in r.report["warnings"])
     assert any(k.startswith("smoothquant") for k in q["rewrites"])
+    assert q["quantized_one_node_at_a_time"] is True
+    assert q["quantized_nodes"] == {"MatMul": 4}
     assert _locations(out) == {"q.onnx.data"}
     x = np.load(calib)["x"]
     assert _cos(_run(out, x), _run(model, x)) >= 0.99
+
+
+def test_i14_one_node_at_a_time_equals_onnx_runtime_on_the_whole_model(tmp_path):
+    """Two MatMuls share an input (one DynamicQuantizeLinear kept), a Gemm is left to the whole-model pass."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from compressor.passes.quantize_by_node import has_other_quantizable, matmuls_to_quantize, quantize_dynamic_by_node
+
+    rng = np.random.default_rng(1)
+    w = {n: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+         for n, s in (("wa", (16, 32)), ("wb", (16, 32)), ("wg", (32, 8)))}
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"], name="mm_a"),
+             helper.make_node("MatMul", ["x", "wb"], ["b"], name="mm_b"),
+             helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+             helper.make_node("Gemm", ["s", "wg"], ["y"], name="gemm")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], list(w.values()))
+    src = tmp_path / "m.onnx"
+    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src),
+                    save_as_external_data=True, size_threshold=0, location="m.onnx.data")
+    opts = {"per_channel": True, "reduce_range": False, "weight_type": QuantType.QInt8,
+            "extra_options": {"MatMulConstBOnly": True, "WeightSymmetric": True}}
+    names = matmuls_to_quantize(onnx.load(str(src), load_external_data=False), excluded=[], op_types=None)
+    assert names == ["mm_a", "mm_b"]
+    work = tmp_path / "work"
+    work.mkdir()
+    part = quantize_dynamic_by_node(src, work / "part.onnx", names, work, **opts)
+    got = onnx.load(str(part), load_external_data=False)
+    ops = [n.op_type for n in got.graph.node]
+    assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulInteger") == 2 and "MatMul" not in ops
+    assert {t.name for t in got.graph.initializer}.isdisjoint({"wa", "wb"})  # float weights gone
+    assert has_other_quantizable(part, excluded=[], op_types=None)  # the Gemm
+    assert not has_other_quantizable(part, excluded=["gemm"], op_types=None)
+    whole = tmp_path / "whole.onnx"
+    quantize_dynamic(str(src), str(whole), nodes_to_quantize=names, **{**opts, "extra_options": dict(opts["extra_options"])})
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(_run(part, x), _run(whole, x))
+    onnx.checker.check_model(str(part), full_check=True)
 
 
 def test_i14_smoothing_streams_weights_and_keeps_fp32_results(ext_model, tmp_path):

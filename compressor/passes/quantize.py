@@ -19,6 +19,7 @@ from compressor.errors import QuantizationError, SessionError
 from compressor.onnx_graph import FLOAT_WEIGHT_OPS as WEIGHT_OPS
 from compressor.passes import PassResult
 from compressor.passes.configs import QuantizeConfig
+from compressor.passes.quantize_by_node import has_other_quantizable
 from compressor.runtime import cpu_info, has_vnni, make_session
 from compressor.scope import ExclusionScope, require_op_types
 
@@ -387,6 +388,34 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
     return out, done
 
 
+def _quantize_large_by_node(ctx: RunContext, src: Path, excluded: list[str], op_types: list[str] | None,
+                            options: dict[str, Any]) -> Path | None:
+    """Dynamic int8 of every 2-D MatMul of a large model, one node at a time (see :mod:`quantize_by_node`).
+
+    Returns:
+        The model with those MatMuls quantized, or None when it has none.
+    """
+    import onnx
+
+    from compressor.passes.quantize_by_node import matmuls_to_quantize, quantize_dynamic_by_node
+
+    nodes = matmuls_to_quantize(onnx.load_model(str(src), load_external_data=False), excluded=excluded,
+                                op_types=op_types)
+    if not nodes:
+        return None
+    return quantize_dynamic_by_node(src, ctx.workdir / "by_node.onnx", nodes, ctx.workdir, **options)
+
+
+def _move_scratch_model(src: Path, dst: Path) -> None:
+    """Rename a scratch model and its data file (``<dst name>.data``) within the scratch folder."""
+    import os
+
+    from compressor.external_data import rename_data
+
+    rename_data(src, dst.name)
+    os.replace(src, dst)
+
+
 def _external(path: Path) -> bool:
     """True when a model keeps weights in external data or is over the threshold: its results do as well."""
     from compressor.external_data import has_external_data
@@ -563,6 +592,14 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                          f"accuracy: {', '.join(sorted(set(tied.values())))} (used by Gather {', '.join(sorted(tied))})")
                 excluded = excluded + sorted(tied)
                 settings["tied_weights_kept_float"] = sorted(set(tied.values()))
+            dyn_options = {"per_channel": settings["per_channel"], "reduce_range": settings["reduce_range"],
+                           "weight_type": qtype[settings["weight_type"]],
+                           "extra_options": {"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
+                                             "DefaultTensorType": onnx.TensorProto.FLOAT}}
+            by_node = _quantize_large_by_node(ctx, pre, excluded, op_types, dyn_options) if large else None
+            if by_node is not None:
+                pre = src_for_main = by_node
+                settings["quantized_one_node_at_a_time"] = True
             per_tensor_nodes = _non_2d_matmuls(pre) if settings["per_channel"] else []
             per_tensor_nodes = [n for n in per_tensor_nodes if n not in excluded]
             if per_tensor_nodes:
@@ -578,18 +615,22 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                                                 "WeightSymmetric": settings["weight_scheme"] == "symmetric",
                                                 "DefaultTensorType": onnx.TensorProto.FLOAT})
                 settings["per_tensor_nodes"] = per_tensor_nodes
-            quantize_dynamic(
-                str(src_for_main),
-                str(out),
-                per_channel=settings["per_channel"],
-                reduce_range=settings["reduce_range"],
-                weight_type=qtype[settings["weight_type"]],
-                op_types_to_quantize=op_types,
-                nodes_to_exclude=excluded + per_tensor_nodes,
-                use_external_data_format=large,
-                extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
-                               "DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+            if by_node is not None and not per_tensor_nodes and not has_other_quantizable(
+                    by_node, excluded=excluded, op_types=op_types):
+                _move_scratch_model(by_node, out)  # every quantizable node is done
+            else:
+                quantize_dynamic(
+                    str(src_for_main),
+                    str(out),
+                    per_channel=settings["per_channel"],
+                    reduce_range=settings["reduce_range"],
+                    weight_type=qtype[settings["weight_type"]],
+                    op_types_to_quantize=op_types,
+                    nodes_to_exclude=excluded + per_tensor_nodes,
+                    use_external_data_format=large,
+                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
+                                   "DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
         else:
             calib = ctx.calibration
             if config.calibration_samples is not None and calib.num_samples > config.calibration_samples:
