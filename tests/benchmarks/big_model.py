@@ -43,7 +43,8 @@ RUNS = {
     "int8": [],
     "int4": ["--precision", "int4"],
     "fp16": ["--precision", "fp16"],
-    "int8-static": ["--mode", "static", "--calibration-data", "{calib}"],  # last: the most memory (calibrator)
+    "int8-static": ["--mode", "static", "--calibration-data", "{calib}"],  # the most memory (calibrator)
+    "export": [],  # compressor export of the same weights as a PyTorch pickle (4 x Linear, 2.4 GB)
 }
 BOUNDED = ("int8-calib", "int8", "int4")  # peak RSS must stay within 2.5 x the model size
 
@@ -91,6 +92,30 @@ def build_big_model(folder: Path, *, dim: int = 12288, layers: int = 4, samples:
     return path, npz
 
 
+def build_big_torch(folder: Path, *, dim: int = 12288, layers: int = 4, seed: int = 0) -> Path:
+    """``big.pt``: ``torch.save`` of 4 x (Linear dim x dim, no bias) with ReLU between (2.4 GB at 12288).
+
+    The weights are those of :func:`build_big_model` (same seed, transposed), so the export computes
+    the same function as ``big.onnx``.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    mods: list[torch.nn.Module] = []
+    for i in range(layers):
+        w = rng.standard_normal((dim, dim), dtype=np.float32)
+        w *= np.float32(1.0 / np.sqrt(dim))
+        lin = torch.nn.Linear(dim, dim, bias=False, device="meta")
+        lin.weight = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(w.T)), requires_grad=False)
+        del w
+        mods.append(lin)
+        if i < layers - 1:
+            mods.append(torch.nn.ReLU())
+    path = folder / "big.pt"
+    torch.save(torch.nn.Sequential(*mods).eval(), path)
+    return path
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -121,7 +146,7 @@ def _loads_with_own_data(path: Path, x: np.ndarray) -> tuple[bool, np.ndarray | 
     own = locs <= {f"{path.name}.data"}
     del m
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    y = sess.run(None, {"x": x})[0]
+    y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     del sess
     return own, y
 
@@ -157,13 +182,21 @@ def main() -> int:
         for name in args.only.split(","):
             extra = [a.format(calib=calib) for a in RUNS[name]]
             out = folder / f"big.{name}.onnx"
-            code, wall, peak, stdout, stderr = run_cli(["quantize", str(model), *extra, "-o", str(out), "--json",
-                                                        *FAST_BENCH])
+            if name == "export":
+                pt = build_big_torch(folder, dim=args.dim)
+                cmd = ["export", str(pt), "--calibration-data", str(calib), "-o", str(out), "--json"]
+            else:
+                cmd = ["quantize", str(model), *extra, "-o", str(out), "--json", *FAST_BENCH]
+            code, wall, peak, stdout, stderr = run_cli(cmd)
+            if name == "export":
+                pt.unlink()
             step_peak = cosine = out_mb = None
             own = loads = False
             if code == 0:
                 rep = json.loads(stdout)
                 step_peak = rep["steps"][0].get("peak_rss_bytes")
+                if name == "export":
+                    print(f"  export: {rep['export'].get('exporter')}, max abs diff {rep['export'].get('max_abs_diff')}")
                 out_mb = rep["result"]["size_bytes"] / 1e6
                 try:
                     own, y = _loads_with_own_data(out, x)
