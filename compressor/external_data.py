@@ -120,22 +120,6 @@ def load_graph(path: Path | str, *, small_bytes: int = SMALL_TENSOR_BYTES) -> An
     return model
 
 
-def tensor_nbytes(tensor: Any) -> int:
-    """Bytes of a tensor's data, inline or external, without reading external data."""
-    import onnx
-
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        length = _info(tensor)[2]
-        if length is not None:
-            return length
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    from compressor.onnx_graph import np_dtype
-
-    n = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
-    return n * np_dtype(tensor.data_type).itemsize
-
-
 class DataWriter:
     """Writes the weights of a model into one new data file ``<model name>.data``, tensor by tensor.
 
