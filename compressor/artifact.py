@@ -161,7 +161,13 @@ def onnx_external_locations(path: Path) -> set[str]:
 
 
 #: Models whose weights exceed this many bytes are written with external data (protobuf's 2 GB cap).
+#: Read at call time through :func:`external_data_threshold`, so tests can lower it (monkeypatch).
 EXTERNAL_DATA_BYTES = int(1.8 * 1024**3)
+
+
+def external_data_threshold() -> int:
+    """Bytes of weights above which a model is written with external data (:data:`EXTERNAL_DATA_BYTES`)."""
+    return EXTERNAL_DATA_BYTES
 
 
 def weights_bytes(model: Any) -> int:
@@ -180,12 +186,21 @@ def weights_bytes(model: Any) -> int:
     return total
 
 
-def save_onnx(model: Any, path: Path) -> None:
-    """Save an ONNX model as one file, or with one external-data file ``<name>.data`` beside it above ~1.8 GB."""
+def save_onnx(model: Any, path: Path, *, external: bool | None = None) -> None:
+    """Save an ONNX model as one file, or with one external-data file ``<name>.data`` beside it.
+
+    Args:
+        model: ``onnx.ModelProto`` with its weights in memory.
+        path: Destination.
+        external: True to always write external data (e.g. the source had it), False never;
+            None (default) when the weights exceed :func:`external_data_threshold`.
+    """
     import onnx
 
     path = Path(path)
-    if weights_bytes(model) > EXTERNAL_DATA_BYTES:
+    if external is None:
+        external = weights_bytes(model) > external_data_threshold()
+    if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=f"{path.name}.data", size_threshold=1024)
     else:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compressor.artifact import IOSpec, ModelArtifact, ModelFormat
+from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, external_data_threshold
 from compressor.errors import ExportError, UsageError
 from compressor.inputs import SampleData
 
@@ -175,7 +175,8 @@ def export_to_onnx(
     refs = [torch_forward(model, b, io_spec) for b in batches]
     output_names = ["output"] if len(refs[0]) == 1 else [f"output_{i}" for i in range(len(refs[0]))]
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in io_spec.input_names)
-    big = _param_bytes(model) > 0.9 * _TWO_GB
+    # weights over the threshold (protobuf's 2 GB limit, less headroom) are written as external data
+    big = _param_bytes(model) > min(external_data_threshold(), int(0.9 * _TWO_GB))
 
     attempts: list[dict[str, Any]] = []
     for name in order:
@@ -203,7 +204,7 @@ def export_to_onnx(
             return res
     for p in (out_path, out_path.with_name(out_path.name + ".data")):
         with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+            p.unlink()  # (the TorchScript exporter's one-file-per-tensor data goes with the scratch folder)
     parts = []
     for a in attempts:
         if "error" in a:

@@ -30,7 +30,8 @@ def model_entry(onnx_path: Path, shown_path: Path) -> dict[str, Any]:
 
     from compressor.onnx_stats import graph_stats
 
-    stats = graph_stats(onnx.load_model(str(onnx_path)))
+    # graph only: weights are read one at a time (a model over 2 GB is never held whole)
+    stats = graph_stats(onnx.load_model(str(onnx_path), load_external_data=False), base_dir=str(Path(onnx_path).parent))
     return {
         "path": str(shown_path),
         "size_bytes": file_size_bytes(onnx_path),

@@ -70,7 +70,7 @@ def _unpack_nbits(node: Any, packed: np.ndarray, zp: np.ndarray | None) -> tuple
     return q[:, :k], np.repeat(z, block, axis=1)[:, :k]
 
 
-def _quantized_copies(inits: dict[str, Any], weights: dict[str, tuple[str | None, Any]]) -> int:
+def _quantized_copies(inits: dict[str, Any], weights: dict[str, tuple[str | None, Any]], *, base_dir: str = "") -> int:
     """Elements of 8-bit weights that are copies of a float initializer still in the graph (counted once, case R16).
 
     A weight tied to an embedding table stays float for the ``Gather`` while ONNX Runtime stores an
@@ -92,10 +92,11 @@ def _quantized_copies(inits: dict[str, Any], weights: dict[str, tuple[str | None
         size = int(np.prod(t.dims))
         if size < 16 or size not in by_size:
             continue
-        q = numpy_helper.to_array(t).astype(np.float64)
-        zp = numpy_helper.to_array(inits[zp_name]).astype(np.float64) if zp_name and zp_name in inits else 0.0
+        q = numpy_helper.to_array(t, base_dir=base_dir).astype(np.float64)
+        zp = (numpy_helper.to_array(inits[zp_name], base_dir=base_dir).astype(np.float64)
+              if zp_name and zp_name in inits else 0.0)
         for other in by_size[size]:
-            w = numpy_helper.to_array(inits[other]).astype(np.float64)
+            w = numpy_helper.to_array(inits[other], base_dir=base_dir).astype(np.float64)
             if any(_proportional(q, zp, cand) for cand in (w, w.T) if cand.size == q.size):
                 copies += size
                 by_size[size].remove(other)
@@ -137,8 +138,13 @@ def _align(zp: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return zp.reshape(out) if k == zp.ndim else zp
 
 
-def graph_stats(model: Any) -> dict[str, Any]:
-    """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto`` (external data loaded).
+def graph_stats(model: Any, *, base_dir: str | None = None) -> dict[str, Any]:
+    """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto``.
+
+    Args:
+        model: The model, with its external data loaded or not.
+        base_dir: Folder of the model's external data files, when they are not loaded: each
+            weight is then read on its own (memory: one tensor at a time).
 
     Returns:
         ``parameters``: logical weights, counted the same way in every precision (case R16):
@@ -192,14 +198,14 @@ def graph_stats(model: Any) -> dict[str, Any]:
         if init.data_type in _PARAMETER_ELEM_TYPES:
             n = int(np.prod(init.dims)) if len(init.dims) else 1
             params += logical.get(name, n)
-    params -= _quantized_copies(inits, weights)
+    params -= _quantized_copies(inits, weights, base_dir=base_dir or "")
     zeros = 0
     total = 0
     for name, (zp_name, nbits) in weights.items():
-        arr = numpy_helper.to_array(inits[name])
+        arr = numpy_helper.to_array(inits[name], base_dir=base_dir or "")
         zp = 0
         if nbits is not None:
-            zpa = numpy_helper.to_array(inits[zp_name]) if zp_name and zp_name in inits else None
+            zpa = numpy_helper.to_array(inits[zp_name], base_dir=base_dir or "") if zp_name and zp_name in inits else None
             try:
                 q, z = _unpack_nbits(nbits, arr, zpa)
             except ValueError:  # not 4-bit: packed values this function cannot read
@@ -208,7 +214,7 @@ def graph_stats(model: Any) -> dict[str, Any]:
             total += q.size
             continue
         if zp_name and zp_name in inits:
-            zp = numpy_helper.to_array(inits[zp_name])
+            zp = numpy_helper.to_array(inits[zp_name], base_dir=base_dir or "")
             if zp.ndim == 1 and arr.ndim >= 1 and zp.shape[0] != 1:
                 axis = next((a for a, d in enumerate(arr.shape) if d == zp.shape[0]), 0)
                 shape = [1] * arr.ndim
@@ -221,6 +227,7 @@ def graph_stats(model: Any) -> dict[str, Any]:
         except ValueError:  # a zero-point layout this function does not know: leave the weight out, never fail
             continue
         total += arr.size
+        del arr
     return {
         "parameters": params,
         "sparsity": float(zeros / total) if total else 0.0,

@@ -41,10 +41,32 @@ def scratch_dir(near: Path | None):
 
 
 def publish(tmp_model: Path, final: Path) -> None:
-    """Move a verified ONNX model (and its external data files) to ``final`` atomically per file."""
-    for loc in onnx_external_locations(tmp_model):
-        os.replace(tmp_model.parent / loc, final.parent / loc)
-    os.replace(tmp_model, final)
+    """Move a verified ONNX model and its external data to ``final`` (data file ``<final name>.data``).
+
+    The data file is renamed in the scratch folder first (and the model's ``location`` entries
+    rewritten), so each output owns its data file: two outputs in one folder never share one.
+    Both are then moved by ``os.replace`` on the same file system, data first and model last, so
+    the model file never appears before its data; a data file left by an earlier single-file or
+    external-data output of the same name is replaced or removed. Should the model's move fail,
+    the new data file is removed again.
+    """
+    from compressor.external_data import data_file_name, rename_data
+
+    tmp_model, final = Path(tmp_model), Path(final)
+    moved = []
+    try:
+        for data in rename_data(tmp_model, final.name):
+            dest = final.parent / data.name
+            os.replace(data, dest)
+            moved.append(dest)
+        os.replace(tmp_model, final)
+    except BaseException:
+        for dest in moved:
+            dest.unlink(missing_ok=True)
+        raise
+    stale = final.parent / data_file_name(final)
+    if not moved and stale.is_file():  # the previous output of this name had external data; this one does not
+        stale.unlink()
 
 
 def default_output(input_path: Path, suffix: str) -> Path:
@@ -111,9 +133,30 @@ def check_output(input_path: Path, output: Path, *, others: dict[str, Path | Non
         if other is not None and Path(other).exists() and (
                 output.resolve() == Path(other).resolve() or (output.exists() and output.samefile(other))):
             raise UsageError(f"output {output} is the {what}; choose another -o/--output (inputs are never overwritten)")
+    _check_data_file(input_path, output, others or {})
     if not output.parent.exists():
         raise UsageError(f"output folder {output.parent} does not exist; create it or choose another -o/--output")
     if not _can_write_in(output.parent):
         raise UsageError(f"cannot write in {output.parent}; choose another -o/--output")
     if output.is_dir():
         raise UsageError(f"output {output} is a folder; give a file name such as {output / 'model.onnx'}")
+
+
+def _check_data_file(input_path: Path, output: Path, others: dict[str, Path | None]) -> None:
+    """Refuse an output whose data file ``<output name>.data`` would overwrite the input or its external data.
+
+    Raises:
+        UsageError: The data file is the input model, one of the input's external data files, or another input.
+    """
+    from compressor.external_data import data_file_name
+
+    data = output.parent / data_file_name(output)
+    if not data.exists():
+        return
+    protected = {"input model": input_path, **{k: v for k, v in others.items() if v is not None}}
+    protected.update({f"external data of {input_path.name}": input_path.parent / loc
+                      for loc in onnx_external_locations(input_path)} if input_path.exists() else {})
+    for what, other in protected.items():
+        if Path(other).exists() and data.samefile(other):
+            raise UsageError(f"output {output} would write its weights to {data}, which is the {what}; "
+                             "choose another -o/--output (inputs are never overwritten)")

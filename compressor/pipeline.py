@@ -310,11 +310,18 @@ def _step_dir(work: Path, n: int, name: str) -> Path:
 
 
 def _run_step(planned: PlannedStep, artifact: ModelArtifact, ctx: RunContext, work: Path, n: int) -> Any:
-    """Run one planned step in its own scratch sub-folder (its files never clash with another step's)."""
+    """Run one planned step in its own scratch sub-folder (its files never clash with another step's).
+
+    The result's details get the step's peak resident memory (``peak_rss_bytes``, ``peak_rss_scope``).
+    """
+    from compressor.memory import PeakRss
+
     step_ctx = dataclasses.replace(ctx, workdir=_step_dir(work, n, planned.spec.name))  # shares warnings
     step_ctx.progress(planned.describe(), 0, None)
-    result = planned.spec.load_runner()(artifact, planned.config, step_ctx)
+    with PeakRss() as peak:
+        result = planned.spec.load_runner()(artifact, planned.config, step_ctx)
     step_ctx.progress(planned.describe(), 1, 1)
+    result.details.update(peak.to_json())
     return result
 
 

@@ -134,7 +134,8 @@ def load_model(path: Path, options: LoadOptions | None = None) -> ModelArtifact:
         options: Pickle trust and state_dict class settings.
 
     Returns:
-        A :class:`ModelArtifact` with ``loaded`` set to an ``onnx.ModelProto`` (ONNX), a
+        A :class:`ModelArtifact` with ``loaded`` set to an ``onnx.ModelProto`` (ONNX; weights in
+        external data files stay on disk and are read lazily), a
         ``torch.export.ExportedProgram`` or a ``torch.nn.Module`` in eval mode, and ``io``
         set when the format records its inputs (ONNX, ExportedProgram).
 

@@ -27,23 +27,31 @@ class OnnxLoader(Loader):
         return zip_names is None and parse_onnx(path) is not None
 
     def load(self, path: Path, options: LoadOptions) -> ModelArtifact:
-        """Load the model with its external data (``onnx.load_model``).
+        """Load the model's graph; weights in external data files stay on disk (checked, not read).
+
+        Weights are read lazily, one tensor at a time, by the passes that need them (see
+        :mod:`compressor.external_data`), so a model over 2 GB is never held in memory whole.
 
         Returns:
-            An artifact with ``loaded`` an ``onnx.ModelProto`` and ``io`` from its graph.
+            An artifact with ``loaded`` an ``onnx.ModelProto`` (external initializers not loaded),
+            ``io`` from its graph, and ``details["external_data"]`` (True when weights are external).
 
         Raises:
             UsageError: The model or an external data file it names cannot be read.
         """
         import onnx
 
+        from compressor.external_data import check_data_files, has_external_data
+
         try:
-            model = onnx.load_model(os.fspath(path), load_external_data=True)
+            model = onnx.load_model(os.fspath(path), load_external_data=False)
+            check_data_files(model, Path(path).parent)
         except Exception as e:
             raise UsageError(
                 f"cannot load ONNX model {path}: {e}; check that its external data files sit beside it"
             ) from e
-        return ModelArtifact(path=path, format=ModelFormat.ONNX, io=onnx_io_spec(model), loaded=model)
+        return ModelArtifact(path=path, format=ModelFormat.ONNX, io=onnx_io_spec(model), loaded=model,
+                             details={"external_data": has_external_data(model)})
 
     def io_spec(self, artifact: ModelArtifact) -> IOSpec | None:
         """Inputs and outputs of the loaded graph (see :func:`onnx_io_spec`)."""

@@ -278,7 +278,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
     Raises:
         Exception: Whatever ``quantize_one`` raises when no format can be built.
     """
-    from compressor.artifact import EXTERNAL_DATA_BYTES, file_size_bytes
+    from compressor.artifact import external_data_threshold, file_size_bytes
     from compressor.runtime import cpu_info
 
     cpu = cpu_info()
@@ -295,7 +295,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
         settings["format"] = fmt["quant_format"]
         settings["format_selection"] = {"by": "flags"}
         return
-    elif file_size_bytes(pre) > (max_bytes if max_bytes is not None else EXTERNAL_DATA_BYTES):
+    elif file_size_bytes(pre) > (max_bytes if max_bytes is not None else external_data_threshold()):
         names, by = ["qdq-u8s8"], "rule (model too large to build every format)"
     else:
         names, by = static_candidates(isa, machine), "measured"

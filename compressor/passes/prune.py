@@ -515,10 +515,13 @@ def _unstructured_onnx(art: ModelArtifact, ctx: RunContext, config: PruneConfig)
     import torch
     from onnx import numpy_helper
 
-    if art.loaded is not None:
+    from compressor.external_data import has_external_data
+
+    external = has_external_data(art.loaded if art.loaded is not None else art.path)
+    if art.loaded is not None and not external:
         model = onnx.ModelProto()
         model.CopyFrom(art.loaded)
-    else:  # an ONNX file made by an earlier step
+    else:  # an ONNX file made by an earlier step, or weights in external data (the loader keeps them on disk)
         model = onnx.load_model(str(art.path))
     inits = initializers(model)
     names: list[str] = []
@@ -537,6 +540,6 @@ def _unstructured_onnx(art: ModelArtifact, ctx: RunContext, config: PruneConfig)
         total += new.size
         inits[n].CopyFrom(numpy_helper.from_array(new, n))
     path = ctx.workdir / "pruned.onnx"
-    save_onnx(model, path)
+    save_onnx(model, path, external=external or None)  # external data in, external data out
     return PassResult(ModelArtifact(path, ModelFormat.ONNX, io=art.io),
                       _unstructured_details(config, names, zeros / total))

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from compressor import onnx_graph
-from compressor.artifact import EXTERNAL_DATA_BYTES, ModelArtifact, ModelFormat, file_size_bytes, save_onnx
+from compressor.artifact import ModelArtifact, ModelFormat, external_data_threshold, file_size_bytes, save_onnx
 from compressor.context import RunContext
 from compressor.errors import QuantizationError, SessionError
 from compressor.passes import PassResult
 from compressor.passes.configs import QuantizeConfig
+from compressor.passes.quantize_by_node import has_other_quantizable
 from compressor.runtime import cpu_info, int8_saturation_risk, make_session
 from compressor.scope import ExclusionScope, require_op_types
 
@@ -292,9 +293,18 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from compressor.external_data import data_file_name, has_external_data
+
     errors = []
     src, dst = Path(src).resolve(), Path(dst).resolve()
+    # ONNX Runtime 1.32: without save_as_external_data, the optimizer's temporary model keeps pointing at the
+    # source's data file name in its own temp folder, and loading it fails ("should be stored in
+    # <temp>/m.onnx.data, but it is not regular file"); with it, every intermediate carries its own data file
+    external = {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                "external_data_location": data_file_name(dst)} if has_external_data(src) else {}
     for label, kwargs in (("full", {}), ("without symbolic shape inference", {"skip_symbolic_shape": True})):
+        (dst.parent / data_file_name(dst)).unlink(missing_ok=True)  # onnx appends to an existing data file
+        kwargs = {**kwargs, **external}
         try:
             # ONNX Runtime's symbolic shape inference writes temp files into the current folder
             # ... and prints its own failures with a traceback on stderr: keep them in the warning below
@@ -308,6 +318,23 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
             errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     ctx.warn(f"quantization pre-processing failed ({errors[-1]}); quantizing the graph as it is")
     return src, "skipped"
+
+
+def preprocess_skip_reason(src: Path) -> str | None:
+    """Why quantization pre-processing is not run on a model, or None to run it.
+
+    Models whose file size (external data included) exceeds the external-data threshold skip it:
+    ONNX Runtime 1.32's ``quant_pre_process`` loads the whole model, its symbolic shape inference
+    serializes it as one protobuf (fails over 2 GB) and its optimizer holds another copy, several
+    times the model in memory. The quantizer's own ONNX shape inference by path
+    (``onnx.shape_inference.infer_shapes_path``) still runs.
+    """
+    size = file_size_bytes(src)
+    if size <= external_data_threshold():
+        return None
+    return (f"skipped: the model is {size / 1024**3:.2f} GB with external data; ONNX Runtime's quant_pre_process "
+            "holds it in memory several times and its symbolic shape inference serializes it as one protobuf "
+            "(2 GB limit); ONNX shape inference by path runs in the quantizer instead")
 
 
 def _non_2d_matmuls(path: Path) -> list[str]:
@@ -400,7 +427,7 @@ def _quantize_int4(ctx: RunContext, config: QuantizeConfig, src: Path, out: Path
                              nodes_to_exclude=excluded, op_types_to_quantize=tuple(op_types),
                              quant_axes=(("MatMul", 0), ("Gather", 1)))
     q.process()
-    save_onnx(q.model.model, out)
+    save_onnx(q.model.model, out, external=_external(src))
     scheme = "symmetric" if symmetric else "asymmetric"
     return {"mode": "weight-only", "format": "MatMulNBits / GatherBlockQuantized", "weight_type": "int4",
             "weight_scheme": scheme, "activation_type": "float32", "activation_scheme": "none (weight-only)",
@@ -415,12 +442,25 @@ def _quantize_fp16(config: QuantizeConfig, src: Path, out: Path, excluded: list[
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from compressor.passes.quant_inventory import topological_sort
+    if _external(src):
+        # ONNX Runtime 1.32's converter runs onnx.shape_inference.infer_shapes on the model in memory, which
+        # serializes it (fails over 2 GB): infer shapes by path on the graph instead, then load the weights
+        shaped = out.with_name("fp16_shapes.onnx")
+        onnx.shape_inference.infer_shapes_path(str(src), str(shaped))
+        model = onnx.load_model(str(shaped), load_external_data=False)
+        onnx.external_data_helper.load_external_data_for_model(model, str(Path(src).parent))
+        shaped.unlink()
+        model = convert_float_to_float16(model, keep_io_types=config.keep_io_types, node_block_list=excluded or None,
+                                         disable_shape_infer=True)
+    else:
+        model = convert_float_to_float16(onnx.load_model(str(src)), keep_io_types=config.keep_io_types,
+                                         node_block_list=excluded or None)
+    # ONNX Runtime 1.32's converter appends the Cast nodes of kept float32 inputs at the end of the graph:
+    # ONNX Runtime runs that, but the ONNX checker wants nodes in topological order
+    from onnxruntime.quantization.onnx_model import ONNXModel
 
-    model = convert_float_to_float16(onnx.load_model(str(src)), keep_io_types=config.keep_io_types,
-                                     node_block_list=excluded or None)
-    topological_sort(model)  # case R11: the converter appends its input Casts at the end of the graph
-    save_onnx(model, out)
+    ONNXModel(model).topological_sort()
+    save_onnx(model, out, external=_external(src))
     return {"mode": "fp16", "format": "float16", "weight_type": "float16", "weight_scheme": "none",
             "activation_type": "float16", "activation_scheme": "none", "per_channel": False, "reduce_range": False,
             "calibration_method": None, "chosen_by": "user",
@@ -432,6 +472,7 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
     """Result-preserving rewrites, then SmoothQuant smoothing when calibration data is given."""
     import onnx
 
+    from compressor.external_data import DataWriter, TensorStore, load_graph
     from compressor.passes.rewrites import (
         apply_rewrites,
         fold_gemm_alpha_beta,
@@ -441,7 +482,15 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
         smooth_activations,
     )
 
-    model = onnx.load_model(str(src))
+    out = ctx.workdir / "rewritten.onnx"
+    writer = None
+    if _external(src):  # the graph with its small tensors; weights are read and written one at a time
+        model = load_graph(src)
+        writer = DataWriter(out)
+        tensors = TensorStore(Path(src).parent, writer)
+    else:
+        model = onnx.load_model(str(src))
+        tensors = None
     done = apply_rewrites(model) if config.rewrites else {}
     # always: ONNX Runtime's quantizers assume alpha = beta = 1 and transA = 0 (case R25)
     for name, fn in (("gemm_alpha_beta", fold_gemm_alpha_beta), ("gemm_trans_a", gemm_trans_a_to_transpose)):
@@ -453,7 +502,7 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
         if n:
             done["global_average_pool"] = n
     if config.precision == "int4":  # MatMulNBits takes MatMul only
-        n = gemm_to_matmul(model)
+        n = gemm_to_matmul(model, tensors=tensors)
         if n:
             done["gemm_to_matmul"] = n
     if smooth and ctx.calibration is not None:
@@ -462,14 +511,53 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
             calib = type(calib)({k: v[: config.calibration_samples] for k, v in calib.arrays.items()}, None, calib.source)
         size = ctx.batch_size(16)  # a model with a fixed batch axis takes only that size (case R10)
         batches = [calib.batch(i, size) for i in range(0, calib.num_samples - size + 1, size)]
-        n = smooth_activations(model, batches, alpha=config.smooth_alpha, skip_nodes=set(excluded))
+        n = smooth_activations(model, batches, alpha=config.smooth_alpha, skip_nodes=set(excluded), tensors=tensors)
         if n:
             done[f"smoothquant(alpha={config.smooth_alpha})"] = n
     if not done:
+        if writer is not None:
+            writer.discard()
         return src, {}
-    out = ctx.workdir / "rewritten.onnx"
-    save_onnx(model, out)
+    if writer is not None:
+        writer.save(model, base_dir=Path(src).parent)
+    else:
+        save_onnx(model, out)
     return out, done
+
+
+def _quantize_large_by_node(ctx: RunContext, src: Path, excluded: list[str], op_types: list[str] | None,
+                            options: dict[str, Any]) -> Path | None:
+    """Dynamic int8 of every 2-D MatMul of a large model, one node at a time (see :mod:`quantize_by_node`).
+
+    Returns:
+        The model with those MatMuls quantized, or None when it has none.
+    """
+    import onnx
+
+    from compressor.passes.quantize_by_node import matmuls_to_quantize, quantize_dynamic_by_node
+
+    nodes = matmuls_to_quantize(onnx.load_model(str(src), load_external_data=False), excluded=excluded,
+                                op_types=op_types)
+    if not nodes:
+        return None
+    return quantize_dynamic_by_node(src, ctx.workdir / "by_node.onnx", nodes, ctx.workdir, **options)
+
+
+def _move_scratch_model(src: Path, dst: Path) -> None:
+    """Rename a scratch model and its data file (``<dst name>.data``) within the scratch folder."""
+    import os
+
+    from compressor.external_data import rename_data
+
+    rename_data(src, dst.name)
+    os.replace(src, dst)
+
+
+def _external(path: Path) -> bool:
+    """True when a model keeps weights in external data or is over the threshold: its results do as well."""
+    from compressor.external_data import has_external_data
+
+    return has_external_data(path) or file_size_bytes(path) > external_data_threshold()
 
 
 # Histogram for entropy (KL) calibration: 2048 bins searched for the 8-bit window of 255 levels that keeps
@@ -579,13 +667,16 @@ def _float_outputs(path: Path) -> dict[str, int]:
     """Let the last Gemm/MatMul of a QDQ model write float32 graph outputs (see ``float_graph_outputs``)."""
     import onnx
 
+    from compressor.external_data import data_file_name
     from compressor.passes.rewrites import float_graph_outputs
 
+    external = _external(path)
     model = onnx.load_model(str(path))
     n = float_graph_outputs(model)
     if not n:
         return {}
-    save_onnx(model, path)
+    (path.parent / data_file_name(path)).unlink(missing_ok=True)  # weights are in memory; onnx would append
+    save_onnx(model, path, external=external)
     return {"float_output": n}
 
 
@@ -600,7 +691,7 @@ def _kept_float_activations(model: Any) -> list[str]:
     return kept
 
 
-def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) -> None:
+def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext, *, base_dir: str = "") -> None:
     """Read the weight zero points actually stored and correct the report when they differ from the request.
 
     ONNX Runtime's QDQ quantizer makes per-channel weights symmetric whatever ``WeightSymmetric`` says.
@@ -613,9 +704,9 @@ def _check_weight_scheme(model: Any, settings: dict[str, Any], ctx: RunContext) 
     zps = []
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2 and len(n.input) > 2:
-            zps.append(numpy_helper.to_array(inits[n.input[2]]))
+            zps.append(numpy_helper.to_array(inits[n.input[2]], base_dir=base_dir))
         elif n.op_type in ("MatMulInteger", "ConvInteger") and len(n.input) > 3 and n.input[3] in inits:
-            zps.append(numpy_helper.to_array(inits[n.input[3]]))
+            zps.append(numpy_helper.to_array(inits[n.input[3]], base_dir=base_dir))
     if not zps:
         return
     mid = 128 if settings["weight_type"] == "uint8" else 0
@@ -730,14 +821,19 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     check_input_form(base_model, config, ctx, excluded=_excluded_or_none(config, base_model))
     source, upcast = _upcast_if_float16(source, base_model, config, ctx)
     source, opset_upgrade = _upgrade_opset_for(config, onnx.load_model(str(source), load_external_data=False) if upcast else base_model, source, ctx)
-    pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
+    skip_reason = preprocess_skip_reason(source)
+    if skip_reason is None:
+        pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
+    else:  # never silent: the reason goes in the report and a warning
+        pre, pre_label = source, "skipped"
+        ctx.warn(f"quantization pre-processing {skip_reason}")
     pre_model = onnx.load_model(str(pre), load_external_data=False)
     excluded = ExclusionScope(config.exclude).onnx_nodes(pre_model)
     require_op_types(config.op_types, (n.op_type for n in pre_model.graph.node), flag="--op-types")
     del pre_model
     out = ctx.workdir / "quantized.onnx"
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    large = file_size_bytes(source) > EXTERNAL_DATA_BYTES  # read and written with external data
+    large = _external(source)  # read and written with external data
     if config.precision != "int8":
         settings = {}
     else:
@@ -777,6 +873,14 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                          f"accuracy: {', '.join(sorted(set(tied.values())))} (used by Gather {', '.join(sorted(tied))})")
                 excluded = excluded + sorted(tied)
                 settings["tied_weights_kept_float"] = sorted(set(tied.values()))
+            dyn_options = {"per_channel": settings["per_channel"], "reduce_range": settings["reduce_range"],
+                           "weight_type": qtype[settings["weight_type"]],
+                           "extra_options": {"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
+                                             "DefaultTensorType": onnx.TensorProto.FLOAT}}
+            by_node = _quantize_large_by_node(ctx, pre, excluded, op_types, dyn_options) if large else None
+            if by_node is not None:
+                pre = src_for_main = by_node
+                settings["quantized_one_node_at_a_time"] = True
             per_tensor_nodes = _non_2d_matmuls(pre) if settings["per_channel"] else []
             per_tensor_nodes = [n for n in per_tensor_nodes if n not in excluded]
             if per_tensor_nodes:
@@ -792,18 +896,22 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                                                 "WeightSymmetric": settings["weight_scheme"] == "symmetric",
                                                 "DefaultTensorType": onnx.TensorProto.FLOAT})
                 settings["per_tensor_nodes"] = per_tensor_nodes
-            quantize_dynamic(
-                str(src_for_main),
-                str(out),
-                per_channel=settings["per_channel"],
-                reduce_range=settings["reduce_range"],
-                weight_type=qtype[settings["weight_type"]],
-                op_types_to_quantize=op_types,
-                nodes_to_exclude=excluded + per_tensor_nodes + gemm_aliases,
-                use_external_data_format=large,
-                extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
-                               "DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+            if by_node is not None and not per_tensor_nodes and not has_other_quantizable(
+                    by_node, excluded=excluded, op_types=op_types):
+                _move_scratch_model(by_node, out)  # every quantizable node is done
+            else:
+                quantize_dynamic(
+                    str(src_for_main),
+                    str(out),
+                    per_channel=settings["per_channel"],
+                    reduce_range=settings["reduce_range"],
+                    weight_type=qtype[settings["weight_type"]],
+                    op_types_to_quantize=op_types,
+                    nodes_to_exclude=excluded + per_tensor_nodes + gemm_aliases,
+                    use_external_data_format=large,
+                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
+                                   "DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
         else:
             calib, held_out = _split_held_out(ctx, ctx.calibration, config.calibration_samples)
             method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -871,7 +979,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
         left = ", ".join(f"{v} {k}" for k, v in summary["unquantized_nodes"].items()) or "none"
         raise QuantizationError(f"quantization quantized no node: ONNX Runtime's {config.precision} quantizer left "
                                 f"every weight node in float ({left}); nothing would change")
-    _check_weight_scheme(qmodel, settings, ctx)
+    _check_weight_scheme(qmodel, settings, ctx, base_dir=str(out.parent))
     try:
         sess = make_session(out)
         sess.run(None, ctx.data.batch(0, ctx.batch_size(min(2, ctx.data.num_samples))))
@@ -900,4 +1008,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     settings["precision"] = config.precision
     if opset_upgrade:
         settings["opset_upgrade"] = opset_upgrade
-    return PassResult(ModelArtifact(out, ModelFormat.ONNX, io=artifact.io), {**settings, **summary, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]})
+    details = {**settings, **summary, "preprocess": pre_label, "cpu_isa": cpu_info()["isa"]}
+    if skip_reason:
+        details["preprocess_reason"] = skip_reason
+    return PassResult(ModelArtifact(out, ModelFormat.ONNX, io=artifact.io), details)

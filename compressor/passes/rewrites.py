@@ -32,9 +32,16 @@ from compressor import onnx_graph
 
 
 def _constants(model: Any) -> dict[str, np.ndarray]:
+    """Values of the initializers and Constant nodes held in the graph.
+
+    Initializers left in external data files (the large weights of a graph loaded by
+    :func:`compressor.external_data.load_graph`) are skipped: no rewrite here reads a weight.
+    """
+    import onnx
     from onnx import numpy_helper
 
-    consts = {name: numpy_helper.to_array(i) for name, i in onnx_graph.initializers(model).items()}
+    consts = {name: numpy_helper.to_array(i) for name, i in onnx_graph.initializers(model).items()
+              if i.data_location != onnx.TensorProto.EXTERNAL}
     for n in model.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
@@ -171,16 +178,25 @@ def fuse_gelu(model: Any) -> int:
     return fused
 
 
-def gemm_to_matmul(model: Any) -> int:
+def gemm_to_matmul(model: Any, *, tensors: Any = None) -> int:
     """Rewrite ``Gemm(A, B, C)`` with a constant ``B`` (alpha = beta = 1, no transA) as ``MatMul(A, B') + C``.
 
     ONNX Runtime's int4 quantizer (MatMulNBits) only takes MatMul; the rewrite is exact (``B'`` is
     ``B`` or its transpose, stored once).
 
+    Args:
+        model: ``onnx.ModelProto``, changed in place.
+        tensors: :class:`~compressor.external_data.TensorStore` that reads and writes weights
+            (for a graph whose weights stay in external data); None: weights are in the graph.
+
     Returns:
         The number of Gemm nodes rewritten.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
+
+    from compressor.external_data import TensorStore
+
+    tensors = tensors or TensorStore()
 
     inits = onnx_graph.initializers(model)
     users = onnx_graph.use_counts(model)
@@ -192,8 +208,9 @@ def gemm_to_matmul(model: Any) -> int:
         if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
             continue
         if attrs.get("transB", 0):
-            w = numpy_helper.to_array(inits[n.input[1]])
-            inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T), n.input[1]))
+            w = tensors.get(inits[n.input[1]])
+            tensors.set(inits[n.input[1]], np.ascontiguousarray(w.T))
+            del w
         pos = list(model.graph.node).index(n)
         has_bias = len(n.input) > 2 and n.input[2]
         mm_out = f"{n.output[0]}_matmul" if has_bias else n.output[0]
@@ -404,7 +421,8 @@ def apply_rewrites(model: Any) -> dict[str, int]:
 
 
 def smooth_activations(
-    model: Any, feeds_list: list[dict[str, np.ndarray]], *, alpha: float = 0.5, skip_nodes: set[str] | None = None
+    model: Any, feeds_list: list[dict[str, np.ndarray]], *, alpha: float = 0.5, skip_nodes: set[str] | None = None,
+    tensors: Any = None,
 ) -> int:
     """SmoothQuant (Xiao et al. 2023): move activation outliers of MatMul inputs into the weights.
 
@@ -419,6 +437,10 @@ def smooth_activations(
         feeds_list: Calibration batches (``input name -> ndarray``).
         alpha: Migration strength in [0, 1].
         skip_nodes: MatMul node names left alone (e.g. excluded from quantization).
+        tensors: :class:`~compressor.external_data.TensorStore` for a graph whose weights stay in
+            external data files (models over 2 GB): the activation probe then runs from the graph
+            alone, its weights read by ONNX Runtime from ``tensors.base_dir``, and each scaled
+            weight is written out as it is made. None: weights are in the graph.
 
     Returns:
         The number of activations smoothed.
@@ -426,6 +448,10 @@ def smooth_activations(
     import onnx
     import onnxruntime as ort
     from onnx import helper, numpy_helper
+
+    from compressor.external_data import TensorStore, has_external_data
+
+    tensors = tensors or TensorStore()
 
     inits = onnx_graph.initializers(model)
     users = onnx_graph.use_counts(model)
@@ -449,6 +475,10 @@ def smooth_activations(
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if has_external_data(probe):
+        # the graph without its weights serializes far below protobuf's 2 GB limit; ONNX Runtime (1.32) reads
+        # the external weights from this folder when a model comes as bytes
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", tensors.base_dir or ".")
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     amax: dict[str, np.ndarray] = {}
@@ -457,10 +487,12 @@ def smooth_activations(
         for x in groups:
             a = np.abs(outs[x]).reshape(-1, outs[x].shape[-1]).max(axis=0)
             amax[x] = a if x not in amax else np.maximum(amax[x], a)
+        del outs
+    del sess, probe
     done = 0
     for x, nodes in groups.items():
-        weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
-        wmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+        # one weight in memory at a time: max |W_k| per row, then each weight again to scale it
+        wmax = np.max([np.abs(tensors.get(inits[n.input[1]])).max(axis=1) for n in nodes], axis=0)
         a = amax[x]
         if a.shape != wmax.shape:
             continue
@@ -472,8 +504,11 @@ def smooth_activations(
         mul = helper.make_node("Mul", [x, inv_name], [out_name], name=f"{x}_smooth")
         first = min(list(model.graph.node).index(n) for n in nodes)
         model.graph.node.insert(first, mul)
-        for n, w in zip(nodes, weights, strict=True):
-            inits[n.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(w.dtype), n.input[1]))
+        for n in nodes:
+            w = tensors.get(inits[n.input[1]])
+            w = (w * s[:, None]).astype(w.dtype)
+            tensors.set(inits[n.input[1]], w)
+            del w
             n.input[0] = out_name
         done += 1
     return done
