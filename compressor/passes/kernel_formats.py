@@ -251,7 +251,8 @@ def _data_digest(data: Any) -> str:
 
 
 def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, out: Path, calib: Any,
-                   quantize_one: Any, *, held_out: Any = None, max_bytes: int | None = None) -> None:
+                   quantize_one: Any, *, held_out: Any = None, max_bytes: int | None = None,
+                   cpu: dict[str, Any] | None = None) -> None:
     """Build the static int8 model at ``out`` in the kernel format chosen for this CPU; fill ``settings``.
 
     With ``config.format == "auto"`` and no type, scheme or reduce_range flag given, every format of
@@ -274,6 +275,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
             ``activation_type``, ``weight_type``, ``reduce_range``; it may add ``rewrites``).
         held_out: Samples kept out of calibration for fidelity (default: ``ctx.eval_data``, else ``calib``).
         max_bytes: Models larger than this are not built three times (default: the external-data size).
+        cpu: ``cpu_info()``-shaped facts (``machine``, ``isa``) the choice is made for (default: this CPU).
 
     Raises:
         Exception: Whatever ``quantize_one`` raises when no format can be built.
@@ -281,7 +283,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
     from compressor.artifact import external_data_threshold, file_size_bytes
     from compressor.runtime import cpu_info
 
-    cpu = cpu_info()
+    cpu = cpu or cpu_info()
     isa, machine = cpu["isa"], cpu["machine"]
     fixed_by_user = settings.get("chosen_by") == "user" or not str(settings.get("activation_scheme")).startswith(
         "asymmetric")

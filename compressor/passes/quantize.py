@@ -956,7 +956,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
 
             from compressor.passes.kernel_formats import static_formats
 
-            static_formats(ctx, config, settings, pre, out, calib, quantize_one, held_out=held_out)
+            static_formats(ctx, config, settings, pre, out, calib, quantize_one, held_out=held_out, cpu=cpu_info())
             rewrites.update(settings.pop("_rewrites", {}))
             settings["calibration_samples"] = calib.num_samples
             settings["calibration_data"] = calib.source
