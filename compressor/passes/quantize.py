@@ -509,8 +509,13 @@ def _rewrite(ctx: RunContext, config: QuantizeConfig, src: Path, *, smooth: bool
         calib = ctx.calibration
         if config.calibration_samples is not None:
             calib = type(calib)({k: v[: config.calibration_samples] for k, v in calib.arrays.items()}, None, calib.source)
-        size = ctx.batch_size(16)  # a model with a fixed batch axis takes only that size (case R10)
-        batches = [calib.batch(i, size) for i in range(0, calib.num_samples - size + 1, size)]
+        from compressor.inputs import fixed_batch_size
+
+        if fixed_batch_size(ctx.io):  # a model with a fixed batch axis takes only whole batches of it (case R10)
+            size = fixed_batch_size(ctx.io)
+            batches = [calib.batch(i, size) for i in range(0, calib.num_samples - size + 1, size)]
+        else:
+            batches = [calib.batch(i, 16) for i in range(0, calib.num_samples, 16)]
         n = smooth_activations(model, batches, alpha=config.smooth_alpha, skip_nodes=set(excluded), tensors=tensors)
         if n:
             done[f"smoothquant(alpha={config.smooth_alpha})"] = n
