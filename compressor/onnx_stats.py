@@ -18,6 +18,20 @@ _QPARAM_INPUTS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "Dynamic
                   "QLinearMatMul": (1, 2, 4, 5, 6, 7), "MatMulNBits": (2, 3)}
 
 
+#: Inputs of recurrent ops holding weight matrices: ``LSTM(X, W, R, B, ...)``, same for GRU and RNN.
+_RECURRENT_WEIGHTS = {"LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
+
+
+def _is_table(name: str, inits: dict[str, Any], writers: dict[str, Any]) -> bool:
+    """A Gather's data is an embedding table: a float (or dequantized) initializer of two or more dimensions."""
+    from compressor.onnx_graph import FLOAT_ELEM_TYPES
+
+    if name not in inits and name in writers and writers[name].op_type == "DequantizeLinear":
+        name = writers[name].input[0]
+        return name in inits and len(inits[name].dims) >= 2
+    return name in inits and inits[name].data_type in FLOAT_ELEM_TYPES and len(inits[name].dims) >= 2
+
+
 def graph_stats(model: Any) -> dict[str, Any]:
     """Parameters, weight sparsity and op histogram of an ``onnx.ModelProto`` (external data loaded).
 
@@ -26,7 +40,8 @@ def graph_stats(model: Any) -> dict[str, Any]:
         quantization scales and zero points and int64 shape constants excluded;
         ``sparsity``: fraction of zero weights (zero = equal to the zero point for quantized
         weights) in the weight inputs of Conv / ConvTranspose / Gemm / MatMul and their
-        quantized forms (embedding tables of Gather excluded);
+        quantized forms, the W and R matrices of LSTM / GRU / RNN, and the embedding tables of
+        Gather (float initializers of two or more dimensions);
         ``op_types``: node count per op type, sorted by name.
     """
     from onnx import numpy_helper
@@ -41,8 +56,15 @@ def graph_stats(model: Any) -> dict[str, Any]:
     writers = producers(model)
     weights: dict[str, Any] = {}  # initializer name -> zero point (or 0)
     for node in model.graph.node:
+        if node.op_type in _RECURRENT_WEIGHTS:  # W and R of LSTM/GRU/RNN count as weights too (case R14)
+            for idx in _RECURRENT_WEIGHTS[node.op_type]:
+                if idx < len(node.input) and node.input[idx] in inits:
+                    weights.setdefault(node.input[idx], None)
+            continue
         name = weight_input(node)
-        if name is None or node.op_type == "Gather":
+        if name is None:
+            continue
+        if node.op_type == "Gather" and not _is_table(name, inits, writers):  # index constants are not weights
             continue
         zp_name = None
         if name not in inits and name in writers:

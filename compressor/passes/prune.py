@@ -905,49 +905,110 @@ def _structure_name(flags: set[str], fused_qkv: bool) -> str:
 # --------------------------------------------------------------------------- unstructured
 
 
-def _global_magnitude_masks(tensors: list[Any], amount: float) -> list[Any]:
-    """Apply torch.nn.utils.prune global L1 magnitude pruning to copies of ``tensors`` and return them."""
+def _global_magnitude_masks(tensors: list[Any], amount: float, *, max_ratio: float = 1.0) -> list[Any]:
+    """Global L1 magnitude pruning of copies of ``tensors`` (torch.nn.utils.prune), no tensor above ``max_ratio``.
+
+    One global threshold over all tensors (``global_unstructured`` with ``L1Unstructured``) would empty whole
+    tensors whose weights are small by construction (an LSTM's next to an N(0, 1) embedding table). Tensors the
+    global ranking would prune beyond ``max_ratio`` are pruned at ``max_ratio`` on their own (``l1_unstructured``)
+    and the rest of the budget is ranked globally over the others (water-filling), so the total stays ``amount``
+    where the cap allows.
+
+    Args:
+        tensors: Weight tensors (any float dtype); not changed.
+        amount: Fraction of all their elements to zero, in (0, 1).
+        max_ratio: Largest fraction zeroed in any one tensor.
+
+    Returns:
+        The pruned copies, same dtypes, masks made permanent.
+    """
     import torch
     from torch.nn.utils import prune
 
-    holders = []
-    for t in tensors:
-        h = torch.nn.Module()
-        h.weight = torch.nn.Parameter(t.detach().clone().float(), requires_grad=False)
-        holders.append(h)
-    pairs = [(h, "weight") for h in holders]
-    prune.global_unstructured(pairs, pruning_method=prune.L1Unstructured, amount=amount)
+    sizes = [t.numel() for t in tensors]
+    budget = amount * sum(sizes)
+    capped: set[int] = set()
+    while True:
+        holders = []
+        for t in tensors:
+            h = torch.nn.Module()
+            h.weight = torch.nn.Parameter(t.detach().clone().float(), requires_grad=False)
+            holders.append(h)
+        free = [i for i in range(len(tensors)) if i not in capped]
+        for i in capped:
+            prune.l1_unstructured(holders[i], "weight", amount=int(round(max_ratio * sizes[i])))
+        rest = budget - sum(int(round(max_ratio * sizes[i])) for i in capped)
+        free_total = sum(sizes[i] for i in free)
+        if free and rest > 0:
+            prune.global_unstructured([(holders[i], "weight") for i in free], pruning_method=prune.L1Unstructured,
+                                      amount=min(int(round(rest)), free_total))
+        over = [i for i in free if prune.is_pruned(holders[i])
+                and float((holders[i].weight_mask == 0).sum()) > max_ratio * sizes[i] + 0.5]
+        if not over:
+            break
+        capped.update(over)
     for h in holders:
-        prune.remove(h, "weight")  # masks made permanent: plain weight tensors, no weight_orig/weight_mask
+        if prune.is_pruned(h):
+            prune.remove(h, "weight")  # masks made permanent: plain weight tensors, no weight_orig/weight_mask
     return [h.weight.detach().to(t.dtype) for h, t in zip(holders, tensors, strict=True)]
 
 
-def _torch_weight_params(model: Any, fmt: ModelFormat) -> list[tuple[str, Any]]:
-    """(name, parameter) of every Conv/Linear weight of a PyTorch model of any loaded format."""
+#: Weight-matrix parameters of each layer type that unstructured pruning covers (case R14/R30): Conv/Linear
+#: kernels, embedding tables, recurrent input/hidden(/projection) matrices, nn.MultiheadAttention's packed or
+#: separate q/k/v projections (its out_proj is an nn.Linear). Biases and norm scales stay dense.
+_UNSTRUCTURED_PARAMS = {
+    "Conv1d": ("weight",), "Conv2d": ("weight",), "Conv3d": ("weight",), "ConvTranspose1d": ("weight",),
+    "ConvTranspose2d": ("weight",), "ConvTranspose3d": ("weight",), "Linear": ("weight",),
+    "NonDynamicallyQuantizableLinear": ("weight",), "Embedding": ("weight",), "EmbeddingBag": ("weight",),
+    "MultiheadAttention": ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+    "LSTMCell": ("weight_ih", "weight_hh"), "GRUCell": ("weight_ih", "weight_hh"), "RNNCell": ("weight_ih", "weight_hh"),
+}
+_RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _torch_weight_params(model: Any, fmt: ModelFormat) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """The weight matrices of a PyTorch model of any loaded format: (covered, left dense).
+
+    Covered: see :data:`_UNSTRUCTURED_PARAMS` (plus every ``weight_*`` of LSTM/GRU/RNN). Left dense: every other
+    parameter with two or more dimensions (e.g. a custom layer's ``nn.Parameter`` matrix), reported by name.
+    Shared (tied) tensors are listed once.
+    """
     import torch
 
     if fmt is ModelFormat.EXPORTED_PROGRAM:
         ep = model
         targets = {"linear", "conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
-                   "conv_transpose3d", "addmm", "mm"}
+                   "conv_transpose3d", "addmm", "mm", "embedding"}
         sig = ep.graph_signature.inputs_to_parameters
         names = []
         for node in ep.graph.nodes:
             if node.op == "call_function" and getattr(node.target, "__name__", "").split(".")[0] in targets:
-                w = node.args[2] if node.target.__name__.startswith("addmm") else node.args[1]
+                op = node.target.__name__.split(".")[0]
+                w = node.args[2] if op == "addmm" else node.args[0] if op == "embedding" else node.args[1]
                 if hasattr(w, "name") and w.name in sig and sig[w.name] not in names:
                     names.append(sig[w.name])
         state = ep.state_dict
-        return [(n, state[n]) for n in names]
-    params = []
-    conv_linear = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear")
+        others = [(n, state[n]) for n in sig.values() if n in state and n not in names and state[n].dim() >= 2]
+        return [(n, state[n]) for n in names], others
+    params: list[tuple[str, Any]] = []
+    seen: set[int] = set()
     for name, m in model.named_modules():
         kind = getattr(m, "original_name", type(m).__name__)
-        if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)) or kind in conv_linear:
-            w = getattr(m, "weight", None)
-            if isinstance(w, torch.Tensor):
-                params.append((f"{name}.weight" if name else "weight", w))
-    return params
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            kind = "Conv2d"
+        elif isinstance(m, torch.nn.Linear):
+            kind = "Linear"
+        wanted = _UNSTRUCTURED_PARAMS.get(kind, ())
+        for pname, w in m.named_parameters(recurse=False) if hasattr(m, "named_parameters") else ():
+            if (pname in wanted or (kind in _RECURRENT and pname.startswith("weight_"))) and id(w) not in seen:
+                seen.add(id(w))
+                params.append((f"{name}.{pname}" if name else pname, w))
+    others = []
+    for pname, w in model.named_parameters():
+        if id(w) not in seen and w.dim() >= 2:
+            seen.add(id(w))
+            others.append((pname, w))
+    return params, others
 
 
 def _unstructured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> PassResult:
@@ -961,28 +1022,50 @@ def _unstructured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> P
         model = torch.jit.load(str(art.path), map_location="cpu").eval()  # a fresh copy
     else:
         model = copy.deepcopy(art.loaded).eval()
-    named = _torch_weight_params(model, art.format)
+    named, others = _torch_weight_params(model, art.format)
     if not named:
-        raise PruningError("the model has no Conv or Linear weights to prune; nothing would change")
-    pruned = _global_magnitude_masks([p for _, p in named], config.ratio)
+        raise PruningError("the model has no Conv, Linear, embedding, recurrent or attention weights to prune; "
+                           "nothing would change")
+    pruned = _global_magnitude_masks([p for _, p in named], config.ratio, max_ratio=config.max_layer_ratio)
     with torch.no_grad():
         for (_, p), new in zip(named, pruned, strict=True):
             p.copy_(new)
-    zeros = sum(int((p == 0).sum()) for _, p in named)
-    total = sum(p.numel() for _, p in named)
-    return PassResult(_torch_artifact(art, model, art.format),
-                      _unstructured_details(config, [n for n, _ in named], zeros / total))
+    counts = [(n, int((p == 0).sum()), p.numel()) for n, p in named]
+    skipped = [(n, int((p == 0).sum()), p.numel()) for n, p in others]
+    return PassResult(_torch_artifact(art, model, art.format), _unstructured_details(config, counts, skipped, ctx))
 
 
-def _unstructured_details(config: PruneConfig, names: list[str], sparsity: float) -> dict[str, Any]:
+def _unstructured_details(config: PruneConfig, counts: list[tuple[str, int, int]],
+                          skipped: list[tuple[str, int, int]], ctx: RunContext) -> dict[str, Any]:
+    """The report's ``pruning`` section of unstructured pruning, with sparsities measured on the result.
+
+    Args:
+        config: Prune settings.
+        counts: ``(tensor name, zeros, elements)`` of each pruned weight tensor, measured after pruning.
+        skipped: The same for weight matrices left dense (warned about).
+        ctx: Run context (warnings).
+    """
+    zeros = sum(z for _, z, _ in counts)
+    total = sum(t for _, _, t in counts)
+    all_zeros = zeros + sum(z for _, z, _ in skipped)
+    all_total = total + sum(t for _, _, t in skipped)
+    if skipped:
+        ctx.warn(f"unstructured pruning left {len(skipped)} weight tensor{'s' if len(skipped) > 1 else ''} dense "
+                 f"({', '.join(n for n, _, _ in skipped[:4])}{' ...' if len(skipped) > 4 else ''}: "
+                 f"{sum(t for _, _, t in skipped):,} of {all_total:,} weights); measured sparsity over all weights "
+                 f"{all_zeros / all_total:.3f}")
     return {
         "method": "unstructured",
         "pruning_ratio": config.ratio,
         "criterion": "l1",
         "criterion_source": "global L1 magnitude, torch.nn.utils.prune.global_unstructured",
-        "pruned_tensors": names,
+        "pruned_tensors": [n for n, _, _ in counts],
+        "skipped_tensors": [{"name": n, "elements": t} for n, _, t in skipped],
         "target_sparsity": config.ratio,
-        "achieved_sparsity": sparsity,
+        "achieved_sparsity": all_zeros / all_total,
+        "pruned_tensors_sparsity": zeros / total,
+        "sparsity_scope": "zeros measured on the result over every weight matrix (pruned and skipped tensors)",
+        "weights_total": all_total,
         "note": "unstructured sparsity shrinks the compressed (e.g. zip) size, not the dense ONNX file, and "
                 "ONNX Runtime's CPU kernels do not skip zeros: expect no speedup",
     }
@@ -999,22 +1082,50 @@ def _unstructured_onnx(art: ModelArtifact, ctx: RunContext, config: PruneConfig)
     else:  # an ONNX file made by an earlier step
         model = onnx.load_model(str(art.path))
     inits = initializers(model)
-    names: list[str] = []
-    for node in model.graph.node:
-        w = weight_input(node) if node.op_type in DENSE_WEIGHT_OPS else None
-        if w in inits and w not in names and inits[w].data_type in FLOAT_ELEM_TYPES:
-            names.append(w)
+    names = _onnx_weight_names(model, inits)
     if not names:
-        raise PruningError("the ONNX graph has no Conv/Gemm/MatMul weight initializers to prune; nothing would change")
+        raise PruningError("the ONNX graph has no Conv/Gemm/MatMul, recurrent or embedding weight initializers to "
+                           "prune; nothing would change")
     arrays = [numpy_helper.to_array(inits[n]) for n in names]
-    pruned = _global_magnitude_masks([torch.from_numpy(a.astype(np.float32)) for a in arrays], config.ratio)
-    zeros = total = 0
+    pruned = _global_magnitude_masks([torch.from_numpy(a.astype(np.float32)) for a in arrays], config.ratio,
+                                     max_ratio=config.max_layer_ratio)
+    counts = []
     for n, a, p in zip(names, arrays, pruned, strict=True):
         new = p.numpy().astype(a.dtype)
-        zeros += int((new == 0).sum())
-        total += new.size
+        counts.append((n, int((new == 0).sum()), int(new.size)))
         inits[n].CopyFrom(numpy_helper.from_array(new, n))
+    skipped = []
+    for n, init in inits.items():  # other float matrices (e.g. a constant added to activations) stay dense
+        if n not in names and init.data_type in FLOAT_ELEM_TYPES and len(init.dims) >= 2:
+            a = numpy_helper.to_array(init)
+            skipped.append((n, int((a == 0).sum()), int(a.size)))
     path = ctx.workdir / "pruned.onnx"
     save_onnx(model, path)
     return PassResult(ModelArtifact(path, ModelFormat.ONNX, io=art.io),
-                      _unstructured_details(config, names, zeros / total))
+                      _unstructured_details(config, counts, skipped, ctx))
+
+
+#: ONNX recurrent ops and the inputs holding their weight matrices: ``LSTM(X, W, R, ...)`` (same for GRU, RNN).
+_ONNX_RECURRENT_WEIGHTS = {"LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
+
+
+def _onnx_weight_names(model: Any, inits: dict[str, Any]) -> list[str]:
+    """Float weight initializers unstructured pruning covers (case R14).
+
+    Conv/ConvTranspose/Gemm/MatMul weights, the W and R matrices of LSTM/GRU/RNN, and embedding tables (the data
+    of a Gather, two or more dimensions).
+    """
+    names: list[str] = []
+    for node in model.graph.node:
+        if node.op_type in DENSE_WEIGHT_OPS:
+            cands = [weight_input(node)]
+        elif node.op_type in _ONNX_RECURRENT_WEIGHTS:
+            cands = [node.input[i] for i in _ONNX_RECURRENT_WEIGHTS[node.op_type] if i < len(node.input)]
+        elif node.op_type == "Gather" and node.input and node.input[0] in inits and len(inits[node.input[0]].dims) >= 2:
+            cands = [node.input[0]]
+        else:
+            cands = []
+        for w in cands:
+            if w in inits and w not in names and inits[w].data_type in FLOAT_ELEM_TYPES:
+                names.append(w)
+    return names
