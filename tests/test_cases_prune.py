@@ -194,6 +194,18 @@ def test_r14_unstructured_covers_embedding_and_recurrent_weights(tmp_path):
     assert r.report["result"]["sparsity"] == pytest.approx(0.5, abs=0.01)  # measured on the ONNX output, all weights
 
 
+def test_r14_prunes_around_a_recurrent_layer(tmp_path):
+    r, out = _prune(tmp_path, _entry("mlp_lstm_mlp"))
+    assert r.code == 0, r.stderr
+    layers = _layers(r)
+    assert layers["pre1"]["channels_after"] == 16 and layers["post1"]["channels_after"] == 32  # pruned
+    assert layers["pre2"]["channels_after"] == 32 and "LSTM 'lstm'" in layers["pre2"]["kept_because"]
+    assert r.report["pruning"]["unsupported_layers"] == [{"name": "lstm", "type": "LSTM"}]
+    assert any("LSTM" in line and "pre2" in line for line in r.error_lines)
+    sess = _session(out)
+    assert sess.run(None, {sess.get_inputs()[0].name: np.ones((2, 5, 16), np.float32)})[0].shape == (2, 6)
+
+
 def test_r14_weights_left_dense_are_named_and_measured(tmp_path):
     class WithMatrix(torch.nn.Module):
         def __init__(self):

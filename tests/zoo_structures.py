@@ -121,6 +121,23 @@ class EmbLSTM(nn.Module):
         return self.fc(out[:, -1])
 
 
+class MLPLSTMMLP(nn.Module):
+    """R14: Linear 16->32->32 feeding an LSTM(32, 32), then Linear 32->64->6 on the last step: the Linear feeding the
+    LSTM keeps its width; the others can be pruned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre1 = nn.Linear(16, 32)
+        self.pre2 = nn.Linear(32, 32)
+        self.lstm = nn.LSTM(32, 32, batch_first=True)
+        self.post1 = nn.Linear(32, 64)
+        self.post2 = nn.Linear(64, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(torch.relu(self.pre2(torch.relu(self.pre1(x)))))
+        return self.post2(torch.relu(self.post1(out[:, -1])))
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet's channel shuffle: view [N, g, C/g, H, W], swap the group axes, view back."""
     n, c, h, w = x.shape
@@ -241,8 +258,20 @@ ZOO: tuple[ZooEntry, ...] = (
     ZooEntry("multi_io_fc", MultiIOFC, ("x1:1x16", "x2:1x8"), "R27"),
     ZooEntry("split_reuse", SplitReuse, ("1,8,4,4",), "R27"),
     ZooEntry("emb_lstm", EmbLSTM, ("ids:1x10:int64",), "R14 R28"),
+    ZooEntry("mlp_lstm_mlp", MLPLSTMMLP, ("1,5,16",), "R14"),
     ZooEntry("channel_shuffle", ShuffleNetBlock, ("1,3,16,16",), "R28"),
     ZooEntry("pixel_shuffle", PixelShuffleNet, ("1,3,8,8",), "R28"),
     ZooEntry("fused_qkv_vit", FusedQKVViTBlock, ("1,8,32",), "R28"),
     ZooEntry("mha", MHABlock, ("1,8,32",), "R30"),
 )
+
+
+def _flatten(out: object) -> list[torch.Tensor]:
+    """The tensors of a model output (tensor, tuple, list or dict), in order: the ONNX outputs' order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flatten(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flatten(v)]
+    return []

@@ -112,11 +112,15 @@ def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> Pas
     names = {m: n for n, m in named.items()}
     num_heads, attn_modules = _attention_heads(model)
     try:
-        flow = channel_flow(model, example1)
         with torch.no_grad():
             reference = _output_signature(model(*example))
     except Exception as e:
         raise PruningError(f"the model does not run on its example inputs before pruning ({_first_line(e)})") from e
+    try:
+        flow = channel_flow(model, example1)
+    except Exception as e:
+        raise PruningError(f"structured pruning could not trace where this model's channels go ({_first_line(e)}); "
+                           "use --method unstructured") from e
     fused = [m for m in flow.fused_qkv if m not in num_heads]
     if config.heads is not None and not num_heads:
         extra = (f"; its fused-qkv attention ({', '.join(names[m] for m in fused)}) keeps its heads: drop --heads to "
@@ -167,7 +171,7 @@ def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> Pas
     if over:
         ctx.warn(f"layers {', '.join(over)} lost more than --max-layer-ratio {config.max_layer_ratio} of their channels "
                  "(coupled layers are pruned together); lower --ratio or --exclude them")
-    _warn_ratio_changed(ctx, config, layers)
+    _warn_ratio_changed(ctx, config, [la for la in layers if la["name"] in plan["ratio_dict"]])
     pruned_rows = [la for la in layers if la["kept_because"] is None]
     details: dict[str, Any] = {
         "method": "structured",
@@ -284,8 +288,9 @@ def _nothing_to_prune(config: PruneConfig, kept: dict[Any, str], flow: ChannelFl
 
 def _warn_left_unpruned(ctx: RunContext, flow: ChannelFlow, kept: dict[Any, str], names: dict[Any, str]) -> None:
     """Warn, before the work, about layers kept because of unsupported layer types or structures."""
-    if flow.unsupported:
-        feeders = [names[m] for m in flow.feeds_unsupported]
+    feeders = [names[m] for m in flow.feeds_unsupported]
+    if feeders or any(t not in ("Embedding", "EmbeddingBag") for _, t in flow.unsupported):
+        # an embedding fed by integer ids constrains nothing: listed in the report only
         ctx.warn(f"structured pruning does not prune {', '.join(sorted({t for _, t in flow.unsupported}))} layers "
                  f"({', '.join(n for n, _ in flow.unsupported[:6])}); they keep their widths"
                  + (f", and so do the layers feeding them ({', '.join(feeders[:6])})" if feeders else "")
