@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -330,18 +331,20 @@ def _warn_ratio_changed(ctx: RunContext, config: PruneConfig, layers: list[dict[
              "layer's ratio")
 
 
-def _feasible_kept(units: int, ratio: float, *, max_ratio: float, step: int, round_to: int | None) -> int:
+def _feasible_kept(units: int, ratio: float, *, max_ratio: float, step: int, round_to: int | None,
+                   divisors: tuple[int, ...] = ()) -> int:
     """Units (channel groups) a layer keeps: the feasible count nearest to ``ratio``.
 
     Feasible: at least one unit kept, at most ``max_ratio`` of the units removed, and the kept channel count
-    (``units * step``) a multiple of ``round_to``. Ties keep more units (never remove more than asked on a tie).
+    (``units * step``) a multiple of ``round_to`` and of every group count in ``divisors`` (e.g. a GroupNorm's
+    groups next to a grouped convolution's). Ties keep more units (never remove more than asked on a tie).
     """
     best, best_err = units, ratio * units
     for k in range(units - 1, 0, -1):
         removed = units - k
         if removed > max_ratio * units + 1e-9:
             break
-        if round_to and (k * step) % round_to:
+        if any(d and (k * step) % d for d in (round_to, *divisors)):
             continue
         err = abs(removed - ratio * units)
         if err < best_err - 1e-9:
@@ -453,14 +456,18 @@ class _Attempt:
             channels = probe.DG.get_out_channels(group[0][0].target.module)
             units = channels // max(1, ch_groups)
             asked = next((user[n] for n in members if n in user), uniform)
+            divisors = tuple({g for dep, _ in group for g in (probe.out_channel_groups.get(dep.target.module, 1),
+                                                              probe.in_channel_groups.get(dep.target.module, 1))
+                              if g > 1})
             for n in layers:
                 plan["targets"][n] = asked
-                plan["steps"][n] = max(1, ch_groups)
+                plan["steps"][n] = math.lcm(max(1, ch_groups), *divisors, cfg.round_to or 1)
             if is_attn or cfg.global_pruning or units < 2:
                 continue
-            kept = _feasible_kept(units, asked, max_ratio=cfg.max_layer_ratio, step=ch_groups, round_to=cfg.round_to)
+            kept = _feasible_kept(units, asked, max_ratio=cfg.max_layer_ratio, step=ch_groups, round_to=cfg.round_to,
+                                  divisors=divisors)
             smallest = _feasible_kept(units, 1.0 / units, max_ratio=cfg.max_layer_ratio, step=ch_groups,
-                                      round_to=cfg.round_to)
+                                      round_to=cfg.round_to, divisors=divisors)
             if smallest < units and (plan["smallest"] is None or (units - smallest) / units < plan["smallest"][1]):
                 plan["smallest"] = (root, (units - smallest) / units)
             for n in members:
