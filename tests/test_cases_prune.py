@@ -194,6 +194,21 @@ def test_r14_unstructured_covers_embedding_and_recurrent_weights(tmp_path):
     assert r.report["result"]["sparsity"] == pytest.approx(0.5, abs=0.01)  # measured on the ONNX output, all weights
 
 
+def test_r14_unstructured_onnx_covers_lstm_and_embedding_initializers(tmp_path):
+    e = _entry("emb_lstm")
+    onnx_path = tmp_path / "el.onnx"
+    r = run_cli("export", _src(tmp_path, e.model()), "--trust-pickle", *e.shape_flags(), "-o", onnx_path)
+    assert r.code == 0, r.stderr
+    r = run_cli("prune", onnx_path, *e.shape_flags(), "--method", "unstructured", "--ratio", "0.6",
+                "-o", tmp_path / "p.onnx", "--json", *BENCH)
+    assert r.code == 0, r.stderr
+    p = r.report["pruning"]
+    assert len(p["pruned_tensors"]) == 6 and "emb.weight" in p["pruned_tensors"]  # table, 2 x (W, R) of LSTM, fc
+    assert p["skipped_tensors"] == []  # the LSTMs' [1, 256] biases are not weight matrices
+    assert p["achieved_sparsity"] == pytest.approx(0.6, abs=0.001)
+    assert r.report["result"]["sparsity"] == pytest.approx(0.6, abs=0.001)
+
+
 def test_r14_prunes_around_a_recurrent_layer(tmp_path):
     r, out = _prune(tmp_path, _entry("mlp_lstm_mlp"))
     assert r.code == 0, r.stderr

@@ -151,8 +151,6 @@ def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> Pas
     for p in model.parameters():
         p.requires_grad_(False)
     macs_after, params_after = _count(model, example1)
-    if params_after >= params_before:
-        raise _nothing_to_prune(config, kept, flow, names, plan=plan)
     after = _channel_counts(model)
     # Torch-Pruning 1.6.1 skips, without a word, a group its own check refuses (e.g. a split whose pieces feed one
     # reused module, Torch-Pruning's test_split structure, case R27): say so instead of a changed ratio
@@ -161,6 +159,13 @@ def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> Pas
     for n in declined:
         kept[named[n]] = ("Torch-Pruning 1.6.1 declined to prune its group (its channels are coupled through a split, "
                           "a reused module or a layer it cannot shrink)")
+    if params_after >= params_before:
+        if declined:
+            raise PruningError(f"structured pruning at ratio {config.ratio} removed no channel: Torch-Pruning 1.6.1 "
+                               f"declined to prune {', '.join(declined[:6])} (coupled through a split, a reused module "
+                               "or a layer it cannot shrink) and every other layer keeps its outputs; use --method "
+                               "unstructured")
+        raise _nothing_to_prune(config, kept, flow, names, plan=plan)
     if declined:
         ctx.warn(f"structured pruning left {', '.join(declined[:6])} unpruned: Torch-Pruning 1.6.1 declined to prune "
                  f"{'their groups' if len(declined) > 1 else 'its group'} (coupled through a split, a reused module or "
@@ -1107,8 +1112,9 @@ def _unstructured_onnx(art: ModelArtifact, ctx: RunContext, config: PruneConfig)
         counts.append((n, int((new == 0).sum()), int(new.size)))
         inits[n].CopyFrom(numpy_helper.from_array(new, n))
     skipped = []
+    biases = {n.input[3] for n in model.graph.node if n.op_type in _ONNX_RECURRENT_WEIGHTS and len(n.input) > 3}
     for n, init in inits.items():  # other float matrices (e.g. a constant added to activations) stay dense
-        if n not in names and init.data_type in FLOAT_ELEM_TYPES and len(init.dims) >= 2:
+        if n not in names and n not in biases and init.data_type in FLOAT_ELEM_TYPES and len(init.dims) >= 2:
             a = numpy_helper.to_array(init)
             skipped.append((n, int((a == 0).sum()), int(a.size)))
     path = ctx.workdir / "pruned.onnx"
