@@ -82,7 +82,7 @@ def _quantized_copies(inits: dict[str, Any], weights: dict[str, tuple[str | None
 
     by_size: dict[int, list[str]] = {}
     for name, t in inits.items():
-        if t.data_type in FLOAT_ELEM_TYPES and len(t.dims) >= 2 and name not in weights:
+        if t.data_type in FLOAT_ELEM_TYPES and len(t.dims) >= 2:
             by_size.setdefault(int(np.prod(t.dims)), []).append(name)
     copies = 0
     for name, (zp_name, nbits) in weights.items():
@@ -154,8 +154,8 @@ def graph_stats(model: Any, *, base_dir: str | None = None) -> dict[str, Any]:
         ``sparsity``: fraction of zero weights (zero = equal to the zero point for quantized
         weights, 4-bit values unpacked) in the weight inputs of every weight-holding op of the
         top graph (Conv / ConvTranspose / Gemm / MatMul, LSTM / GRU / RNN, com.microsoft
-        Attention) and their quantized forms (see ``quant_inventory.WEIGHT_OPS``; embedding
-        tables excluded);
+        Attention), embedding tables of Gather (float or 8-bit; not the packed 4-bit or fused
+        embedding forms) and their quantized forms (see ``quant_inventory.WEIGHT_OPS``);
         ``op_types``: node count per op type, sorted by name.
     """
     from onnx import numpy_helper
@@ -171,7 +171,9 @@ def graph_stats(model: Any, *, base_dir: str | None = None) -> dict[str, Any]:
     weights: dict[str, tuple[str | None, Any]] = {}  # initializer name -> (zero point name, MatMulNBits node)
     for node in model.graph.node:
         spec = WEIGHT_OPS.get(node.op_type)
-        if spec is None or node.op_type in _TABLE_OPS:
+        # embedding tables count (unstructured pruning prunes them, case R14), but not the packed 4-bit and fused
+        # embedding forms, whose values this function does not unpack
+        if spec is None or (node.op_type in _TABLE_OPS and node.op_type != "Gather"):
             continue
         for idx in spec[1]:
             if idx >= len(node.input) or not node.input[idx]:
@@ -187,6 +189,8 @@ def graph_stats(model: Any, *, base_dir: str | None = None) -> dict[str, Any]:
             zp_idx = _WEIGHT_ZERO_POINT.get(node.op_type, {}).get(idx)
             if zp_idx is not None:
                 zp_name = node.input[zp_idx] if zp_idx < len(node.input) and node.input[zp_idx] else None
+            if node.op_type == "Gather" and (name not in inits or len(inits[name].dims) < 2):
+                continue  # index constants and vectors are not embedding tables
             if name in inits:
                 weights[name] = (zp_name, node if node.op_type == "MatMulNBits" else None)
 

@@ -142,9 +142,9 @@ def test_users_of_the_helper_read_the_tiny_graph():
     assert stats["op_types"] == {"Conv": 1, "Gather": 1, "Gemm": 1, "MatMul": 1, "Mul": 1, "Relu": 1}
     inits = onnx_graph.initializers(model)
     w = numpy_helper.to_array(inits["w"]).copy()
-    w[:2] = 0  # 8 of the 16 + 12 + 18 dense weights (the Gather table does not count)
+    w[:2] = 0  # 8 of the 40 + 16 + 12 + 18 weights (the Gather's embedding table counts too, case R14)
     inits["w"].CopyFrom(_init("w", w))
-    assert graph_stats(model)["sparsity"] == pytest.approx(8 / 46)
+    assert graph_stats(model)["sparsity"] == pytest.approx(8 / 86)
 
 
 def test_quantize_helpers_read_the_tiny_graph(tmp_path):
@@ -183,12 +183,14 @@ def test_unstructured_onnx_prunes_float_dense_weights_only(tmp_path):
     art = ModelArtifact(tmp_path / "in.onnx", ModelFormat.ONNX, loaded=model)
     ctx = SimpleNamespace(workdir=tmp_path)
     out = prune.run_prune(art, PruneConfig(method="unstructured", ratio=0.5), ctx)
-    assert out.details["pruned_tensors"] == ["w", "g_w", "k"]  # not the Gather table, not the int32 weight
+    # the Gather's embedding table is a weight matrix too (case R14); the int32 weight is not pruned
+    assert out.details["pruned_tensors"] == ["table", "w", "g_w", "k"]
     assert out.artifact.format is ModelFormat.ONNX and out.artifact.path.parent == tmp_path
     result = onnx_graph.initializers(onnx.load(str(out.artifact.path)))
-    zeros = sum(int((numpy_helper.to_array(result[n]) == 0).sum()) for n in ("w", "g_w", "k"))
-    assert zeros == 23  # half of 16 + 12 + 18 weights, by global magnitude
-    assert (numpy_helper.to_array(result["table"]) != 0).all()
+    zeros = sum(int((numpy_helper.to_array(result[n]) == 0).sum()) for n in ("table", "w", "g_w", "k"))
+    assert zeros == 43  # half of 40 + 16 + 12 + 18 weights, by global magnitude
+    assert out.details["achieved_sparsity"] == pytest.approx(43 / 86)
+    assert (numpy_helper.to_array(result["w16"]) == 1).all()
 
 
 # --------------------------------------------------------------------------------------------- scope

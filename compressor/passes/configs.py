@@ -62,7 +62,10 @@ class PruneConfig:
         method: ``"structured"`` removes whole output channels / hidden units (Torch-Pruning
             dependency graph); ``"unstructured"`` zeroes single weights (torch.nn.utils.prune).
         ratio: Structured: fraction of channels removed in each prunable layer (or overall with
-            ``global_pruning``). Unstructured: target sparsity over all Conv/Linear weights. In (0, 1).
+            ``global_pruning``); each layer keeps the feasible channel count nearest to it (multiples of
+            GroupNorm groups, grouped convolutions and ``round_to``) and the report gives the ratio removed per
+            layer. Unstructured: target sparsity over all weight matrices (Conv, Linear, embedding, recurrent and
+            attention projections). In (0, 1).
         criterion: Importance criterion: ``l1`` (L1 norm, Li et al. 2017), ``l2``, ``fpgm``
             (geometric median, He et al. 2019), ``bn-scale`` (BatchNorm gamma, network slimming,
             Liu et al. 2017), ``taylor`` (first-order Taylor, Molchanov et al. 2019; needs
@@ -73,7 +76,8 @@ class PruneConfig:
         round_to: Keep channel counts multiples of this number (None: no rounding).
         steps: Iterative pruning in this many steps up to ``ratio``.
         heads: Fraction of attention heads removed (nn.MultiheadAttention, BERT-style attention).
-        max_layer_ratio: No layer loses more than this fraction of its channels (never emptied).
+        max_layer_ratio: No layer loses more than this fraction of its channels (never emptied); unstructured:
+            no weight tensor loses more than this fraction of its weights.
         recover: Fine-tune the pruned model to match the original (knowledge distillation).
         recover_steps: Optimiser steps of recovery.
         lr: Recovery learning rate (Adam).
