@@ -148,6 +148,7 @@ def _compare_one(b: np.ndarray, r: np.ndarray, real: np.ndarray | None) -> dict[
     bf, rf = b64.reshape(n, -1), r64.reshape(n, -1)
     nb, nr = np.linalg.norm(bf, axis=1), np.linalg.norm(rf, axis=1)
     cos = np.where((nb == 0) & (nr == 0), 1.0, (bf * rf).sum(axis=1) / np.maximum(nb * nr, 1e-30))
+    cos = np.clip(cos, -1.0, 1.0)  # rounding can put |cos| a hair above 1
     noise = float(((bf - rf) ** 2).sum())
     signal = float((bf**2).sum())
     sqnr = float("inf") if noise == 0 else 10.0 * float(np.log10(max(signal, 1e-30) / noise))
