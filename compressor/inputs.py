@@ -308,42 +308,53 @@ def shape_batch_size(shapes: list[tuple[str | None, tuple[int, ...], str]]) -> i
 DEFAULT_SEQ_LEN = 128
 
 
-def default_token_dims(io: IOSpec, dims: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
-    """Shapes (without the sample axis) for inputs whose only unfixed axis is a token sequence axis.
+def default_token_dims(io: IOSpec, dims: dict[str, tuple[int, ...]] | None = None, *,
+                       known_axes: dict[str, int] | None = None) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """Shapes (without the sample axis) for inputs whose unfixed axes are token sequence axes.
 
     Token inputs are integer or boolean ``[batch, sequence]`` inputs (``input_ids``, ``attention_mask``,
-    ``token_type_ids``, ``position_ids``). Their dynamic axis 1, and any axis of another input named like it
-    (the same ``dim_param``), gets :data:`DEFAULT_SEQ_LEN`. Inputs already in ``dims`` are left as given.
+    ``token_type_ids``, ``position_ids``). A dynamic axis named like one whose size is known (``known_axes``,
+    e.g. from another input's ``--input-shape``) takes that size; otherwise a token input's axis 1, and any
+    axis of another input with the same ``dim_param``, gets :data:`DEFAULT_SEQ_LEN`. Inputs already in
+    ``dims`` are left as given.
 
     Returns:
-        ``{input name: shape without the sample axis}`` for the inputs this fills (empty when none).
+        ``({input name: shape without the sample axis}, whether DEFAULT_SEQ_LEN was used)`` for the inputs
+        this fills.
     """
     dims = dims or {}
+    known = dict(known_axes or {})
     seq_names: set[str] = set()
-    token_inputs = []
+    token_inputs = set()
     for spec in io.inputs:
-        if spec.name in dims or len(spec.shape) != 2 or spec.dtype.startswith("float"):
+        if len(spec.shape) != 2 or spec.dtype.startswith("float"):
             continue
         if not (isinstance(spec.shape[1], int) and spec.shape[1] > 0):
-            token_inputs.append(spec.name)
+            token_inputs.add(spec.name)
             if isinstance(spec.shape[1], str):
                 seq_names.add(spec.shape[1])
     out: dict[str, tuple[int, ...]] = {}
+    used_default = False
     for spec in io.inputs:
         if spec.name in dims:
             continue
-        shape = []
+        shape: list[int] = []
+        default_here = False
         for axis, d in enumerate(spec.shape[1:], 1):
             if isinstance(d, int) and d > 0:
                 shape.append(d)
+            elif isinstance(d, str) and d in known:
+                shape.append(known[d])
             elif (spec.name in token_inputs and axis == 1) or (isinstance(d, str) and d in seq_names):
                 shape.append(DEFAULT_SEQ_LEN)
+                default_here = True
             else:
                 break
         else:
-            if len(shape) == len(spec.shape) - 1 and tuple(shape) != tuple(spec.shape[1:]):
+            if tuple(shape) != tuple(spec.shape[1:]):
                 out[spec.name] = tuple(shape)
-    return out
+                used_default |= default_here
+    return out, used_default
 
 
 def random_data(io: IOSpec, *, num_samples: int, seed: int = 0, dims: dict[str, tuple[int, ...]] | None = None,

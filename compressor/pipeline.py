@@ -229,18 +229,27 @@ def prepare_data(io: IOSpec, recipe: Recipe, calib: SampleData | None, evald: Sa
             n = min(d.num_samples, FIDELITY_MAX_SAMPLES)
             return SampleData({k: v[:n] for k, v in d.arrays.items()}, None if d.labels is None else d.labels[:n],
                               d.source, d.casts)
-    dims = None
+    dims: dict[str, tuple[int, ...]] = {}
+    known_axes: dict[str, int] = {}
     shapes = recipe.parsed_input_shapes
     if shapes:
         named = apply_shapes_to_spec(io, shapes) if io.inputs else io
-        dims = {s.name: s.concrete_shape(batch_size=1)[1:] for s in named.inputs}
-    defaults = default_token_dims(io, dims)
-    if defaults:
-        dims = {**(dims or {}), **defaults}
-        if notes is not None:
-            notes["default_seq_len"] = DEFAULT_SEQ_LEN
+        given = {n for n, _, _ in shapes} if all(n is not None for n, _, _ in shapes) else set(io.input_names)
+        source = artifact.io if artifact is not None and artifact.io is not None else io  # axis names before shapes
+        originals = {t.name: t for t in source.inputs}
+        for spec in named.inputs:
+            orig = originals.get(spec.name, spec)
+            if spec.name not in given:
+                continue  # not in --input-shape: an axis named like a given one takes its size below
+            dims[spec.name] = spec.concrete_shape(batch_size=1)[1:]
+            known_axes.update({d: size for d, size in zip(orig.shape[1:], dims[spec.name], strict=True)
+                               if isinstance(d, str)})
+    defaults, used_default = default_token_dims(io, dims, known_axes=known_axes)
+    dims.update(defaults)
+    if used_default and notes is not None:
+        notes["default_seq_len"] = DEFAULT_SEQ_LEN
     high = _int_input_ranges(artifact, io, dims, notes) if artifact is not None else None
-    return random_data(io, num_samples=RANDOM_SAMPLES, dims=dims, int_high=high)
+    return random_data(io, num_samples=RANDOM_SAMPLES, dims=dims or None, int_high=high)
 
 
 def _int_input_ranges(artifact: ModelArtifact, io: IOSpec, dims: dict[str, tuple[int, ...]] | None,
@@ -306,7 +315,8 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     for w in artifact.details.get("warnings", []):
         ctx.warn(w)
     if "default_seq_len" in notes:
-        filled = [s.name for s in io.inputs if len(s.shape) > 1 and not isinstance(s.shape[1], int)]
+        filled = [s.name for s in io.inputs if len(s.shape) > 1 and not isinstance(s.shape[1], int)
+                  and data.arrays[s.name].shape[1] == DEFAULT_SEQ_LEN]
         ctx.warn(f"no data or --input-shape gives the sequence length of {', '.join(filled)}: generated inputs use "
                  f"the default sequence length {DEFAULT_SEQ_LEN}; set it with --input-shape "
                  f"{filled[0]}:1x{DEFAULT_SEQ_LEN}:{next(s.dtype for s in io.inputs if s.name == filled[0])} "
@@ -681,9 +691,10 @@ def _write_torch(model: ModelArtifact | None, path: Path, ctx: RunContext) -> _T
             torch.save(module, tmp)
             loaded = torch.load(tmp, weights_only=False)
             kind = "torch_module_pickle"
-        a = torch_forward(module, feeds, ctx.io)[0]
-        b = torch_forward(loaded, feeds, ctx.io)[0]
-        if not np.allclose(a, b, atol=1e-5, rtol=1e-4):
+        a = torch_forward(module, feeds, ctx.io)
+        b = torch_forward(loaded, feeds, ctx.io)  # every output, not the first alone
+        if len(a) != len(b) or not all(x.shape == y.shape and np.allclose(x, y, atol=1e-5, rtol=1e-4)
+                                       for x, y in zip(a, b, strict=False)):
             raise StepFailedError(f"the saved PyTorch model {path} does not reproduce the pruned model's outputs")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

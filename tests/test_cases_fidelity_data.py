@@ -614,3 +614,13 @@ def test_index_ranges_follow_value_preserving_ops():
     model = oh.make_model(g, opset_imports=OPSET)
     io = IOSpec((TensorSpec("ids", "int64", ("batch", 4)),))
     assert onnx_index_ranges(model, io)["ids"].high == 7
+
+
+def test_r20_one_token_input_shape_sizes_the_others(tmp_path):
+    """--input-shape for input_ids alone: attention_mask shares its 'sequence' axis, so it takes the same length."""
+    a = _token_encoder(tmp_path / "enc.onnx")
+    r = run_cli("bench", a, "--input-shape", "input_ids:1x64:int64", "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    assert r.report["benchmark"]["inputs"]["attention_mask"]["shape"] == [1, 64]
+    assert "default_seq_len" not in r.report["input"]
+    assert not [w for w in r.report["warnings"] if "default sequence length" in w]
