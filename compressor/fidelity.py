@@ -72,7 +72,8 @@ def attention_mask_of(data: SampleData) -> tuple[str, np.ndarray] | None:
     """The attention-mask input of ``data``, if it has one.
 
     An input is the mask when its name contains ``mask`` (``attention_mask``, ``input_mask``) and it is an
-    integer or boolean ``[samples, sequence]`` array of 0/1 values; ``attention_mask`` wins over other names.
+    integer or boolean ``[samples, sequence]`` array of 0/1 values with some 0 (padding); ``attention_mask``
+    wins over other names.
 
     Returns:
         ``(name, mask)`` with ``mask`` a boolean ``[samples, sequence]`` array, or None.
@@ -81,7 +82,7 @@ def attention_mask_of(data: SampleData) -> tuple[str, np.ndarray] | None:
     for name, arr in data.arrays.items():
         if "mask" not in name.lower() or arr.ndim != 2 or arr.dtype.kind not in "biu":
             continue
-        if not np.isin(arr, (0, 1)).all():
+        if not np.isin(arr, (0, 1)).all() or arr.all():  # all ones: no padding to leave out
             continue
         found.append((name != "attention_mask", name, arr.astype(bool)))
     if not found:

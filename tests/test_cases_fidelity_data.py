@@ -46,6 +46,16 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
 
 
+def _valid(report: dict) -> dict:
+    """The report passes the shipped JSON schema (the new fields included)."""
+    import jsonschema
+
+    from compressor.report import schema
+
+    jsonschema.Draft202012Validator(schema()).validate(report)
+    return report
+
+
 def _no_work_done(r) -> None:
     """The run stopped before any step: no export, pass or benchmark started."""
     assert not r.progress_lines, r.progress_lines
@@ -144,7 +154,7 @@ def test_r3_every_output_judged_worst_case_summary_and_gate(tmp_path):
     r = run_cli("bench", a, b, "--calibration-data", tmp_path / "x.npz", "--min-cosine", "0.99", "--json",
                 *FAST_BENCH)
     assert r.code == 3, r.stderr
-    fid = r.report["fidelity"]
+    fid = _valid(r.report)["fidelity"]
     assert [o["name"] for o in fid["outputs"]] == ["y1", "y2"]
     y1, y2 = fid["outputs"]
     assert y1["cosine_min"] == pytest.approx(1.0, abs=1e-6)
@@ -238,7 +248,7 @@ def test_r4_quantized_encoder_gate_on_real_tokens(tmp_path):
     real = mask[..., None].astype(bool)
     masked = _cosines(np.where(real, ref, 0), np.where(real, got, 0))
     assert _cosines(ref, got).min() < 0.9  # padding counted: the gate would fail
-    fid = r.report["fidelity"]
+    fid = _valid(r.report)["fidelity"]
     assert fid["cosine_min"] == pytest.approx(masked.min(), abs=2e-3)
     assert fid["outputs"][0]["positions"] == "real tokens (attention_mask == 1)"
     assert r.report["gates"]["passed"] is True and fid["collapsed"] is False
@@ -257,7 +267,7 @@ def test_r5_collapse_is_one_loud_line_and_recorded(tmp_path):
     assert agree < 0.95
     r = run_cli("bench", a, b, "--calibration-data", tmp_path / "ids.npz", "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
-    fid = r.report["fidelity"]
+    fid = _valid(r.report)["fidelity"]
     assert fid["collapsed"] is True
     assert fid["top1_agreement"] == pytest.approx(agree)
     lines = [w for w in r.report["warnings"] if w.startswith("fidelity collapsed")]
@@ -326,7 +336,7 @@ def test_r9_export_checked_on_every_sample(tmp_path):
     r = run_cli("quantize", src, "--trust-pickle", "--eval-data", tmp_path / "x.npz", "--calibration-data",
                 tmp_path / "cal.npz", "-o", tmp_path / "r9.onnx", "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
-    ex = r.report["export"]
+    ex = _valid(r.report)["export"]
     assert ex["checked_samples"] == 40 + 24
     assert ex["checked_on"] == [str(tmp_path / "x.npz"), str(tmp_path / "cal.npz")]
 
@@ -389,7 +399,7 @@ def test_r17_float64_cast_the_same_for_every_format(tmp_path, fmt):
     r = run_cli("quantize", src, *args, "--eval-data", tmp_path / "x64.npz", "-o", tmp_path / "o.onnx", "--json",
                 *FAST_BENCH)
     assert r.code == 0, r.stderr
-    assert r.report["input"]["data_casts"] == [{"data": str(tmp_path / "x64.npz"), "input": "x", "from": "float64",
+    assert _valid(r.report)["input"]["data_casts"] == [{"data": str(tmp_path / "x64.npz"), "input": "x", "from": "float64",
                                                 "to": "float32"}]
     assert r.report["input"]["inputs"][0]["dtype"] == "float32"
     assert any("float64 -> float32" in w for w in r.report["warnings"])
@@ -460,7 +470,7 @@ def test_r19_eval_data_without_labels(tmp_path):
     np.savez(tmp_path / "held.npz", input_ids=ids)
     r = run_cli("quantize", a, "--eval-data", tmp_path / "held.npz", "-o", tmp_path / "o.onnx", "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
-    assert r.report["fidelity"]["inputs"] == str(tmp_path / "held.npz")
+    assert _valid(r.report)["fidelity"]["inputs"] == str(tmp_path / "held.npz")
     assert r.report["fidelity"]["samples"] == 24
     assert "accuracy" not in r.report and "accuracy" not in r.report["result"]
     assert any("accuracy is not measured" in w for w in r.report["warnings"])
@@ -489,7 +499,7 @@ def test_r20_dynamic_sequence_default_128_said(tmp_path, command):
     extra = ["-o", tmp_path / "o.onnx"] if command == "quantize" else []
     r = run_cli(command, a, *extra, "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
-    assert r.report["input"]["default_seq_len"] == 128
+    assert _valid(r.report)["input"]["default_seq_len"] == 128
     assert r.report["benchmark"]["inputs"]["input_ids"]["shape"] == [1, 128]
     assert r.report["benchmark"]["inputs"]["attention_mask"]["shape"] == [1, 128]
     assert any("default sequence length 128" in w for w in r.report["warnings"])
@@ -501,7 +511,7 @@ def test_r24_generated_ids_stay_in_the_gathered_table(tmp_path):
     r = run_cli("quantize", a, "--input-shape", "input_ids:1x6:int64", "-o", tmp_path / "o.onnx", "--json",
                 *FAST_BENCH)
     assert r.code == 0, r.stderr
-    rng = r.report["input"]["generated_int_ranges"]["input_ids"]
+    rng = _valid(r.report)["input"]["generated_int_ranges"]["input_ids"]
     assert (rng["low"], rng["high"]) == (0, 20) and "embedding" in rng["bound_by"]
 
 
@@ -552,7 +562,7 @@ def test_r26_integer_outputs_by_exact_match(tmp_path):
     assert 0.0 < want < 1.0
     r = run_cli("bench", a, b, "--calibration-data", tmp_path / "ids.npz", "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
-    fid = r.report["fidelity"]
+    fid = _valid(r.report)["fidelity"]
     pred = fid["outputs"][1]
     assert pred["name"] == "pred" and pred["kind"] == "integer"
     assert pred["exact_match"] == pytest.approx(want)
