@@ -342,6 +342,19 @@ def test_r9_export_checked_on_every_sample(tmp_path):
 
 
 # ----------------------------------------------------------------------------- R17
+@pytest.fixture(scope="module")
+def mlp_onnx(tmp_path_factory):
+    """fm.Mlp exported to ONNX once (TorchScript-based exporter, dynamic batch)."""
+    import warnings
+
+    path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated in torch 2.13
+        torch.onnx.export(fm.Mlp().eval(), (torch.zeros(2, 16),), str(path), input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    return path
+
+
 def test_r17_one_npy_for_a_one_input_model(tmp_path):
     src = _save_torch(fm.Mlp(), tmp_path / "mlp.pt")
     x = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
@@ -371,15 +384,13 @@ def test_r17_one_npy_for_a_two_input_model_is_refused(tmp_path):
     (np.arange(32) % 4 - 1, "negative class ids"),
 ])
 @pytest.mark.parametrize("fmt", ["torch", "onnx"])
-def test_r17_labels_checked_before_any_work(tmp_path, labels, needle, fmt):
+def test_r17_labels_checked_before_any_work(tmp_path, mlp_onnx, labels, needle, fmt):
     x = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
     np.savez(tmp_path / "eval.npz", x=x, labels=labels)
     src = _save_torch(fm.Mlp(), tmp_path / "mlp.pt")
     args = ["--trust-pickle"]
     if fmt == "onnx":  # the same model as ONNX
-        torch.onnx.export(fm.Mlp().eval(), (torch.from_numpy(x[:2]),), str(tmp_path / "mlp.onnx"), input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}}, dynamo=False)
-        src, args = tmp_path / "mlp.onnx", []
+        src, args = mlp_onnx, []
     r = run_cli("quantize", src, *args, "--eval-data", tmp_path / "eval.npz", "-o", tmp_path / "o.onnx")
     assert r.code == 2, r.stderr
     _no_work_done(r)
@@ -387,15 +398,13 @@ def test_r17_labels_checked_before_any_work(tmp_path, labels, needle, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["torch", "onnx"])
-def test_r17_float64_cast_the_same_for_every_format(tmp_path, fmt):
+def test_r17_float64_cast_the_same_for_every_format(tmp_path, mlp_onnx, fmt):
     x = np.random.default_rng(0).standard_normal((24, 16))  # numpy's default float64
     np.savez(tmp_path / "x64.npz", x=x, labels=np.arange(24) % 4)
     src = _save_torch(fm.Mlp(), tmp_path / "mlp.pt")
     args = ["--trust-pickle"]
     if fmt == "onnx":
-        torch.onnx.export(fm.Mlp().eval(), (torch.zeros(2, 16),), str(tmp_path / "mlp.onnx"), input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}}, dynamo=False)
-        src, args = tmp_path / "mlp.onnx", []
+        src, args = mlp_onnx, []
     r = run_cli("quantize", src, *args, "--eval-data", tmp_path / "x64.npz", "-o", tmp_path / "o.onnx", "--json",
                 *FAST_BENCH)
     assert r.code == 0, r.stderr
