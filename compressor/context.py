@@ -46,6 +46,8 @@ class RunContext:
         warnings: Every warning of the run, in order (also stored in the report).
         on_warning: Called with each warning as it happens (the CLI prints it on stderr).
         on_progress: Called with :class:`Progress` events of long steps (the CLI draws them on stderr).
+        input_notes: Facts about the run's inputs for the report's ``input`` entry: the default sequence
+            length used, the ranges of generated integer inputs, dtype casts of the data.
     """
 
     io: IOSpec
@@ -57,6 +59,7 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)
     on_warning: Callable[[str], None] | None = None
     on_progress: Callable[[Progress], None] | None = None
+    input_notes: dict[str, Any] = field(default_factory=dict)
 
     def batch_size(self, want: int) -> int:
         """The batch size to feed the model: its fixed batch when its inputs fix one (case R10), else ``want``."""

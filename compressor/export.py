@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,15 @@ if TYPE_CHECKING:
     from compressor.passes.configs import ExportConfig
 
 DEFAULT_OPSET = 18
+#: Samples of each real data set (evaluation / calibration data) the parity check compares on.
+PARITY_MAX_SAMPLES = 256
+#: Samples of generated (random) inputs it compares on.
+PARITY_RANDOM_SAMPLES = 8
+#: Samples per ONNX Runtime / PyTorch call of the parity check.
+PARITY_CHUNK = 32
 EXPORTERS = ("dynamo", "torchscript")
 _TWO_GB = 2 * 1024**3
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch.export (2.13) colours parts of its error messages
 
 
 @dataclass
@@ -42,6 +50,8 @@ class ExportResult:
         path: The ONNX file written.
         exporter: ``"dynamo"`` or ``"torchscript"``.
         max_abs_diff: Largest |ONNX Runtime - PyTorch| over all outputs and check inputs.
+        checked_samples: Samples the parity check compared on (real data when given).
+        checked_on: The data sets it compared on (file paths, or "generated inputs").
         attempts: One entry per exporter tried: ``{"exporter", "ok", "error" | "max_abs_diff"}``.
         output_names: Names of the ONNX outputs.
         opset: The default-domain opset the file declares (may differ from the one asked for).
@@ -53,11 +63,13 @@ class ExportResult:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
     opset: int | None = None
+    checked_samples: int = 0
+    checked_on: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary."""
         return {"exporter": self.exporter, "opset": self.opset, "max_abs_diff": self.max_abs_diff,
-                "attempts": self.attempts}
+                "attempts": self.attempts, "checked_samples": self.checked_samples, "checked_on": self.checked_on}
 
 
 def _flatten(out: Any) -> list[Any]:
@@ -110,6 +122,9 @@ def _quiet():
     stack.enter_context(warnings.catch_warnings())
     warnings.simplefilter("ignore")
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    # torch.export (2.13) prints the traced graph to stderr when it meets data-dependent control flow; the
+    # failure itself is kept in the attempt's error
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
     for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx"):
         logger = logging.getLogger(name)
         stack.callback(logger.setLevel, logger.level)  # restored on the way out: a library leaves logging as it was
@@ -127,14 +142,23 @@ def export_to_onnx(
     atol: float = 1e-4,
     rtol: float = 1e-3,
     exporter: str = "auto",
+    more_check_data: tuple[SampleData, ...] = (),
 ) -> ExportResult:
-    """Export a PyTorch model to one ONNX file and verify it against PyTorch.
+    """Export a PyTorch model to one ONNX file and verify it against PyTorch on the real samples.
+
+    The parity check runs the export and PyTorch on the first sample, the first two (the export example),
+    then every sample of ``check_data`` and ``more_check_data`` up to :data:`PARITY_MAX_SAMPLES` each
+    (:data:`PARITY_RANDOM_SAMPLES` of generated inputs), in batches of :data:`PARITY_CHUNK`. An export can
+    match on its example and not on other samples when ``forward`` branches on tensor values in Python
+    (the exporter keeps the branch its example took); the error then says so.
 
     Args:
         model: ``torch.nn.Module`` (eval mode), ``torch.jit.ScriptModule`` or ``ExportedProgram``.
         io_spec: Inputs in call order; axis 0 of each becomes the dynamic ``batch`` axis.
         out_path: Destination ``.onnx`` (one file unless the weights exceed 2 GB).
-        check_data: Inputs to compare on; the first sample and the first two samples are used.
+        check_data: Inputs to compare on (evaluation or calibration data, else generated inputs); its first
+            two samples are the export example.
+        more_check_data: Further real data sets to compare on (e.g. calibration data beside evaluation data).
         opset: ONNX opset version.
         atol: Absolute tolerance of the parity check.
         rtol: Relative tolerance of the parity check (``|a-b| <= atol + rtol*|b|``).
@@ -145,7 +169,8 @@ def export_to_onnx(
 
     Raises:
         ExportError: Every exporter failed or mismatched; the message lists each with its
-            error or max abs diff.
+            error or max abs diff, and names data-dependent control flow as the likely cause when the
+            export matched its example but not other samples.
     """
     import torch
 
@@ -163,15 +188,11 @@ def export_to_onnx(
 
     n = check_data.num_samples
     fixed = fixed_batch_size(io_spec)
-    if fixed is not None:  # a program traced at a fixed batch (case R10): only that batch size can run
-        if n < fixed:
-            raise UsageError(f"the model's batch axis is fixed at {fixed} but the data has {n} sample(s); "
-                             f"give at least {fixed} samples")
-        batches = [check_data.batch(i, fixed) for i in range(0, min(n - fixed, fixed) + 1, fixed)]
-        example = batches[0]
-    else:
-        batches = [check_data.batch(0, 1)] + ([check_data.batch(0, 2)] if n >= 2 else [])
-        example = check_data.batch(0, 2) if n >= 2 else check_data.batch(0, 1)
+    if fixed is not None and n < fixed:  # a program traced at a fixed batch (case R10): only that batch size can run
+        raise UsageError(f"the model's batch axis is fixed at {fixed} but the data has {n} sample(s); "
+                         f"give at least {fixed} samples")
+    batches, ids, checked_on = _parity_batches(check_data, more_check_data, fixed=fixed)
+    example = batches[0] if fixed is not None else (check_data.batch(0, 2) if n >= 2 else check_data.batch(0, 1))
     refs = [torch_forward(model, b, io_spec) for b in batches]
     output_names = ["output"] if len(refs[0]) == 1 else [f"output_{i}" for i in range(len(refs[0]))]
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in io_spec.input_names)
@@ -187,30 +208,47 @@ def export_to_onnx(
             stop = _interruption(e)  # torch.export wraps a Ctrl-C or SIGTERM in its own error: do not fall back
             if stop is not None:
                 raise stop from e
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            msg = _ANSI.sub("", str(e)).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             attempts.append({"exporter": name, "ok": False, "error": f"{type(e).__name__}: {msg}"})
+            if _names_data_dependence(_chain_text(e)):
+                attempts[-1]["data_dependent_control_flow"] = True
+                attempts[-1]["error"] = f"{type(e).__name__}: torch.export met control flow on tensor values"
             continue
         strip_debug_metadata(out_path)
         try:
-            diff, ok = _parity(out_path, batches, refs, atol, rtol)
+            diff, differing, checked = _parity(out_path, batches, refs, ids, atol, rtol)
         except Exception as e:
             msg = str(e).strip().splitlines()[0][:300]
             attempts.append({"exporter": name, "ok": False, "error": f"ONNX Runtime could not run the export: {msg}"})
             continue
-        attempts.append({"exporter": name, "ok": ok, "max_abs_diff": diff})
+        ok = differing == 0
+        attempts.append({"exporter": name, "ok": ok, "max_abs_diff": diff, "samples_differing": differing,
+                         "samples_checked": checked})
         if ok:
             res = ExportResult(out_path, name, diff, attempts, output_names)
             res.opset = _opset_of(out_path)
+            res.checked_samples = checked
+            res.checked_on = checked_on
             return res
     for p in (out_path, out_path.with_name(out_path.name + ".data")):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()  # (the TorchScript exporter's one-file-per-tensor data goes with the scratch folder)
     parts = []
+    data_dependent = False
     for a in attempts:
         if "error" in a:
             parts.append(f"{a['exporter']} failed ({a['error']})")
+            data_dependent |= bool(a.get("data_dependent_control_flow"))
         else:
-            parts.append(f"{a['exporter']} output differs from PyTorch by max abs diff {a['max_abs_diff']:.3g} > atol {atol:g}")
+            parts.append(f"{a['exporter']} output differs from PyTorch by max abs diff {a['max_abs_diff']:.3g} > atol "
+                         f"{atol:g} on {a['samples_differing']} of {a['samples_checked']} samples of "
+                         f"{' and '.join(checked_on)}")
+            data_dependent |= 0 < a["samples_differing"] < a["samples_checked"]
+    if data_dependent:
+        raise ExportError(
+            "ONNX export failed: " + "; ".join(parts) + "; likely cause: data-dependent control flow (a Python if or "
+            "loop on tensor values in forward): the export keeps the branch its example took, so it matches PyTorch "
+            "on some samples and not others; write the branch with torch.where or torch.cond")
     raise ExportError(
         "ONNX export failed: " + "; ".join(parts) + "; try --opset, a looser --atol, or --debug for details"
     )
@@ -237,8 +275,10 @@ def run_export(artifact: ModelArtifact, config: ExportConfig, ctx: RunContext) -
     if not artifact.format.is_torch:
         raise UsageError("export takes a PyTorch model, and the model is already ONNX at this step; drop the export step")
     path = ctx.workdir / "exported.onnx"
+    more = (ctx.calibration,) if ctx.calibration is not None and ctx.calibration.source not in (
+        ctx.data.source, "random") else ()
     res = export_to_onnx(artifact.loaded, ctx.io, path, check_data=ctx.data, opset=config.opset, atol=config.atol,
-                         rtol=config.rtol, exporter=config.exporter)
+                         rtol=config.rtol, exporter=config.exporter, more_check_data=more)
     if res.opset is not None and res.opset != config.opset:
         ctx.warn(f"asked for opset {config.opset} but the {res.exporter} exporter wrote opset {res.opset}")
     for a in res.attempts[:-1]:
@@ -351,22 +391,86 @@ def _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big
         raise ExportError(f"the {name} exporter wrote no file")
 
 
-def _parity(path: Path, batches, refs, atol: float, rtol: float) -> tuple[float, bool]:
+def _parity_batches(check_data: SampleData, more: tuple[SampleData, ...], *, fixed: int | None = None
+                    ) -> tuple[list[dict[str, Any]], list[list[tuple[int, int]]], list[str]]:
+    """The batches the parity check runs: the first sample, the export example, then the samples in chunks.
+
+    With a fixed batch axis (case R10) every batch has exactly ``fixed`` rows (a data set's last samples that do
+    not fill one are left out).
+
+    Returns:
+        ``(batches, ids, names)``: the feeds of each batch, the ``(data set, sample)`` of each of its rows, and
+        the data sets' names.
+    """
+    n = check_data.num_samples
+    if fixed is not None:
+        batches, ids = [check_data.batch(0, fixed)], [[(0, j) for j in range(fixed)]]
+    else:
+        batches = [check_data.batch(0, 1)] + ([check_data.batch(0, 2)] if n >= 2 else [])
+        ids = [[(0, 0)]] + ([[(0, 0), (0, 1)]] if n >= 2 else [])
+    on = []
+    for k, data in enumerate((check_data, *more)):
+        cap = PARITY_RANDOM_SAMPLES if data.source == "random" else PARITY_MAX_SAMPLES
+        count = min(data.num_samples, cap)
+        chunk = PARITY_CHUNK
+        if fixed is not None:
+            chunk = fixed * max(1, PARITY_CHUNK // fixed)
+            count -= count % fixed
+        for i in range(0, count, chunk):
+            size = min(chunk, count - i)
+            batches.append(data.batch(i, size))
+            ids.append([(k, j) for j in range(i, i + size)])
+        on.append("generated inputs" if data.source == "random" else data.source)
+    return batches, ids, on
+
+
+def _chain_text(exc: BaseException | None) -> str:
+    """The messages of an exception and of its causes (torch.onnx wraps torch.export's errors)."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
+def _names_data_dependence(error: str) -> bool:
+    """True when an exporter's error says it met control flow on tensor values (torch.export's guard errors)."""
+    text = error.lower()
+    return "data-dependent" in text or "data dependent" in text or "guardondatadependent" in text
+
+
+def _parity(path: Path, batches, refs, ids, atol: float, rtol: float) -> tuple[float, int, int]:
+    """Compare ONNX Runtime with PyTorch on every batch (``|onnx - torch| <= atol + rtol * |torch|``).
+
+    Returns:
+        ``(max abs diff, samples differing, samples checked)``, counting each ``(data set, sample)`` once; a
+        sample differs when any of its outputs does in any batch it is part of. An output count or shape
+        that differs makes every sample differ.
+    """
     from compressor.runtime import make_session
 
     sess = make_session(path)
     worst = 0.0
-    ok = True
-    for feeds, ref in zip(batches, refs, strict=True):
+    every = {i for rows in ids for i in rows}
+    differing: set[tuple[int, int]] = set()
+    for feeds, ref, rows in zip(batches, refs, ids, strict=True):
         outs = sess.run(None, feeds)
         if len(outs) != len(ref):
-            return float("inf"), False
+            return float("inf"), len(every), len(every)
+        n = len(rows)
+        bad = np.zeros(n, dtype=bool)
         for o, r in zip(outs, ref, strict=True):
             if o.shape != r.shape:
-                return float("inf"), False
+                return float("inf"), len(every), len(every)
             if o.size == 0:
                 continue
             o64, r64 = o.astype(np.float64), r.astype(np.float64)
             worst = max(worst, float(np.max(np.abs(o64 - r64))))
-            ok = ok and bool(np.allclose(o64, r64, atol=atol, rtol=rtol))
-    return worst, ok
+            close = np.isclose(o64, r64, atol=atol, rtol=rtol)
+            if o.ndim and o.shape[0] == n:
+                bad |= ~close.reshape(n, -1).all(axis=1)
+            elif not close.all():
+                bad[:] = True
+        differing.update(row for row, b in zip(rows, bad, strict=True) if b)
+    return worst, len(differing), len(every)

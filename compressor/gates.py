@@ -22,7 +22,9 @@ class Gates:
         min_speedup: Least speedup, judged on the lower bound of its 95% confidence interval
             (``speedup_ci95[0]``).
         max_size_ratio: Largest result/baseline size ratio (``size_ratio``).
-        min_cosine: Least cosine similarity of any sample's output (``fidelity.cosine_min``).
+        min_cosine: Least cosine similarity of any sample's output, over every float output
+            (``fidelity.cosine_min``, the worst over outputs; padding left out where the data has an
+            attention mask). Integer outputs are judged by exact match, not by this gate.
     """
 
     max_accuracy_drop: float | None = None
@@ -31,20 +33,33 @@ class Gates:
     min_cosine: float | None = None
 
     def __post_init__(self) -> None:
-        """Validate.
+        """Validate: each threshold must lie in the domain of what it is compared with.
 
         Raises:
-            FieldError: A threshold no result could be judged against (negative drop, speedup or size ratio;
-                a cosine outside [-1, 1]).
+            FieldError: A threshold outside its valid range (exit 2), named with that range:
+                ``max_accuracy_drop`` in [0, 100] points, ``min_speedup`` > 0, ``max_size_ratio`` > 0,
+                ``min_cosine`` in [-1, 1].
         """
+        import math
+
         from compressor.errors import FieldError
 
-        for name in ("max_accuracy_drop", "min_speedup", "max_size_ratio"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise FieldError(name, f"{{name}} must be a number >= 0, got {value}")
+        for name, value in self.__dict__.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise FieldError(name, f"{{name}} must be a finite number, got {value!r}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 100.0:
+            raise FieldError("max_accuracy_drop", "{name} is a top-1 accuracy drop in percentage points and must be "
+                             f"between 0 and 100, got {self.max_accuracy_drop:g}")
+        if self.min_speedup is not None and not self.min_speedup > 0:
+            raise FieldError("min_speedup", f"{{name}} is a speedup and must be greater than 0 (e.g. 1.2), got "
+                             f"{self.min_speedup:g}")
+        if self.max_size_ratio is not None and not self.max_size_ratio > 0:
+            raise FieldError("max_size_ratio", "{name} is a result/baseline size ratio and must be greater than 0 "
+                             f"(e.g. 0.5), got {self.max_size_ratio:g}")
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
-            raise FieldError("min_cosine", f"{{name}} must be between -1 and 1, got {self.min_cosine}")
+            raise FieldError("min_cosine", f"{{name}} is a cosine similarity and must be between -1 and 1, got "
+                             f"{self.min_cosine:g}")
 
     @property
     def any(self) -> bool:
@@ -71,9 +86,10 @@ class Gates:
         """
         checks = []
 
-        def add(gate: str, threshold: float | None, measured: float | None, ok: bool) -> None:
+        def add(gate: str, threshold: float | None, measured: float | None, ok: bool, **more: Any) -> None:
             if threshold is not None:
-                checks.append({"gate": gate, "threshold": threshold, "measured": measured, "passed": bool(ok)})
+                checks.append({"gate": gate, "threshold": threshold, "measured": measured, "passed": bool(ok),
+                               **more})
 
         acc = report.get("accuracy") or {}
         if self.max_accuracy_drop is not None:
@@ -86,16 +102,27 @@ class Gates:
             ratio = report.get("size_ratio")
             add("max_size_ratio", self.max_size_ratio, ratio, ratio is not None and ratio <= self.max_size_ratio)
         if self.min_cosine is not None:
-            cos = (report.get("fidelity") or {}).get("cosine_min")
-            add("min_cosine", self.min_cosine, cos, cos is not None and cos >= self.min_cosine)
+            fid = report.get("fidelity") or {}
+            cos = fid.get("cosine_min")  # the worst over every float output
+            more = {"output": fid["worst_output"]} if fid.get("worst_output") and cos is not None else {}
+            add("min_cosine", self.min_cosine, cos, cos is not None and cos >= self.min_cosine, **more)
         failed = [c for c in checks if not c["passed"]]
         return {"passed": not failed, "checked": checks, "failed": failed}
 
     @staticmethod
-    def describe(failed: list[dict[str, Any]]) -> str:
-        """One line naming every failed gate with its measured value."""
+    def describe(failed: list[dict[str, Any]], *, written: list[str] | None = None) -> str:
+        """One line naming every failed gate with its measured value, and what was written (only that).
+
+        Args:
+            failed: The failed checks from :meth:`evaluate`.
+            written: What the run wrote despite the failure, e.g. ``["output model m.onnx", "report r.json"]``;
+                None or empty: nothing was written, and the line says so.
+        """
         parts = []
         for f in failed:
             m = "n/a" if f["measured"] is None else f"{f['measured']:.4g}"
-            parts.append(f"{f['gate']} (measured {m}, threshold {f['threshold']:g})")
-        return "quality gate failed: " + ", ".join(parts) + "; outputs and report were written"
+            where = f" on output '{f['output']}'" if f.get("output") else ""
+            parts.append(f"{f['gate']} (measured {m}{where}, threshold {f['threshold']:g})")
+        tail = f"; {' and '.join(written)} {'was' if len(written) == 1 else 'were'} written" if written else \
+            "; no file was written"
+        return "quality gate failed: " + ", ".join(parts) + tail

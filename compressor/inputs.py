@@ -74,11 +74,14 @@ class SampleData:
         arrays: ``name -> ndarray [samples, ...]``.
         labels: int64 ``[samples]`` class labels, or None.
         source: Where the arrays came from (file path or ``"random"``).
+        casts: Dtype changes made to fit the model's inputs: ``(array, from dtype, to dtype)`` each
+            (e.g. numpy's default float64 to the model's float32).
     """
 
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    casts: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def num_samples(self) -> int:
@@ -96,9 +99,9 @@ class SampleData:
             UsageError: Keys and input names do not match.
         """
         if set(names) <= set(self.arrays):
-            return SampleData({n: self.arrays[n] for n in names}, self.labels, self.source)
+            return SampleData({n: self.arrays[n] for n in names}, self.labels, self.source, self.casts)
         if len(names) == 1 and len(self.arrays) == 1:
-            return SampleData({names[0]: next(iter(self.arrays.values()))}, self.labels, self.source)
+            return SampleData({names[0]: next(iter(self.arrays.values()))}, self.labels, self.source, self.casts)
         missing = sorted(set(names) - set(self.arrays))
         raise UsageError(
             f"{self.source} has arrays {sorted(self.arrays)} but the model needs inputs {names} "
@@ -107,15 +110,22 @@ class SampleData:
 
 
 def load_npz(path: Path, *, want_labels: bool = False) -> SampleData:
-    """Load a ``.npz`` of input arrays (and ``labels``) or a folder of ``.npy`` files.
+    """Load a ``.npz`` of input arrays (and ``labels``), a folder of ``.npy`` files, or one ``.npy`` file.
 
     Args:
-        path: ``.npz`` file with one array per input name, or a folder of ``<name>.npy``.
-        want_labels: Require a ``labels`` array (evaluation data).
+        path: ``.npz`` file with one array per input name (plus optional ``labels``), a folder of
+            ``<name>.npy``, or a single ``.npy`` array (for a model with one input; matched to it by position).
+        want_labels: Require a ``labels`` array (training data). Evaluation data may come without labels:
+            fidelity then runs on its inputs and accuracy is left out.
+
+    Returns:
+        The arrays as stored (dtypes are fitted to the model later by :func:`check_data_fits`); ``labels``
+        as int64 ``[samples]``.
 
     Raises:
-        UsageError: Missing file, not an npz, object arrays, empty arrays, or sample counts
-            that differ between inputs.
+        UsageError: Missing file, not an npz/npy, object arrays, empty arrays, sample counts that differ
+            between inputs, or labels that are not integer class ids of shape ``[samples]`` (see
+            :func:`check_labels`).
     """
     path = Path(path)
     if not path.exists():
@@ -129,8 +139,12 @@ def load_npz(path: Path, *, want_labels: bool = False) -> SampleData:
             for f in files:
                 arrays[f.stem] = np.load(f, allow_pickle=False)
         else:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            loaded = np.load(path, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):  # one .npy file: one input's samples
+                arrays = {path.stem: loaded}
+            else:
+                with loaded as z:
+                    arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(e).split(".")[0]
         raise UsageError(
@@ -148,15 +162,53 @@ def load_npz(path: Path, *, want_labels: bool = False) -> SampleData:
             raise UsageError(f"array '{k}' in {path} contains NaN or infinite values; clean the data first")
     labels = arrays.pop("labels", None)
     if want_labels and labels is None:
-        raise UsageError(f"{path} has no 'labels' array; evaluation data needs inputs plus labels")
+        raise UsageError(f"{path} has no 'labels' array; training data needs inputs plus labels")
     if not arrays:
         raise UsageError(f"{path} has no input arrays")
     counts = {k: v.shape[0] if v.ndim else 0 for k, v in arrays.items()}
     if len(set(counts.values())) != 1 or 0 in counts.values():
         raise UsageError(f"arrays in {path} must share a non-empty first (sample) axis; got {counts}")
-    if labels is not None and labels.shape[0] != next(iter(counts.values())):
-        raise UsageError(f"'labels' in {path} has {labels.shape[0]} entries for {next(iter(counts.values()))} samples")
-    return SampleData(arrays, None if labels is None else labels.astype(np.int64), str(path))
+    if labels is not None:
+        labels = check_labels(labels, samples=next(iter(counts.values())), source=str(path))
+    return SampleData(arrays, labels, str(path))
+
+
+def check_labels(labels: np.ndarray, *, samples: int, source: str, classes: int | None = None) -> np.ndarray:
+    """Check that labels are class ids: integers, shape ``[samples]``, in ``[0, classes)``.
+
+    Args:
+        labels: The ``labels`` array as stored.
+        samples: Number of input samples it must match.
+        source: The data file, for messages.
+        classes: Number of classes of the model's output, when known.
+
+    Returns:
+        The labels as int64 ``[samples]``.
+
+    Raises:
+        UsageError: One-hot or probability labels (``[samples, classes]``), float or boolean labels, a count
+            that differs from the samples, negative ids, or ids the model's output has no class for.
+    """
+    if labels.ndim == 2 and labels.shape[0] == samples and labels.shape[1] > 1:
+        raise UsageError(f"'labels' in {source} has shape {list(labels.shape)} (one-hot or probabilities); labels "
+                         "must be integer class ids of shape [samples]: save labels.argmax(axis=1)")
+    if labels.ndim != 1:
+        raise UsageError(f"'labels' in {source} has shape {list(labels.shape)}; labels must be integer class ids "
+                         f"of shape [{samples}] (one per sample)")
+    if labels.dtype.kind not in "iu":
+        hint = "labels.astype(numpy.int64)" if labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0) else \
+            "the class index of each sample"
+        raise UsageError(f"'labels' in {source} is {labels.dtype.name}; labels must be integer class ids: save "
+                         f"{hint}")
+    if labels.shape[0] != samples:
+        raise UsageError(f"'labels' in {source} has {labels.shape[0]} entries for {samples} samples")
+    if labels.size and int(labels.min()) < 0:
+        raise UsageError(f"'labels' in {source} holds negative class ids (least {int(labels.min())}); labels must "
+                         "be class indices from 0")
+    if classes is not None and labels.size and int(labels.max()) >= classes:
+        raise UsageError(f"'labels' in {source} go up to {int(labels.max())} but the model's output has {classes} "
+                         f"classes (ids 0-{classes - 1}); check that the labels belong to this model")
+    return labels.astype(np.int64)
 
 
 def torch_io_spec(module: Any, shapes: list[tuple[str | None, tuple[int, ...], str]], data: SampleData | None) -> IOSpec:
@@ -181,13 +233,23 @@ def torch_io_spec(module: Any, shapes: list[tuple[str | None, tuple[int, ...], s
             data = data.renamed(names)
         return IOSpec(
             inputs=tuple(
-                TensorSpec(n, data.arrays[n].dtype.name, ("batch", *data.arrays[n].shape[1:])) for n in names
+                TensorSpec(n, _model_dtype(data.arrays[n].dtype), ("batch", *data.arrays[n].shape[1:])) for n in names
             )
         )
     raise UsageError(
         "the input shape of this PyTorch model is unknown: pass --input-shape (e.g. 1,1,8,8 or "
         "input_ids:1x128:int64) or --calibration-data FILE.npz"
     )
+
+
+def _model_dtype(dtype: np.dtype) -> str:
+    """The input dtype a PyTorch model is assumed to take for data of ``dtype``.
+
+    float64 (numpy's default) is taken as float32, the dtype of PyTorch's default parameters, as an ONNX
+    model's float32 input takes it: data is cast the same way for every format (:func:`check_data_fits`
+    records the cast). A float64 model needs ``--input-shape name:...:float64``.
+    """
+    return "float32" if dtype == np.float64 else dtype.name
 
 
 def _forward_arg_names(module: Any) -> list[str]:
@@ -264,14 +326,71 @@ def shape_batch_size(shapes: list[tuple[str | None, tuple[int, ...], str]]) -> i
     return shapes[0][1][0] if shapes else None
 
 
-def random_data(io: IOSpec, *, num_samples: int, seed: int = 0, dims: dict[str, tuple[int, ...]] | None = None) -> SampleData:
-    """Seeded random inputs for a spec: N(0,1) floats, ones for ``*mask*`` ints, ids in [0, 100) otherwise.
+#: Sequence length of generated token inputs when neither the graph, ``--input-shape`` nor data fix it
+#: (the usual padded length of sentence encoders; documented in the README).
+DEFAULT_SEQ_LEN = 128
+
+
+def default_token_dims(io: IOSpec, dims: dict[str, tuple[int, ...]] | None = None, *,
+                       known_axes: dict[str, int] | None = None) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """Shapes (without the sample axis) for inputs whose unfixed axes are token sequence axes.
+
+    Token inputs are integer or boolean ``[batch, sequence]`` inputs (``input_ids``, ``attention_mask``,
+    ``token_type_ids``, ``position_ids``). A dynamic axis named like one whose size is known (``known_axes``,
+    e.g. from another input's ``--input-shape``) takes that size; otherwise a token input's axis 1, and any
+    axis of another input with the same ``dim_param``, gets :data:`DEFAULT_SEQ_LEN`. Inputs already in
+    ``dims`` are left as given.
+
+    Returns:
+        ``({input name: shape without the sample axis}, whether DEFAULT_SEQ_LEN was used)`` for the inputs
+        this fills.
+    """
+    dims = dims or {}
+    known = dict(known_axes or {})
+    seq_names: set[str] = set()
+    token_inputs = set()
+    for spec in io.inputs:
+        if len(spec.shape) != 2 or spec.dtype.startswith("float"):
+            continue
+        if not (isinstance(spec.shape[1], int) and spec.shape[1] > 0):
+            token_inputs.add(spec.name)
+            if isinstance(spec.shape[1], str):
+                seq_names.add(spec.shape[1])
+    out: dict[str, tuple[int, ...]] = {}
+    used_default = False
+    for spec in io.inputs:
+        if spec.name in dims:
+            continue
+        shape: list[int] = []
+        default_here = False
+        for axis, d in enumerate(spec.shape[1:], 1):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif isinstance(d, str) and d in known:
+                shape.append(known[d])
+            elif (spec.name in token_inputs and axis == 1) or (isinstance(d, str) and d in seq_names):
+                shape.append(DEFAULT_SEQ_LEN)
+                default_here = True
+            else:
+                break
+        else:
+            if tuple(shape) != tuple(spec.shape[1:]):
+                out[spec.name] = tuple(shape)
+                used_default |= default_here
+    return out, used_default
+
+
+def random_data(io: IOSpec, *, num_samples: int, seed: int = 0, dims: dict[str, tuple[int, ...]] | None = None,
+                int_high: dict[str, int] | None = None) -> SampleData:
+    """Seeded random inputs for a spec: N(0,1) floats, ones for ``*mask*`` ints, ids in [0, high) otherwise.
 
     Args:
         io: Input spec; dynamic axes other than the batch must be fixed by ``dims``.
         num_samples: Samples on the first axis.
         seed: numpy seed.
         dims: Optional per-input shape (without the sample axis) overriding the spec.
+        int_high: Exclusive upper bound of the values of each integer input (the size of what it indexes,
+            from :mod:`compressor.index_ranges`); 100 for inputs not listed.
     """
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -285,18 +404,23 @@ def random_data(io: IOSpec, *, num_samples: int, seed: int = 0, dims: dict[str, 
         elif "mask" in spec.name.lower():
             arrays[spec.name] = np.ones(full, dtype=spec.dtype)
         else:
-            arrays[spec.name] = rng.integers(0, 100, size=full).astype(spec.dtype)
+            high = max(1, min(100, (int_high or {}).get(spec.name, 100)))
+            arrays[spec.name] = rng.integers(0, high, size=full).astype(spec.dtype)
     return SampleData(arrays, None, "random")
 
 
 def check_data_fits(io: IOSpec, data: SampleData) -> SampleData:
-    """Match data keys to inputs and check dtypes and fixed axes.
+    """Match data keys to inputs and check dtypes and fixed axes; cast to the inputs' dtypes.
+
+    Arrays of the input's kind but another width (float64 data for a float32 input, int32 ids for int64)
+    are cast, the same way for every model format; each cast is listed in the result's ``casts``.
 
     Raises:
         UsageError: A missing input, an array whose rank or fixed size differs from the spec.
     """
     data = data.renamed(io.input_names)
     arrays = {}
+    casts = list(data.casts)
     for spec in io.inputs:
         arr = data.arrays[spec.name]
         if arr.ndim != len(spec.shape):
@@ -312,6 +436,7 @@ def check_data_fits(io: IOSpec, data: SampleData) -> SampleData:
         if arr.dtype.name != spec.dtype:
             if arr.dtype.kind != np.dtype(spec.dtype).kind and not (arr.dtype.kind in "iu" and np.dtype(spec.dtype).kind in "iu"):
                 raise UsageError(f"'{spec.name}' in {data.source} is {arr.dtype.name}; the model needs {spec.dtype}")
+            casts.append((spec.name, arr.dtype.name, spec.dtype))
             arr = arr.astype(spec.dtype)
         arrays[spec.name] = arr
-    return SampleData(arrays, data.labels, data.source)
+    return SampleData(arrays, data.labels, data.source, tuple(dict.fromkeys(casts)))

@@ -14,7 +14,15 @@ from compressor.artifact import file_size_bytes
 from compressor.benchmark import benchmark_detailed, paired_speedup, session_peak_rss_bytes
 from compressor.context import RunContext
 from compressor.errors import UsageError
-from compressor.fidelity import compare_outputs, is_classifier_output, run_onnx, top1_accuracy
+from compressor.fidelity import (
+    attention_mask_of,
+    compare_outputs,
+    is_classifier_output,
+    output_names,
+    run_onnx,
+    sequence_outputs,
+    top1_accuracy,
+)
 from compressor.inputs import fixed_batch_size
 from compressor.runtime import cpu_info
 from compressor.threads import best_threads, one_thread_check, resolve_threads
@@ -72,11 +80,13 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         baseline: ``{"onnx": Path, "entry": dict}``: the baseline's ONNX file and its report entry.
         candidates: Same form, one per step to measure; each ``entry`` gets ``latency_ms``,
             ``session_load_ms``, ``accuracy`` and the comparison fields ``size_ratio``, ``speedup``,
-            ``speedup_ci95``, ``fidelity`` (and ``accuracy_drop_points`` with eval data).
+            ``speedup_ci95``, ``fidelity`` (per output and worst over outputs, padding left out where the
+            data has an attention mask; see :func:`~compressor.fidelity.compare_outputs`), and
+            ``accuracy_drop_points`` with labelled eval data.
         against: What the baseline is, for ``fidelity.against``.
 
     Returns:
-        ``{"benchmark": ..., "accuracy": ... (with eval data), "sweep": ... (with sweeps)}``; the
+        ``{"benchmark": ..., "accuracy": ... (with labelled eval data), "sweep": ... (with sweeps)}``; the
         sweep compares the baseline with the last candidate.
 
     Raises:
@@ -88,10 +98,14 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
     if candidates and ctx.data.source == "random":
         ctx.warn("fidelity was measured on random inputs, which can misstate it badly; pass --calibration-data or "
                  "--eval-data with real samples")
+    names = output_names(paths[0])
+    mask = attention_mask_of(ctx.data)
+    tokens = sequence_outputs(paths[0], mask[0]) if mask is not None else None
     for i, c in enumerate(candidates, 1):
-        c["compare"]["fidelity"] = {**compare_outputs(outs[0], outs[i]), "inputs": ctx.data.source, "against": against}
+        fid = compare_outputs(outs[0], outs[i], names=names, attention_mask=mask, token_outputs=tokens)
+        c["compare"]["fidelity"] = {**fid, "inputs": ctx.data.source, "against": against}
     out: dict[str, Any] = {}
-    if recipe.eval_data is not None and ctx.eval_data is not None:
+    if recipe.eval_data is not None and ctx.eval_data is not None and ctx.eval_data.labels is not None:
         ev = ctx.eval_data
         accs = []
         for p in paths:

@@ -24,9 +24,11 @@ from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, file_size_by
 from compressor.context import Progress, RunContext
 from compressor.errors import StepFailedError, UsageError
 from compressor.inputs import (
+    DEFAULT_SEQ_LEN,
     SampleData,
     apply_shapes_to_spec,
     check_data_fits,
+    default_token_dims,
     fixed_batch_size,
     load_npz,
     random_data,
@@ -179,6 +181,7 @@ def dry_run(recipe: Recipe, *, command: str, callbacks: Callbacks = Callbacks())
         ctx = make_context(artifact, recipe, work, callbacks)
         check_steps(steps, artifact, ctx)
         check_input_runs(artifact, ctx)
+        check_labels_fit(artifact, ctx)
     report = new_report(command)
     report.update(dry_run=True, model={"path": str(recipe.model), "format": artifact.format.value,
                                        "inputs": [s.to_json() for s in ctx.io.inputs],
@@ -199,43 +202,116 @@ def resolve_io(artifact: ModelArtifact, recipe: Recipe, data: SampleData | None)
     return torch_io_spec(artifact.loaded, recipe.parsed_input_shapes, data)
 
 
-def prepare_data(io: IOSpec, recipe: Recipe, calib: SampleData | None, evald: SampleData | None) -> SampleData:
+def prepare_data(io: IOSpec, recipe: Recipe, calib: SampleData | None, evald: SampleData | None, *,
+                 artifact: ModelArtifact | None = None, notes: dict[str, Any] | None = None) -> SampleData:
     """The inputs that checks and fidelity run on: eval inputs, else calibration data, else seeded random.
 
     Held-out data first: static quantization sets its ranges from the calibration data (and recovery
-    trains on it), so fidelity measured there is optimistic.
+    trains on it), so fidelity measured there is optimistic. Generated inputs take the shapes of
+    ``input_shape``, else the graph's, with :data:`~compressor.inputs.DEFAULT_SEQ_LEN` for a token sequence
+    axis no one fixes; integer inputs that index a tensor stay within the indexed axis
+    (:mod:`compressor.index_ranges`).
+
+    Args:
+        io: The resolved input spec.
+        recipe: The run's recipe (``input_shape``).
+        calib: Calibration data, or None.
+        evald: Evaluation data, or None.
+        artifact: The loaded model, to read the ranges of integer inputs from (generated inputs only).
+        notes: Filled with ``default_seq_len`` and ``generated_int_ranges`` when those were used.
+
+    Raises:
+        UsageError: Data that does not fit; or, without data, an integer input that indexes an axis whose
+            size the model does not fix (no safe random values: real data is needed).
     """
     for d in (evald, calib):
         if d is not None:
             d = check_data_fits(io, d)
             n = min(d.num_samples, FIDELITY_MAX_SAMPLES)
-            return SampleData({k: v[:n] for k, v in d.arrays.items()}, None if d.labels is None else d.labels[:n], d.source)
-    dims = None
+            return SampleData({k: v[:n] for k, v in d.arrays.items()}, None if d.labels is None else d.labels[:n],
+                              d.source, d.casts)
+    dims: dict[str, tuple[int, ...]] = {}
+    known_axes: dict[str, int] = {}
     shapes = recipe.parsed_input_shapes
     if shapes:
         named = apply_shapes_to_spec(io, shapes) if io.inputs else io
-        dims = {s.name: s.concrete_shape(batch_size=1)[1:] for s in named.inputs}
-    return random_data(io, num_samples=RANDOM_SAMPLES, dims=dims)
+        given = {n for n, _, _ in shapes} if all(n is not None for n, _, _ in shapes) else set(io.input_names)
+        source = artifact.io if artifact is not None and artifact.io is not None else io  # axis names before shapes
+        originals = {t.name: t for t in source.inputs}
+        for spec in named.inputs:
+            orig = originals.get(spec.name, spec)
+            if spec.name not in given:
+                continue  # not in --input-shape: an axis named like a given one takes its size below
+            dims[spec.name] = spec.concrete_shape(batch_size=1)[1:]
+            known_axes.update({d: size for d, size in zip(orig.shape[1:], dims[spec.name], strict=True)
+                               if isinstance(d, str)})
+    defaults, used_default = default_token_dims(io, dims, known_axes=known_axes)
+    dims.update(defaults)
+    if used_default and notes is not None:
+        notes["default_seq_len"] = DEFAULT_SEQ_LEN
+    high = _int_input_ranges(artifact, io, dims, notes) if artifact is not None else None
+    return random_data(io, num_samples=RANDOM_SAMPLES, dims=dims or None, int_high=high)
+
+
+def _int_input_ranges(artifact: ModelArtifact, io: IOSpec, dims: dict[str, tuple[int, ...]] | None,
+                      notes: dict[str, Any] | None) -> dict[str, int]:
+    """Exclusive upper bounds of generated integer inputs, from what they index in the model.
+
+    Raises:
+        UsageError: An integer input indexes an axis whose size the model does not fix.
+    """
+    from compressor.artifact import TensorSpec
+    from compressor.index_ranges import onnx_index_ranges, torch_index_high
+
+    ints = [s for s in io.inputs if s.dtype.startswith(("int", "uint")) and "mask" not in s.name.lower()]
+    if not ints:
+        return {}
+    ranges = {}
+    if artifact.format.is_torch:
+        r = torch_index_high(artifact.loaded)
+        if r is not None:
+            ranges = {s.name: r for s in ints}
+    elif artifact.loaded is not None:
+        sized = IOSpec(tuple(TensorSpec(s.name, s.dtype, (s.shape[0], *(dims or {}).get(s.name, s.shape[1:])))
+                             for s in io.inputs), io.outputs)
+        ranges = {k: v for k, v in onnx_index_ranges(artifact.loaded, sized).items()
+                  if k in {s.name for s in ints}}
+    for name, r in ranges.items():
+        if r.high is None:
+            raise UsageError(f"input '{name}' indexes a tensor in {r.where}, so random values could fall outside "
+                             f"it; pass --calibration-data FILE.npz with real '{name}' values")
+    high = {name: r.high for name, r in ranges.items() if r.high is not None}
+    if notes is not None and high:
+        notes["generated_int_ranges"] = {name: {"low": 0, "high": min(100, h), "bound_by": ranges[name].where}
+                                         for name, h in high.items()}
+    return high
 
 
 def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbacks: Callbacks) -> RunContext:
     """Resolve inputs and data and build the :class:`RunContext` of a run.
 
     ``calibration_data = "random"`` (no such file) is an explicit opt-in to seeded random
-    calibration inputs, with a warning.
+    calibration inputs, with a warning. Data arrays are cast to the inputs' dtypes (float64 to float32,
+    the same for every format) and each cast is noted in ``ctx.input_notes`` with a warning; evaluation
+    labels are checked against the model's classes before any work.
 
     Raises:
-        UsageError: Data files that are missing, malformed, or do not fit the model's inputs.
+        UsageError: Data files that are missing, malformed, or do not fit the model's inputs; labels that
+            are not class ids of the model's output; ``--max-accuracy-drop`` with unlabelled eval data.
     """
     cal = recipe.calibration_data
     random_calib = cal is not None and str(cal) == "random" and not Path("random").exists()
     calib = load_npz(cal) if cal and not random_calib else None
-    evald = load_npz(recipe.eval_data, want_labels=True) if recipe.eval_data else None
+    evald = load_npz(recipe.eval_data) if recipe.eval_data else None
+    if evald is not None and evald.labels is None and recipe.gates.max_accuracy_drop is not None:
+        raise UsageError(f"--max-accuracy-drop needs labels, and {recipe.eval_data} has none; add a 'labels' array "
+                         "(integer class ids) or drop the gate")
     io = resolve_io(artifact, recipe, calib or evald)
     _check_fixed_batch(io, recipe)
-    data = prepare_data(io, recipe, calib, evald)
+    notes: dict[str, Any] = {}
+    data = prepare_data(io, recipe, calib, evald, artifact=artifact, notes=notes)
     ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
-                     on_progress=callbacks.on_progress)
+                     on_progress=callbacks.on_progress, input_notes=notes)
     for w in recipe.warnings:
         ctx.warn(w)
     for w in artifact.details.get("warnings", []):
@@ -244,17 +320,30 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     if fixed is not None and artifact.format is ModelFormat.EXPORTED_PROGRAM:
         ctx.warn(f"the program fixes its batch axis at {fixed} (torch.export without dynamic_shapes): every check and "
                  f"the benchmark run at batch {fixed}, and the ONNX output keeps that fixed batch")
+    if "default_seq_len" in notes:
+        filled = [s.name for s in io.inputs if len(s.shape) > 1 and not isinstance(s.shape[1], int)
+                  and data.arrays[s.name].shape[1] == DEFAULT_SEQ_LEN]
+        ctx.warn(f"no data or --input-shape gives the sequence length of {', '.join(filled)}: generated inputs use "
+                 f"the default sequence length {DEFAULT_SEQ_LEN}; set it with --input-shape "
+                 f"{filled[0]}:1x{DEFAULT_SEQ_LEN}:{next(s.dtype for s in io.inputs if s.name == filled[0])} "
+                 "or give --calibration-data")
     if evald is not None:
         ctx.eval_data = check_data_fits(io, evald)
+        if evald.labels is None:
+            ctx.warn(f"{recipe.eval_data} has no 'labels': fidelity runs on its inputs, accuracy is not measured")
     if recipe.train_data is not None:
         ctx.train_data = check_data_fits(io, load_npz(recipe.train_data, want_labels=True))
     if calib is not None:
         ctx.calibration = check_data_fits(io, calib)
     elif random_calib:
         dims = {k: v.shape[1:] for k, v in data.arrays.items()}
-        ctx.calibration = random_data(io, num_samples=RANDOM_SAMPLES, seed=1, dims=dims)
+        high = {k: v["high"] for k, v in notes.get("generated_int_ranges", {}).items()}
+        if data.source != "random" and artifact is not None:  # real data gave the shapes: ranges from the model
+            high = _int_input_ranges(artifact, io, dims, None)
+        ctx.calibration = random_data(io, num_samples=RANDOM_SAMPLES, seed=1, dims=dims, int_high=high)
         ctx.warn("--calibration-data random: activation ranges come from random inputs, not real data; "
                  "expect worse accuracy than with real samples")
+    _note_casts(ctx, [d for d in (ctx.eval_data, ctx.calibration, ctx.train_data) if d is not None])
     return ctx
 
 
@@ -272,6 +361,52 @@ def _check_fixed_batch(io: IOSpec, recipe: Recipe) -> None:
         raise UsageError(f"the model fixes its batch axis at {fixed} (exported without a dynamic batch), so it cannot "
                          f"run at batch {', '.join(map(str, asked))}; drop --batch-size/--batch-sizes or re-export "
                          "with a dynamic batch axis")
+
+
+def _note_casts(ctx: RunContext, datasets: list[SampleData]) -> None:
+    """One warning per data file whose arrays were cast to the model's input dtypes, and the report note."""
+    casts = []
+    for d in datasets:
+        if not d.casts or d.source == "random":
+            continue
+        casts += [{"data": d.source, "input": n, "from": a, "to": b} for n, a, b in d.casts]
+        what = ", ".join(f"'{n}' {a} -> {b}" for n, a, b in d.casts)
+        ctx.warn(f"{d.source}: cast {what} to fit the model's inputs (the same for every model format)")
+    if casts:
+        ctx.input_notes["data_casts"] = casts
+
+
+def check_labels_fit(artifact: ModelArtifact, ctx: RunContext) -> None:
+    """Before any work: evaluation labels must be class ids of the model's first output.
+
+    The model is run on one evaluation sample (ONNX Runtime for ONNX, PyTorch otherwise) to learn its first
+    output's shape; accuracy needs ``[samples, classes]`` float logits and labels below ``classes``.
+
+    Raises:
+        UsageError: The model is not a classifier, or a label has no class in its output.
+    """
+    import numpy as np
+
+    from compressor.inputs import check_labels
+
+    ev = ctx.eval_data
+    if ev is None or ev.labels is None:
+        return
+    feeds = ev.batch(0, 1)
+    if artifact.format.is_torch:
+        from compressor.export import torch_forward
+
+        first = torch_forward(artifact.loaded, feeds, ctx.io)[0]
+    else:
+        from compressor.runtime import make_session
+
+        first = make_session(artifact.path).run(None, feeds)[0]
+    first = np.asarray(first)
+    if first.ndim != 2 or first.shape[1] < 2 or first.dtype.kind != "f":
+        raise UsageError(f"labels in {ev.source} need a classifier ([samples, classes] float output), but the model's "
+                         f"first output is {first.dtype.name} {list(first.shape)}; drop 'labels' to measure fidelity "
+                         "only")
+    check_labels(ev.labels, samples=ev.num_samples, source=ev.source, classes=int(first.shape[1]))
 
 
 def _load(recipe: Recipe) -> ModelArtifact:
@@ -297,7 +432,7 @@ def _load(recipe: Recipe) -> ModelArtifact:
 
 def _input_entry(recipe: Recipe, artifact: ModelArtifact, ctx: RunContext) -> dict[str, Any]:
     entry = {"path": str(recipe.model), "format": artifact.format.value, "size_bytes": file_size_bytes(recipe.model),
-             "inputs": [s.to_json() for s in ctx.io.inputs], "source": recipe.source("model")}
+             "inputs": [s.to_json() for s in ctx.io.inputs], "source": recipe.source("model"), **ctx.input_notes}
     if "checkpoint" in artifact.details:  # case R15: where the weights were found, prefixes removed
         entry["checkpoint"] = artifact.details["checkpoint"]
     return entry
@@ -340,6 +475,8 @@ def check_input_runs(artifact: ModelArtifact, ctx: RunContext) -> None:
 
     Raises:
         SessionError: The input model itself does not load or run, named as the input's fault.
+        UsageError: It does not run on generated inputs that include integers (ids, indices) and no data was
+            given: real data is asked for.
     """
     from compressor.errors import SessionError
     from compressor.runtime import make_session
@@ -351,6 +488,10 @@ def check_input_runs(artifact: ModelArtifact, ctx: RunContext) -> None:
         sess.run(None, ctx.data.batch(0, ctx.batch_size(min(2, ctx.data.num_samples))))
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        if ctx.data.source == "random" and any(v.dtype.kind in "iu" for v in ctx.data.arrays.values()):
+            shapes = ", ".join(f"{k} {v.dtype.name}{list(v.shape[1:])}" for k, v in ctx.data.arrays.items())
+            raise UsageError(f"the input model {artifact.path} does not run on generated inputs ({shapes}; {msg}); "
+                             "pass --calibration-data FILE.npz with real samples (or --input-shape)") from e
         raise SessionError(f"the input model {artifact.path} does not run in ONNX Runtime ({msg}); no pass can "
                            "work on it: check that it runs with onnxruntime on its own") from e
 
@@ -393,6 +534,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
             warnings = ctx.warnings
             check_steps(steps, artifact, ctx)
             check_input_runs(artifact, ctx)
+            check_labels_fit(artifact, ctx)
             report["input"] = _input_entry(recipe, artifact, ctx)
             report["sources"] = dict(recipe.sources)
             report["recipe"] = recipe.to_json()
@@ -518,17 +660,29 @@ def _macs(candidate: dict[str, Any], base: dict[str, Any], previous: int | None)
 
 
 def _warn_if_far(ctx: RunContext, c: dict[str, Any], recipe: Recipe) -> None:
-    """One warning when a step's outputs moved far from the baseline's, with the pass's own advice."""
+    """One loud line when a step's fidelity collapsed, with the figures, the likely cause and the pass's advice.
+
+    Collapsed (see :func:`~compressor.fidelity.collapse_figures`): any float output's least per-sample cosine
+    under 0.9, or top-1 agreement / exact-match rate under 0.95. The report's fidelity gets ``collapsed``
+    (true) and ``warning`` (the line).
+    """
+    from compressor.fidelity import collapse_figures
+
     fid = c["compare"]["fidelity"]
-    if fid.get("top1_agreement", 1.0) >= 0.9 and fid["cosine_mean"] >= 0.9:
+    figures = collapse_figures(fid)
+    fid["collapsed"] = figures is not None
+    if figures is None:
         return
-    agree = f"top-1 agreement {fid['top1_agreement']:.2f}, " if "top1_agreement" in fid else ""
+    cause = c["details"].get("cause_when_far") or c["spec"].cause_when_far or "the step changed what the model computes"
     advice = c["details"].get("advice_when_far") or c["spec"].advice_when_far or "measure accuracy with --eval-data"
     if recipe.eval_data is None:
         advice = "measure accuracy with --eval-data; " + advice
     where = f"steps[{c['step']['step']}] ({c['spec'].name})" if len(recipe.steps) > 1 else f"the {c['spec'].name} result"
-    ctx.warn(f"{where}: outputs moved far from the original ({agree}cosine {fid['cosine_mean']:.2f}"
-             f"{', on random inputs' if ctx.data.source == 'random' else ''}); {advice}")
+    on = "random inputs (figures may mislead)" if ctx.data.source == "random" else ctx.data.source
+    line = (f"fidelity collapsed: {where}'s outputs moved far from the original on {on}: {figures}; likely cause: "
+            f"{cause}; {advice}")
+    fid["warning"] = line
+    ctx.warn(line)
 
 
 class _TorchFile(str):
@@ -569,9 +723,10 @@ def _write_torch(model: ModelArtifact | None, path: Path, ctx: RunContext) -> _T
             torch.save(module, tmp)
             loaded = torch.load(tmp, weights_only=False)
             kind = "torch_module_pickle"
-        a = torch_forward(module, feeds, ctx.io)[0]
-        b = torch_forward(loaded, feeds, ctx.io)[0]
-        if not np.allclose(a, b, atol=1e-5, rtol=1e-4):
+        a = torch_forward(module, feeds, ctx.io)
+        b = torch_forward(loaded, feeds, ctx.io)  # every output, not the first alone
+        if len(a) != len(b) or not all(x.shape == y.shape and np.allclose(x, y, atol=1e-5, rtol=1e-4)
+                                       for x, y in zip(a, b, strict=False)):
             raise StepFailedError(f"the saved PyTorch model {path} does not reproduce the pruned model's outputs")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -632,6 +787,8 @@ def bench_models(recipe: Recipe, *, command: str, other: Path | None = None,
     export = PlannedStep(get_pass("export"), recipe.export, None, "original model")
     with scratch_dir(None) as work:
         ctx = make_context(artifact, recipe, work, callbacks)
+        check_input_runs(artifact, ctx)
+        check_labels_fit(artifact, ctx)
         report["input"] = _input_entry(recipe, artifact, ctx)
         steps: list[dict[str, Any]] = []
         paths = []
@@ -651,8 +808,16 @@ def bench_models(recipe: Recipe, *, command: str, other: Path | None = None,
                            against="baseline fp32 ONNX" if artifact.format.is_torch else "baseline ONNX")
         report["baseline"] = base["entry"]
         if candidates:
+            from compressor.fidelity import collapse_figures
+
             report["result"] = candidates[0]["entry"]
             report.update(candidates[0]["compare"])
+            figures = collapse_figures(report["fidelity"])
+            report["fidelity"]["collapsed"] = figures is not None
+            if figures is not None:
+                report["fidelity"]["warning"] = f"fidelity collapsed: {other} is far from {recipe.model} on " \
+                                                f"{ctx.data.source}: {figures}"
+                ctx.warn(report["fidelity"]["warning"])
         report.update(measured)
         report["steps"] = steps
         if recipe.gates.any:

@@ -153,9 +153,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         ci = report.get("speedup_ci95") or [None, None]
         summary.append(["speedup (95% CI)", f"{report['speedup']:.3f} [{_f(ci[0])}, {_f(ci[1])}]"])
     fid = report.get("fidelity") or {}
-    for key in ("max_abs_diff", "cosine_mean", "cosine_min", "sqnr_db", "top1_agreement"):
+    for key in ("max_abs_diff", "cosine_mean", "cosine_min", "sqnr_db", "top1_agreement", "exact_match"):
         if key in fid:
             summary.append([key, _f(fid[key], ".5g")])
+    if len(fid.get("outputs") or []) > 1:
+        summary.append(["worst_output", _md_cell(fid.get("worst_output"))])
+    if fid.get("positions"):
+        summary.append(["positions", _md_cell(fid["positions"])])
     if summary:
         out += [""] + _md_table(["summary", "value"], summary)
     steps = [st for st in report.get("steps") or [] if "measured" in st]

@@ -278,7 +278,7 @@ def test_dry_run_refuses_what_the_run_would_refuse(samples, tmp_path):
         (["quantize", *cnn, "--mode", "static", "--weight-type", "uint8", "--activation-type", "int8",
           "--calibration-data", samples / "digits_calib.npz"], "S8U8"),
         (["quantize", *cnn, "--max-accuracy-drop", "1"], "--max-accuracy-drop needs --eval-data"),
-        (["quantize", *cnn, "--min-speedup", "-1"], "--min-speedup must be a number >= 0"),
+        (["quantize", *cnn, "--min-speedup", "-1"], "--min-speedup is a speedup and must be greater than 0"),
         (["bench", samples / "digits_cnn.pt"], "input"),
         (["prune", *cnn, "--batch-size", "8", "--recover-batch-size", "16"], "give --recover-batch-size only"),
         (["prune", samples / "digits_mlp.pt2"], "structured pruning needs the model's Python classes"),

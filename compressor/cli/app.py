@@ -584,7 +584,11 @@ def _emit(report: dict[str, Any], json_out: bool, report_path: Path | None, mark
     gates = report.get("gates")
     if gates and not gates["passed"]:
         code = EXIT_GATE_FAILED
-        report["error"] = {"exit_code": code, "kind": "gate", "message": Gates.describe(gates["failed"])}
+        written = [f"the output model {report['output']}"] if report.get("output") else []
+        written += [f"the report {report_path}"] if report_path is not None else []
+        written += [f"the Markdown summary {markdown}"] if markdown is not None else []
+        report["error"] = {"exit_code": code, "kind": "gate", "message": Gates.describe(gates["failed"],
+                                                                                      written=written)}
         _err(report["error"]["message"])
     if report_path is not None:
         write_json_atomic(report, report_path)

@@ -60,7 +60,13 @@ def render_table(report: dict[str, Any]) -> Any:
         s += f" min {_f(fid.get('cosine_min'), '.5f')}"
         if fid.get("top1_agreement") is not None:
             s += f", top-1 agreement {fid['top1_agreement']:.4f}"
+        if fid.get("exact_match") is not None:
+            s += f", integer outputs exact match {fid['exact_match']:.4f}"
         s += f" on {fid.get('samples')} samples ({fid.get('inputs')})"
+        if len(fid.get("outputs") or []) > 1:
+            s += f"; worst of {len(fid['outputs'])} outputs: '{fid.get('worst_output')}'"
+        if fid.get("positions"):
+            s += f"; {fid['positions']}"
         summary.append(s)
     q = report.get("quantization")
     if q:

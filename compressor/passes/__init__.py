@@ -47,6 +47,8 @@ class PassSpec:
         accepts: Forms it takes, best first (``"torch"``, ``"onnx"``).
         report_key: Report section that holds its details (None: none).
         advice_when_far: What to try when its result's outputs moved far from the baseline's.
+        cause_when_far: The likely cause when they did, for the one-line fidelity warning (a step's
+            ``details["cause_when_far"]`` overrides it).
         output_suffix: Default output name ``<input stem>.<suffix>.onnx`` when it is the only step.
         output_form: The form it gives (None: the form it was given).
         check: ``"module:function"`` run before any work, ``check(config, ctx, *, form, has_python_classes,
@@ -60,6 +62,7 @@ class PassSpec:
     accepts: tuple[str, ...]
     report_key: str | None = None
     advice_when_far: str | None = None
+    cause_when_far: str | None = None
     output_suffix: str = "compressed"
     output_form: str | None = None
     check: str | None = None
@@ -117,11 +120,14 @@ def _registry() -> dict[str, PassSpec]:
                  output_form=ONNX),
         PassSpec("prune", PruneConfig, "compressor.passes.prune:run_prune", accepts=(TORCH, ONNX),
                  report_key="pruning", advice_when_far="use --recover with --calibration-data, or a lower --ratio",
+                 cause_when_far="the removed channels or weights carried signal the rest of the model needs",
                  output_suffix="pruned", check="compressor.passes.prune:check_prune"),
         PassSpec("quantize", QuantizeConfig, "compressor.passes.quantize:run_quantize", accepts=(ONNX,),
                  report_key="quantization",
                  advice_when_far="keep sensitive layers in float with --exclude, or try --mode dynamic or "
                                  "--calibration-method entropy",
+                 cause_when_far="int8 rounding or saturation of weights or activations with a wide, outlier-heavy "
+                                "range (static int8: also calibration data unlike these inputs)",
                  output_suffix="quantized", check="compressor.passes.quantize:check_quantize"),
     ]
     return {s.name: s for s in specs}
