@@ -414,7 +414,7 @@ def _parity_batches(check_data: SampleData, more: tuple[SampleData, ...], *, fix
         count = min(data.num_samples, cap)
         chunk = PARITY_CHUNK
         if fixed is not None:
-            chunk = fixed * max(1, PARITY_CHUNK // fixed)
+            chunk = fixed  # a fixed batch axis takes exactly that many rows
             count -= count % fixed
         for i in range(0, count, chunk):
             size = min(chunk, count - i)
