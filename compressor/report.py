@@ -14,7 +14,7 @@ from typing import Any
 
 from compressor import __version__
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 
 def schema() -> dict[str, Any]:
