@@ -37,6 +37,8 @@ PARITY_MAX_SAMPLES = 256
 PARITY_RANDOM_SAMPLES = 8
 #: Samples per ONNX Runtime / PyTorch call of the parity check.
 PARITY_CHUNK = 32
+#: Samples of each data set also checked one at a time (a batch can hide a per-sample branch).
+PARITY_SINGLE = 16
 EXPORTERS = ("dynamo", "torchscript")
 _TWO_GB = 2 * 1024**3
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch.export (2.13) colours parts of its error messages
@@ -416,6 +418,10 @@ def _parity_batches(check_data: SampleData, more: tuple[SampleData, ...], *, fix
         if fixed is not None:
             chunk = fixed  # a fixed batch axis takes exactly that many rows
             count -= count % fixed
+        if fixed is None:  # alone too: a branch on a batch-wide value (x.sum() > 0) takes each sample's own way
+            for i in range(min(count, PARITY_SINGLE)):
+                batches.append(data.batch(i, 1))
+                ids.append([(k, i)])
         for i in range(0, count, chunk):
             size = min(chunk, count - i)
             batches.append(data.batch(i, size))

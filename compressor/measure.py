@@ -25,7 +25,7 @@ from compressor.fidelity import (
 )
 from compressor.inputs import fixed_batch_size
 from compressor.runtime import cpu_info
-from compressor.threads import best_threads, one_thread_check, resolve_threads
+from compressor.threads import best_threads, one_thread_check, physical_cores, resolve_threads
 
 
 def model_entry(onnx_path: Path, shown_path: Path) -> dict[str, Any]:
@@ -131,6 +131,9 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         ctx.progress(task, 1, 1)
     else:
         used = [resolve_threads(recipe.bench.threads)] * len(paths)
+        if used[0] > physical_cores():
+            ctx.warn(f"--threads {used[0]} is more than this machine's {physical_cores()} physical cores: ONNX Runtime's "
+                     "threads then compete for cores, and latencies say more about the machine than the model")
     task = f"benchmark of {len(paths)} model{'s' if len(paths) > 1 else ''} at batch {batch}" + (
         ", interleaved" if len(paths) > 1 else "")
     ctx.progress(task, 0, 1)

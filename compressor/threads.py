@@ -17,8 +17,9 @@ from typing import Any
 
 #: A speedup at N threads that differs from the 1-thread speedup by more than this share is flagged.
 SPEEDUP_TOLERANCE = 0.20
-#: The baseline counts as slower at N threads when its 1-thread p50 is below this share of the N-thread p50.
-SLOWER_SHARE = 0.9
+#: The baseline counts as slower at N threads when its 1-thread p50 is below this share of the N-thread p50
+#: (the two runs are separate benchmarks, so the margin is wide: on a busy machine a 10% difference is noise).
+SLOWER_SHARE = 0.8
 
 
 def physical_cores() -> int:
@@ -104,7 +105,8 @@ def one_thread_check(paths: list[Path], feeds: dict[str, Any], settings: Any, us
     Returns:
         ``{"threads": 1, "latency_ms_p50": [...], "speedup": [...], "speedup_ci95": [...],
         "baseline_slower_with_threads": bool, "speedup_differs": bool}``. ``speedup_differs`` is true when a
-        candidate's speedup differs from its 1-thread speedup by more than ``SPEEDUP_TOLERANCE``.
+        candidate's speedup differs from its 1-thread speedup by more than ``SPEEDUP_TOLERANCE`` and the
+        1-thread speedup lies outside the candidate's 95% interval.
     """
     from compressor.benchmark import benchmark_detailed, paired_speedup
 
@@ -112,7 +114,10 @@ def one_thread_check(paths: list[Path], feeds: dict[str, Any], settings: Any, us
     one = det["latency"]
     sp1 = [paired_speedup(one[0].samples_ms, s.samples_ms, block_ids=det["block_ids"]) for s in one[1:]]
     slower = used[0] > 1 and one[0].p50 < SLOWER_SHARE * latency[0].p50
-    differs = any(abs(a[0] - b[0]) > SPEEDUP_TOLERANCE * b[0] for a, b in zip(speedups, sp1, strict=True))
+    # a difference counts when it is large and the 1-thread speedup lies outside the N-thread interval (a wide
+    # interval already says the figure is uncertain)
+    differs = any(abs(a[0] - b[0]) > SPEEDUP_TOLERANCE * b[0] and not a[1][0] <= b[0] <= a[1][1]
+                  for a, b in zip(speedups, sp1, strict=True))
     return {
         "threads": 1,
         "latency_ms_p50": [s.p50 for s in one],

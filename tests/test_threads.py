@@ -42,6 +42,10 @@ def test_one_thread_check_flags_oversubscription(monkeypatch):
     check = th.one_thread_check(["a", "b"], {}, BenchmarkSettings(runs=20), [2, 2], at_two, [(7.0, (3.0, 10.5))])
     assert check["baseline_slower_with_threads"] and check["speedup_differs"]
     assert check["speedup"][0] == pytest.approx(2.15 / 0.80, rel=0.01)
+    # a large difference inside a wide interval is not flagged: the interval already says it is uncertain
+    check = th.one_thread_check(["a", "b"], {}, BenchmarkSettings(runs=20), [2, 2], [_stats(2.0), _stats(0.6)],
+                                [(3.4, (2.0, 4.0))])
+    assert not check["speedup_differs"]
     # the same models scaling alike: nothing to flag
     check = th.one_thread_check(["a", "b"], {}, BenchmarkSettings(runs=20), [2, 2], [_stats(1.3), _stats(0.5)],
                                 [(2.6, (2.5, 2.7))])
@@ -79,7 +83,9 @@ def test_multi_thread_benchmark_is_checked_at_one_thread(samples, tmp_path):
     assert b["threads"] == 2 and b["threads_per_model"] == [2, 2] and b["settings"]["threads"] == 2
     one = b["one_thread"]
     assert len(one["latency_ms_p50"]) == 2 and len(one["speedup"]) == 1
-    assert one["speedup_differs"] == (abs(rep["speedup"] - one["speedup"][0]) > 0.2 * one["speedup"][0])
+    lo, hi = rep["speedup_ci95"]
+    assert one["speedup_differs"] == (abs(rep["speedup"] - one["speedup"][0]) > 0.2 * one["speedup"][0]
+                                      and not lo <= one["speedup"][0] <= hi)
     warned = any("thread" in line and "1 thread" in line for line in r.error_lines)
     assert warned == (one["speedup_differs"] or one["baseline_slower_with_threads"])
     # one thread asked for: nothing to check

@@ -261,7 +261,7 @@ class QuantizeConfig:
             given = [k for k, v in int8_only.items() if v]
             if given:
                 raise UsageError(
-                    f"{', '.join(given)} only affect int8 quantization, not --precision {self.precision}; drop them"
+                    f"{', '.join(given)} only apply to int8 quantization, not --precision {self.precision}; drop them"
                 )
         if self.mode == "dynamic":
             if self.activation_type == "int8" or self.activation_scheme == "symmetric":

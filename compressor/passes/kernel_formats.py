@@ -371,8 +371,9 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
     if by in ("measured", "cached"):
         timed = [r for r in rows if r.get("latency_ms_p50") is not None]
         what = ", ".join(f"{r['format']} {r['speedup']:.2f}x cos {r['cosine_min']:.4f}" for r in timed)
-        reason += (f"; kernel format {chosen}: the fastest within cosine {COSINE_TOLERANCE} of the best of "
-                   f"{len(timed)} timed on this CPU at batch 1, 1 thread ({what})" + (" [cached]" if by == "cached" else ""))
+        reason += (f"; kernel format {chosen}: the fastest within cosine {COSINE_TOLERANCE} of the most accurate "
+                   f"(a QDQ form kept within {PREFERENCE_MARGIN:.0%} of the fastest) of {len(timed)} timed on this "
+                   f"CPU at batch 1, 1 thread ({what})" + (" [cached]" if by == "cached" else ""))
     else:
         reason += f"; kernel format {chosen} ({'--format' if by == 'user' else by})"
     if fmt["reduce_range"] and config.reduce_range is None:

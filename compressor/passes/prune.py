@@ -39,7 +39,8 @@ def check_prune(config: PruneConfig, ctx: RunContext, *, form: str, has_python_c
 
     Raises:
         UsageError: Structured pruning of an ONNX-only model or of a file without Python classes,
-            ``taylor`` without calibration data, ``recover`` without data, an ``exclude`` glob that
+            ``taylor`` without calibration data, ``recover`` without data or with unstructured pruning, an
+            ``exclude`` glob that
             matches no layer.
     """
     from compressor.errors import UsageError
@@ -52,6 +53,10 @@ def check_prune(config: PruneConfig, ctx: RunContext, *, form: str, has_python_c
             "before quantization, or use --method unstructured")
     if config.criterion == "taylor" and ctx.calibration is None:
         raise UsageError("--criterion taylor needs --calibration-data FILE.npz (gradients come from real inputs)")
+    if config.recover and config.method != "structured":
+        raise UsageError("--recover fine-tunes the smaller network that structured pruning leaves; unstructured "
+                         "pruning keeps zeros in dense tensors and has no recovery here: drop --recover, or use "
+                         "--method structured")
     if config.recover and ctx.train_data is None and ctx.calibration is None:
         raise UsageError("--recover needs inputs to learn from: pass --calibration-data FILE.npz (no labels needed) "
                          "or --train-data FILE.npz (inputs plus labels)")

@@ -135,7 +135,8 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
     from compressor.errors import UsageError
     from compressor.passes.kernel_formats import FORMATS
 
-    if config.format != "auto":  # an explicit kernel format fixes the mode and the types
+    explicit_format = config.format if config.format != "auto" else None
+    if explicit_format:  # an explicit kernel format fixes the mode and the types
         fmt = FORMATS[config.format]
         dynamic = fmt.quant_format == "dynamic"
         config = dataclasses.replace(config, mode="dynamic" if dynamic else "static",
@@ -149,6 +150,8 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
             reasons.append("mode dynamic (no --calibration-data; static QDQ suits convolutions better)")
         else:
             reasons.append(f"mode {mode} ({'convolutions with calibration data' if mode == 'static' else 'MatMul/Gemm graph'})")
+    elif config.format != "auto" and explicit_format:
+        reasons.append(f"--format {explicit_format}")
     else:
         reasons.append(f"--mode {mode}")
     if mode == "static" and not has_calibration:
@@ -225,6 +228,7 @@ def choose_settings(config: QuantizeConfig, *, has_conv: bool = False, has_calib
         "saturation_risk": risk,
         "calibration_method": config.calibration_method if mode == "static" else None,
         "chosen_by": "user" if user else "default",
+        **({"kernel_format": explicit_format, "format_selection": {"by": "user"}} if explicit_format else {}),
         "reason": "; ".join(reasons),
     }
 
@@ -781,11 +785,12 @@ def _dynamic_op_types(config: QuantizeConfig, pre: Path, settings: dict[str, Any
     if convs:
         names = [w.name for w in convs]
         settings["convolutions_kept_float"] = names
+        how = ("--mode static (with the --calibration-data given)" if ctx.calibration is not None
+               else "static quantization, which needs --calibration-data FILE.npz")
         settings["reason"] += ("; convolutions kept in float (dynamic ConvInteger is usually slower than fp32 on CPU, "
-                               "ONNX Runtime's guidance): static int8 needs --calibration-data")
+                               f"ONNX Runtime's guidance): int8 convolutions need {how}")
         ctx.warn(f"{len(names)} convolution(s) kept in float: dynamic int8 ConvInteger is usually slower than fp32 on "
-                 "CPU; for int8 convolutions use static quantization, which needs --calibration-data FILE.npz "
-                 "(--op-types Conv forces dynamic ConvInteger)")
+                 f"CPU; for int8 convolutions use {how} (--op-types Conv forces dynamic ConvInteger)")
     types = dynamic_op_types(config.op_types)
     gemms = {n.name for n in model.graph.node if n.op_type == "Gemm" and n.name}
     aliases = [name + "_MatMul" for name in excluded if name in gemms]
