@@ -262,7 +262,7 @@ def test_r21_dynamic_keeps_convolutions_float_and_says_static_needs_data(tmp_pat
     assert "ConvInteger" not in ops and ops["Conv"] == 2
     q = r.report["quantization"]
     assert _lists(r.report) == ({"MatMul": 1}, {"Conv": 2}) and len(q["convolutions_kept_float"]) == 2
-    assert "static int8 needs --calibration-data" in q["reason"]
+    assert "int8 convolutions need static quantization, which needs --calibration-data" in q["reason"]
     assert any("--calibration-data" in w and "convolution" in w for w in r.report["warnings"])
     r = run_cli("quantize", tmp_path / "cnn.pt", "--trust-pickle", "--input-shape", "1,3,16,16", "--mode", "dynamic",
                 "--op-types", "Conv", "-o", tmp_path / "forced.onnx", "--json", *FAST)
