@@ -87,3 +87,15 @@ class PruningError(StepFailedError):
 
 class SessionError(StepFailedError):
     """An ONNX Runtime inference session could not be created or run (exit 1)."""
+
+
+#: Exit code of a stop the user asked for (130 Ctrl-C, 143 SIGTERM), recorded by the CLI's signal handlers, so that
+#: library code which catches broad errors can tell an interrupt that a library wrapped in its own error.
+STOP_REQUESTED: list[int] = []
+
+
+def stop_requested() -> BaseException | None:
+    """The interrupt to raise when the user stopped the run (None otherwise)."""
+    if not STOP_REQUESTED:
+        return None
+    return KeyboardInterrupt() if STOP_REQUESTED[-1] == 130 else SystemExit(STOP_REQUESTED[-1])

@@ -207,7 +207,10 @@ def export_to_onnx(
             with _quiet():
                 _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big, is_ep)
         except Exception as e:  # exporter internals raise anything
-            stop = _interruption(e)  # torch.export wraps a Ctrl-C or SIGTERM in its own error: do not fall back
+            from compressor.errors import stop_requested
+
+            # torch.export wraps a Ctrl-C or SIGTERM in its own error: do not fall back
+            stop = _interruption(e) or stop_requested()
             if stop is not None:
                 raise stop from e
             msg = _ANSI.sub("", str(e)).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

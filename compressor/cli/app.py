@@ -920,8 +920,21 @@ def main(argv: list[str] | None = None) -> None:
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so scratch folders and temp files are removed
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from compressor.errors import STOP_REQUESTED
+
+    def on_term(*_: Any) -> None:
+        STOP_REQUESTED.append(143)
+        sys.exit(143)
+
+    def on_int(*_: Any) -> None:
+        STOP_REQUESTED.append(130)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    if handlers[0] is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_int)
     try:
+        STOP_REQUESTED.clear()
         _main(cx, _ARGV)
     finally:  # in-process callers (tests) get their handlers and help colours back
         signal.signal(signal.SIGINT, handlers[0])

@@ -121,10 +121,12 @@ def _structured(art: ModelArtifact, ctx: RunContext, config: PruneConfig) -> Pas
         with torch.no_grad():
             reference = _output_signature(model(*example))
     except Exception as e:
+        _stop_if_interrupted(e)
         raise PruningError(f"the model does not run on its example inputs before pruning ({_first_line(e)})") from e
     try:
         flow = channel_flow(model, example1)
     except Exception as e:
+        _stop_if_interrupted(e)
         raise PruningError(f"structured pruning could not trace where this model's channels go ({_first_line(e)}); "
                            "use --method unstructured") from e
     fused = [m for m in flow.fused_qkv if m not in num_heads]
@@ -498,6 +500,7 @@ class _Attempt:
         except CompressorError:
             raise
         except Exception as e:
+            _stop_if_interrupted(e)
             raise PruningError(f"Torch-Pruning 1.6.1 cannot build this model's dependency graph ({_first_line(e)}); "
                                "use --method unstructured") from e
         model = copy.deepcopy(pristine)
@@ -528,10 +531,21 @@ class _Attempt:
         except CompressorError:
             raise
         except Exception as e:
+            _stop_if_interrupted(e)
             raise _Broken(_first_line(e)) from e
         if got != self.reference:
             raise _Broken(f"the outputs changed from {self.reference} to {got}")
         return model, plan
+
+
+def _stop_if_interrupted(exc: BaseException) -> None:
+    """Re-raise a Ctrl-C or SIGTERM that torch wrapped in another error: an interrupt is never a pruning failure."""
+    from compressor.errors import stop_requested
+    from compressor.export import _interruption
+
+    stop = _interruption(exc) or stop_requested()
+    if stop is not None:
+        raise stop from exc
 
 
 class _Broken(Exception):
