@@ -339,3 +339,19 @@ def test_unstructured_global_ranking_never_empties_a_tensor():
     assert zeros[1] == round(0.9 * small.numel())  # capped, not emptied (plain global ranking zeroes all of it)
     assert sum(zeros) == round(0.5 * (big.numel() + small.numel()))  # the total still meets the target
     assert out[0].dtype == big.dtype and torch.equal(out[0] != 0, (out[0] != 0) & (big != 0))
+
+
+def test_recover_distills_every_output_of_a_multi_head_model(tmp_path):
+    """Recovery learns every float output, not the first only (a second head used to drift, unwarned)."""
+    entry = _entry("two_heads_dict")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((128, 16)).astype(np.float32))
+    common = ["--ratio", "0.5", "--calibration-data", calib]
+    plain, _ = _prune(tmp_path, entry, *common, out_name="plain.onnx")
+    recovered, _ = _prune(tmp_path, entry, *common, "--recover", "--recover-steps", "150", out_name="rec.onnx")
+    assert plain.code == 0 and recovered.code == 0, recovered.stderr
+    before = {o["name"]: o["cosine_mean"] for o in plain.report["fidelity"]["outputs"]}
+    after = {o["name"]: o["cosine_mean"] for o in recovered.report["fidelity"]["outputs"]}
+    assert len(after) == 2
+    for name, cos in after.items():  # each head closer to the original model after recovery
+        assert cos >= before[name] - 1e-3, (before, after)

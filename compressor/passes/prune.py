@@ -612,6 +612,24 @@ def _taylor_gradients(model: Any, ctx: RunContext) -> None:
         loss.backward()
 
 
+def _float_outputs(out: Any) -> list[Any]:
+    """A model's floating-point output tensors, flattened in order (tuple, list, dict, ``ModelOutput``).
+
+    The first is the one :func:`_first_output` gives when that is float.
+    """
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _float_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _float_outputs(v)]
+    if hasattr(out, "to_tuple"):
+        return _float_outputs(out.to_tuple())
+    return []
+
+
 def _first_output(out: Any) -> Any:
     import torch
 
@@ -723,8 +741,14 @@ def recover(student: Any, teacher: Any, ctx: RunContext, config: PruneConfig) ->
     arrays = [torch.from_numpy(np.ascontiguousarray(data.arrays[n])) for n in names]
     teacher.eval()
     with torch.no_grad():
-        t_out = torch.cat([_first_output(teacher(*[a[i : i + 256] for a in arrays]))
-                           for i in range(0, data.num_samples, 256)])
+        chunks = [_float_outputs(teacher(*[a[i : i + 256] for a in arrays])) for i in range(0, data.num_samples, 256)]
+    # every float output is distilled (a multi-head model's other heads drift otherwise); the first one as before,
+    # the others by mean squared error relative to the teacher's variance, so that their scales do not matter
+    if not chunks[0]:
+        raise UsageError("--recover distills the model's float outputs, and this model has none")
+    t_all = [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+    t_out, t_rest = t_all[0], t_all[1:]
+    rest_scale = [float(t.var()) + 1e-12 for t in t_rest]
     labels = torch.from_numpy(data.labels) if data.labels is not None else None
     classifier = t_out.dim() == 2 and t_out.shape[1] > 1
     for p in student.parameters():
@@ -739,7 +763,8 @@ def recover(student: Any, teacher: Any, ctx: RunContext, config: PruneConfig) ->
     every = max(1, config.recover_steps // 20)
     for step in range(config.recover_steps):
         idx = torch.randint(0, data.num_samples, (min(config.recover_batch_size, data.num_samples),), generator=gen)
-        out = _first_output(student(*[a[idx] for a in arrays]))
+        outs = _float_outputs(student(*[a[idx] for a in arrays]))
+        out = outs[0]
         if classifier:
             loss = torch.nn.functional.kl_div(torch.log_softmax(out / T, 1), torch.softmax(t_out[idx] / T, 1),
                                               reduction="batchmean") * T * T
@@ -747,6 +772,8 @@ def recover(student: Any, teacher: Any, ctx: RunContext, config: PruneConfig) ->
             loss = torch.nn.functional.mse_loss(out, t_out[idx])
         if labels is not None and classifier:
             loss = loss + torch.nn.functional.cross_entropy(out, labels[idx])
+        for o, t, v in zip(outs[1:], t_rest, rest_scale, strict=True):
+            loss = loss + torch.nn.functional.mse_loss(o, t[idx]) / v
         opt.zero_grad()
         loss.backward()
         opt.step()
