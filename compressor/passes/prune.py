@@ -613,21 +613,11 @@ def _taylor_gradients(model: Any, ctx: RunContext) -> None:
 
 
 def _float_outputs(out: Any) -> list[Any]:
-    """A model's floating-point output tensors, flattened in order (tuple, list, dict, ``ModelOutput``).
+    """A model's floating-point output tensors, flattened in order (see :func:`_tensors`).
 
     The first is the one :func:`_first_output` gives when that is float.
     """
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out] if out.is_floating_point() else []
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _float_outputs(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _float_outputs(v)]
-    if hasattr(out, "to_tuple"):
-        return _float_outputs(out.to_tuple())
-    return []
+    return [t for t in _tensors(out) if t.is_floating_point()]
 
 
 def _first_output(out: Any) -> Any:
