@@ -496,6 +496,126 @@ def check_input_runs(artifact: ModelArtifact, ctx: RunContext) -> None:
                            "work on it: check that it runs with onnxruntime on its own") from e
 
 
+@dataclass
+class AppliedSteps:
+    """What :func:`apply_steps` left.
+
+    Attributes:
+        baseline_onnx: The baseline's ONNX file (the input, or its inserted export); None when the plan did not
+            export the original model (a candidate built without a baseline, see :func:`build_candidate`).
+        candidates: One dict per recipe step: ``onnx`` (its ONNX file; a PyTorch result's export), ``step``
+            (its report entry), ``spec``, ``details``, and empty ``entry`` / ``compare`` for the measurement.
+        sections: Report sections of the steps by ``report_key`` (``pruning``, ``quantization``).
+        torch_model: The last PyTorch model (None once the model exists only as ONNX).
+    """
+
+    baseline_onnx: Path | None
+    candidates: list[dict[str, Any]]
+    sections: dict[str, Any]
+    torch_model: ModelArtifact | None
+
+
+def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunContext, work: Path,
+                entries: list[dict[str, Any]]) -> AppliedSteps:
+    """Run planned steps in order, each on the form it takes; no measurement.
+
+    Args:
+        steps: From :func:`plan` (inserted exports included).
+        artifact: The loaded input model.
+        ctx: The run's context.
+        work: Scratch folder (each step gets a sub-folder).
+        entries: Filled with each step's report entry as it finishes (a failure's report shows those that ran).
+
+    Returns:
+        The files and report pieces of every step (:class:`AppliedSteps`).
+
+    Raises:
+        CompressorError: The first step that fails.
+    """
+    baseline_onnx = artifact.path if not artifact.format.is_torch else None
+    torch_model = artifact if artifact.format.is_torch else None
+    onnx_model = artifact if not artifact.format.is_torch else None
+    sections: dict[str, Any] = {}
+    candidates: list[dict[str, Any]] = []
+    for n, planned in enumerate(steps):
+        src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
+        result = _run_step(planned, src, ctx, work, n)
+        entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
+                 "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
+        entries.append(entry)
+        if planned.spec.report_key:
+            sections[planned.spec.report_key] = result.details
+        new = result.artifact
+        if new.format.is_torch:
+            torch_model = new
+        else:
+            onnx_model = new
+            if not planned.inserted:  # a recipe step gave ONNX: from here on the model exists only as ONNX
+                torch_model = None
+        if planned.inserted and baseline_onnx is None and not candidates:
+            baseline_onnx = new.path
+            entry["role"] = "baseline"
+            continue
+        if planned.inserted:  # the export of the previous step's PyTorch result: it measures that step
+            candidates[-1]["onnx"] = new.path
+            continue
+        candidates.append({"onnx": new.path if not new.format.is_torch else None, "entry": {}, "compare": {},
+                           "step": entry, "spec": planned.spec, "details": result.details})
+    return AppliedSteps(baseline_onnx, candidates, sections, torch_model)
+
+
+def build_candidate(recipe: Recipe, out: Path, *, callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
+    """Run a recipe's steps through the orchestrator and publish the result at ``out``; no baseline, no benchmark.
+
+    The search (``compressor auto``) builds each candidate with this, possibly in another process or on another
+    machine, and measures it against its one baseline itself. The baseline export a PyTorch input would get is
+    skipped when the first step takes the PyTorch model (pruning): the search exported the baseline once; a
+    first step that needs ONNX gets the model as ONNX (give ``recipe.model`` as the baseline's ONNX file).
+    The result is loaded, run in ONNX Runtime on the run's inputs and checked with the full ONNX checker before
+    it appears at ``out``.
+
+    Args:
+        recipe: Model, data and steps (benchmark, gates and output settings are ignored).
+        out: Where the candidate's ONNX file goes (its folder must exist).
+        callbacks: Warning and progress callbacks.
+
+    Returns:
+        ``{"steps": [...step report entries...], "sections": {...}, "warnings": [...], "output": str(out)}``.
+
+    Raises:
+        CompressorError: A step failed or the result does not run.
+    """
+    import onnx
+
+    from compressor.errors import SessionError
+    from compressor.runtime import make_session
+
+    artifact = _load(recipe)
+    steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX)
+    if steps and steps[0].inserted and len(steps) > 1 and TORCH in steps[1].spec.accepts:
+        steps = steps[1:]  # the first step prunes the PyTorch model: no baseline export needed here
+    with scratch_dir(out) as work:
+        ctx = make_context(artifact, recipe, work, callbacks)
+        check_steps(steps, artifact, ctx)
+        entries: list[dict[str, Any]] = []
+        applied = apply_steps(steps, artifact, ctx, work, entries)
+        final = applied.candidates[-1]["onnx"]
+        try:
+            onnx.checker.check_model(str(final), full_check=True)
+            make_session(final).run(None, ctx.data.batch(0, ctx.batch_size(min(2, ctx.data.num_samples))))
+        except Exception as e:
+            from compressor.errors import stop_requested
+
+            stop = stop_requested()
+            if stop is not None:
+                raise stop from e
+            raise SessionError(f"the candidate built by {len(recipe.steps)} step(s) does not pass the ONNX checker "
+                               f"or does not run in ONNX Runtime ({str(e).strip().splitlines()[0][:200]})") from e
+        publish(final, out)
+    return {"steps": entries, "sections": applied.sections, "warnings": list(ctx.warnings), "output": str(out)}
+
+
+
 def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compressed",
                callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
     """Run a recipe end to end and publish its output model.
@@ -542,34 +662,9 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
             entries: list[dict[str, Any]] = []
             report["steps"] = entries  # filled as steps finish (a failure's report shows those that ran)
             candidates: list[dict[str, Any]] = []
-            baseline_onnx = artifact.path if not artifact.format.is_torch else None
-            torch_model = artifact if artifact.format.is_torch else None
-            onnx_model = artifact if not artifact.format.is_torch else None
-            sections: dict[str, Any] = {}
-            for n, planned in enumerate(steps):
-                src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
-                result = _run_step(planned, src, ctx, work, n)
-                entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
-                         "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
-                entries.append(entry)
-                if planned.spec.report_key:
-                    sections[planned.spec.report_key] = result.details
-                new = result.artifact
-                if new.format.is_torch:
-                    torch_model = new
-                else:
-                    onnx_model = new
-                    if not planned.inserted:  # a recipe step gave ONNX: from here on the model exists only as ONNX
-                        torch_model = None
-                if planned.inserted and baseline_onnx is None:
-                    baseline_onnx = new.path
-                    entry["role"] = "baseline"
-                    continue
-                if planned.inserted:  # the export of the previous step's PyTorch result: it measures that step
-                    candidates[-1]["onnx"] = new.path
-                    continue
-                candidates.append({"onnx": new.path if not new.format.is_torch else None, "entry": {}, "compare": {},
-                                   "step": entry, "spec": planned.spec, "details": result.details})
+            applied = apply_steps(steps, artifact, ctx, work, entries)
+            baseline_onnx, candidates, sections, torch_model = (applied.baseline_onnx, applied.candidates,
+                                                                applied.sections, applied.torch_model)
             final = candidates[-1]
             base = {"onnx": baseline_onnx, "entry": model_entry(baseline_onnx, recipe.model)}
             if artifact.format.is_torch:
