@@ -76,6 +76,7 @@ class AutoSettings:
         resume: Continue the study in ``study_path`` (it must exist); without it the file must not exist.
         executor: ``"local"`` (construction in this process) or ``"ray"`` (construction as Ray tasks).
         workers: Candidates asked and constructed together (one wave); same value, same settings tried.
+        recover_steps: Optimiser steps of the recovery (distillation) after each structured pruning.
     """
 
     out_dir: Path
@@ -89,6 +90,7 @@ class AutoSettings:
     resume: bool = False
     executor: str = "local"
     workers: int = 1
+    recover_steps: int = 300
 
     def __post_init__(self) -> None:
         """Validate.
@@ -103,8 +105,8 @@ class AutoSettings:
         if self.max_accuracy_drop is None and self.min_cosine is None:
             raise UsageError("auto needs an accuracy budget: --max-accuracy-drop POINTS (eval data with labels) or "
                              "--min-cosine C (no labels)")
-        if self.trials < 1 or self.workers < 1:
-            raise UsageError("--trials and --workers must be at least 1")
+        if self.trials < 1 or self.workers < 1 or self.recover_steps < 1:
+            raise UsageError("--trials, --workers and --recover-steps must be at least 1")
         if self.time_budget_s <= 0:
             raise UsageError("--time-budget must be positive, e.g. 10m")
 
@@ -119,7 +121,8 @@ class AutoSettings:
                 "max_accuracy_drop": self.max_accuracy_drop, "min_cosine": self.min_cosine,
                 "eval_data": str(Path(recipe.eval_data).resolve()) if recipe.eval_data else None,
                 "calibration_data": str(Path(recipe.calibration_data).resolve()) if recipe.calibration_data else None,
-                "batch_size": recipe.batch_size, "seed": self.seed, "workers": self.workers}
+                "batch_size": recipe.batch_size, "seed": self.seed, "workers": self.workers,
+                "recover_steps": self.recover_steps}
 
 
 def check_paths(settings: AutoSettings, recipe: Recipe) -> None:
@@ -173,10 +176,21 @@ def suggest(trial: Any, *, prunable: bool, static: bool) -> dict[str, Any]:
     return params
 
 
+def all_settings(*, prunable: bool, static: bool) -> list[dict[str, Any]]:
+    """Every distinct setting :func:`suggest` can give, in a fixed order."""
+    quant = [{"precision": p} for p in PRECISIONS if p != "int8-static"]
+    if static:
+        quant += [{"precision": "int8-static", "calibration_method": m} for m in CALIBRATION_METHODS]
+    out = [{"chain": "quantize", **q} for q in quant]
+    if prunable:
+        out += [{"chain": "prune", "prune_ratio": r} for r in PRUNE_RATIOS]
+        out += [{"chain": "prune+quantize", "prune_ratio": r, **q} for r in PRUNE_RATIOS for q in quant]
+    return out
+
+
 def space_size(*, prunable: bool, static: bool) -> int:
     """Number of distinct settings :func:`suggest` can give."""
-    quant = len(PRECISIONS) - 1 + (len(CALIBRATION_METHODS) if static else 0)
-    return quant + (len(PRUNE_RATIOS) * (1 + quant) if prunable else 0)
+    return len(all_settings(prunable=prunable, static=static))
 
 
 def defaults_to_try(*, prunable: bool, static: bool) -> list[dict[str, Any]]:
@@ -199,13 +213,14 @@ def describe(params: dict[str, Any]) -> str:
     return " + ".join(parts)
 
 
-def trial_steps(params: dict[str, Any], *, recover: bool, seed: int) -> tuple[Step, ...]:
+def trial_steps(params: dict[str, Any], *, recover: bool, seed: int, recover_steps: int = 300) -> tuple[Step, ...]:
     """The recipe steps of one candidate's settings (the pass configs validate them)."""
     from compressor.passes.configs import PruneConfig, QuantizeConfig
 
     steps = []
     if "prune_ratio" in params:
-        steps.append(Step("prune", PruneConfig(ratio=params["prune_ratio"], recover=recover, seed=seed)))
+        steps.append(Step("prune", PruneConfig(ratio=params["prune_ratio"], recover=recover, seed=seed,
+                                                recover_steps=recover_steps)))
     if "precision" in params:
         p = params["precision"]
         if p == "int8-dynamic":
@@ -392,7 +407,7 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
         "objective": settings.objective, "max_accuracy_drop": settings.max_accuracy_drop,
         "min_cosine": settings.min_cosine, "trials_requested": settings.trials, "trials_done": 0,
         "time_budget_s": settings.time_budget_s, "seed": settings.seed, "executor": settings.executor,
-        "workers": settings.workers, "study": str(settings.study), "resumed": settings.resume,
+        "workers": settings.workers, "recover_steps": settings.recover_steps, "study": str(settings.study), "resumed": settings.resume,
         "sampler": "optuna NSGAIISampler (seeded)", "benchmark_node": node, "chosen_trial": None, "chosen": None,
         "interrupted": False, "stopped_by": None, "pareto": {}, "elapsed_s": 0.0,
     }
@@ -476,8 +491,16 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                     params = suggest(trial, prunable=prunable, static=static)
                     key = _key(params)
                     if key in state.keys or any(_key(p) == key for _, p in wave):
+                        # tried already: record it, and ask next for an untried setting drawn with a seeded RNG
+                        # (NSGA-II's later generations repeat settings of a small discrete space)
                         trial.set_user_attr("duplicate", True)
                         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                        taken = set(state.keys) | {_key(p) for _, p in wave}
+                        left = [p for p in all_settings(prunable=prunable, static=static) if _key(p) not in taken]
+                        if left:
+                            import random
+
+                            study.enqueue_trial(random.Random(settings.seed * 100_003 + trial.number).choice(left))
                         continue
                     wave.append((trial, params))
                 if not wave:
@@ -488,7 +511,8 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                 for trial, params in wave:
                     model = recipe.model if "prune_ratio" in params else baseline_onnx
                     r = dataclasses.replace(recipe, model=Path(model),
-                                            steps=trial_steps(params, recover=recover, seed=settings.seed))
+                                            steps=trial_steps(params, recover=recover, seed=settings.seed,
+                                                              recover_steps=settings.recover_steps))
                     jobs.append((r, str(work / f"trial-{trial.number:04d}.onnx")))
                     ctx.progress(f"trial {trial.number}: building {describe(params)}", 0, None)
                 try:

@@ -906,6 +906,7 @@ def auto(
     resume: Annotated[bool, typer.Option("--resume", rich_help_panel="Search", metavar="", help="Continue the study in --study (same model, data, budget and seed) up to --trials.")] = False,
     executor: Annotated[str, typer.Option("--executor", rich_help_panel="Search", metavar="local|ray", help="Build candidates in this process (local) or as Ray tasks (ray: RAY_ADDRESS or a local Ray); benchmarks always run here.")] = "local",
     workers: Annotated[int, typer.Option("--workers", rich_help_panel="Search", metavar="N", min=1, help="Candidates asked and built together per wave (parallel with --executor ray); the same N tries the same settings on either executor.")] = 1,
+    recover_steps: Annotated[int, typer.Option("--recover-steps", rich_help_panel="Search", metavar="N", min=1, help="Recovery (distillation) steps after each structured pruning (needs --calibration-data).")] = 300,
     batch_size: BatchOpt = None,
     threads: ThreadsOpt = "0",
     inter_threads: InterThreadsOpt = 0,
@@ -933,7 +934,8 @@ def auto(
 
         settings = AutoSettings(out_dir=Path("."), objective=objective, max_accuracy_drop=max_accuracy_drop,
                                 min_cosine=min_cosine, time_budget_s=parse_duration(time_budget), trials=trials,
-                                seed=seed, study_path=study, resume=resume, executor=executor, workers=workers)
+                                seed=seed, study_path=study, resume=resume, executor=executor, workers=workers,
+                                recover_steps=recover_steps)
         recipe = _recipe(tctx, params)
         if recipe.model is None:
             raise UsageError("no model given: pass MODEL, or set model = \"...\" in compressor.toml")
