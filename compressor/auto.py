@@ -254,6 +254,9 @@ def construct(recipe: Recipe, out: str, on_progress: Any = None) -> dict[str, An
                                                                      on_progress=on_progress))
         res.update(ok=True, error=None)
     except CompressorError as e:
+        stop = stop_requested()  # a library may have wrapped the user's Ctrl-C in its own error
+        if stop is not None:
+            raise stop from e
         res = {"ok": False, "error": f"{type(e).__name__}: {e}", "steps": [], "output": None}
     res["warnings"] = warnings
     res["node"] = socket.gethostname()
@@ -294,7 +297,10 @@ class RayExecutor:
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            import logging
+
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "logging_level": logging.ERROR, "configure_logging": True}
             if not os.environ.get("RAY_ADDRESS"):
                 kwargs["num_cpus"] = os.cpu_count() or 1
             ray.init(**kwargs)
@@ -510,16 +516,16 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                 jobs = []
                 for trial, params in wave:
                     model = recipe.model if "prune_ratio" in params else baseline_onnx
-                    r = dataclasses.replace(recipe, model=Path(model),
+                    # absolute paths: a Ray worker on another node (shared storage) or in another folder reads them
+                    r = dataclasses.replace(recipe, model=Path(model).absolute(), **_absolute(recipe),
                                             steps=trial_steps(params, recover=recover, seed=settings.seed,
                                                               recover_steps=settings.recover_steps))
-                    jobs.append((r, str(work / f"trial-{trial.number:04d}.onnx")))
+                    jobs.append((r, str((work / f"trial-{trial.number:04d}.onnx").absolute())))
                     ctx.progress(f"trial {trial.number}: building {describe(params)}", 0, None)
                 try:
                     built = executor.build(jobs)
                 except BaseException:
-                    for trial, _ in wave:
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    _fail_trials(study, [t for t, _ in wave])
                     raise
                 for i, ((trial, params), b) in enumerate(zip(wave, built, strict=True)):
                     ctx.progress(f"trial {trial.number}: building {describe(params)}", 1, 1)
@@ -527,8 +533,7 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                         cand = _evaluate(trial.number, params, b, jobs[i][0], ctx, recipe, settings, baseline,
                                          baseline_onnx, base_entry, quick, measure, model_entry, bench_feeds)
                     except BaseException:
-                        for t, _ in wave[i:]:
-                            study.tell(t, state=optuna.trial.TrialState.FAIL)
+                        _fail_trials(study, [t for t, _ in wave[i:]])
                         raise
                     rep = cand.pop("_report", None)
                     stage = cand.pop("_stage", None)
@@ -594,6 +599,26 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
     rep["warnings"] = list(dict.fromkeys([*ctx.warnings, *rep.get("warnings", [])]))
     write_json_atomic(rep, out_dir / "report.json")
     return rep
+
+
+def _fail_trials(study: Any, trials: list[Any]) -> None:
+    """Mark unfinished trials failed (on the way out of an interrupt: never raise over it)."""
+    import contextlib
+
+    import optuna
+
+    for t in trials:
+        with contextlib.suppress(Exception):
+            study.tell(t, state=optuna.trial.TrialState.FAIL)
+
+
+def _absolute(recipe: Recipe) -> dict[str, Path | None]:
+    """The recipe's data paths made absolute (``random`` calibration stays as it is)."""
+    out: dict[str, Path | None] = {}
+    for key in ("calibration_data", "eval_data", "train_data"):
+        p = getattr(recipe, key)
+        out[key] = p if p is None or (key == "calibration_data" and str(p) == "random") else Path(p).absolute()
+    return out
 
 
 def _export_spec() -> Any:

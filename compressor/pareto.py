@@ -105,7 +105,7 @@ def write_pareto(out_dir: Path, *, baseline: dict[str, Any], candidates: list[di
     ax.set_xlabel("latency p50 (ms)")
     ax.set_ylabel("accuracy drop (points)" if any(c.get("accuracy_drop_pct") is not None for c in candidates)
                   else "1 - cosine_min")
-    ax.set_title(title or "candidates")
+    ax.set_title(title or "candidates", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=".pareto.", suffix=".png", dir=out_dir)
