@@ -210,3 +210,55 @@ def test_ray_executor_tries_and_chooses_the_same_settings_as_local(tmp_path):
     assert reports["local"]["auto"]["chosen"]["params"] == reports["ray"]["auto"]["chosen"]["params"]
     cands = json.loads((tmp_path / "ray" / "pareto.json").read_text())["candidates"]
     assert all(c["node"] for c in cands) and all(c.get("build_node") for c in cands)
+
+
+def test_heavy_libraries_load_only_when_the_search_runs():
+    import subprocess
+    import sys
+
+    code = ("import sys, compressor.cli, compressor.auto, compressor.pareto; "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'optuna', 'ray', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_time_budget_parsing():
+    from compressor.auto import parse_duration
+    from compressor.errors import UsageError
+
+    assert [parse_duration(t) for t in ("90", "90s", "10m", "1.5h")] == [90.0, 90.0, 600.0, 5400.0]
+    for bad in ("", "0", "10x", "-5m", "m"):
+        with pytest.raises(UsageError):
+            parse_duration(bad)
+
+
+@pytest.mark.slow
+def test_sigint_mid_run_leaves_best_so_far_and_resume_finishes(tmp_path, cnn_onnx):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "auto"
+    args = [sys.executable, "-m", "compressor", "auto", str(cnn_onnx), *map(str, DATA), "--max-accuracy-drop", "1",
+            "--trials", "6", *FAST, "-o", str(out)]
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "report.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["auto"]["interrupted"] and rep["auto"]["trials_done"] >= 1
+    assert_valid_onnx(out / "model.onnx")
+    assert (out / "study.db").is_file() and (out / "pareto.json").is_file()
+    assert not list(out.glob(".compressor-*"))  # the scratch folder went with the interrupt
+    again = run_cli("auto", cnn_onnx, *DATA, "--max-accuracy-drop", "1", "--trials", "6", *FAST, "-o", out,
+                    "--resume", "--json")
+    assert again.code == 0, again.stderr
+    assert again.report["auto"]["trials_done"] == 6 or again.report["auto"]["stopped_by"] == "search space exhausted"
