@@ -46,6 +46,8 @@ MAX_ASKS_PER_TRIAL = 25
 #: A candidate whose accuracy drop on the first samples exceeds the budget by this many points is pruned early
 #: (a subset's drop does not bound the whole set's, so only hopeless candidates are stopped there).
 QUICK_MARGIN_POINTS = 10.0
+#: Seconds kept free at the end of ``--time-budget`` for the final report and Pareto outputs.
+BUDGET_RESERVE_S = 5.0
 
 
 def parse_duration(text: str) -> float:
@@ -69,7 +71,8 @@ class AutoSettings:
         objective: ``"latency"`` (ONNX Runtime CPU p50 at the benchmark batch) or ``"size"`` (file bytes).
         max_accuracy_drop: Budget in top-1 percentage points (needs labelled eval data), or None.
         min_cosine: Budget as the least per-sample output cosine to the baseline, or None.
-        time_budget_s: No trial starts when the time spent plus one trial's mean time would exceed this (seconds).
+        time_budget_s: No wave of trials starts when the time spent plus the longest wave so far (and a few seconds
+            for the outputs) would exceed this (seconds).
         trials: Candidates to evaluate (distinct settings, over every session of the study).
         seed: Seed of the sampler and of recovery training.
         study_path: The Optuna SQLite file.
@@ -482,8 +485,9 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                              "trials")
                     break
                 spent = time.perf_counter() - started
-                mean = sum(durations) / len(durations) if durations else 0.0
-                if spent + mean > settings.time_budget_s:
+                # the longest wave so far, plus the time to write the outputs: the search ends within the budget
+                longest = max(durations) if durations else 0.0
+                if spent + longest + BUDGET_RESERVE_S > settings.time_budget_s:
                     auto["stopped_by"] = "time budget"
                     ctx.warn(f"time budget of {settings.time_budget_s:g} s reached after {done} of {settings.trials} "
                              "trials")
@@ -575,7 +579,7 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                                  f"{cand['name']}: {'valid' if cand['valid'] else 'invalid: ' + cand['reason']}"
                                  + (" (best so far)" if new_best else ""), 1, 1, **info)
                     finish_outputs()
-                durations.append((time.perf_counter() - wave_start) / len(wave))
+                durations.append(time.perf_counter() - wave_start)
                 stop = stop_requested()
                 if stop is not None:
                     raise stop
@@ -793,7 +797,13 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
 
     base = {"onnx": baseline_onnx, "entry": dict(base_entry)}
     c = {"onnx": path, "entry": model_entry(path, path), "compare": {}}
-    measured = measure(ctx, trial_recipe, base, [c], against="baseline fp32 ONNX (exported once for the search)")
+    # the benchmark's warnings (threads, slower than baseline) belong to this candidate's report; each distinct
+    # one is shown once per search, not once per trial
+    tctx = dataclasses.replace(ctx, warnings=[], on_warning=None)
+    measured = measure(tctx, trial_recipe, base, [c], against="baseline fp32 ONNX (exported once for the search)")
+    for w in tctx.warnings:
+        if w not in ctx.warnings:
+            ctx.warn(w)
     lat = c["entry"]["latency_ms"]
     sp, ci = c["compare"]["speedup"], c["compare"]["speedup_ci95"]
     cand.update(latency_ms_p50=lat["p50"], latency_ms_ci95=_latency_ci(lat), speedup=sp, speedup_ci95=list(ci),
@@ -817,7 +827,7 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
         if key in (built.get("sections") or {}):
             rep[key] = built["sections"][key]
     rep["gates"] = trial_recipe.gates.evaluate(rep)
-    rep["warnings"] = list(built.get("warnings") or [])
+    rep["warnings"] = list(dict.fromkeys([*(built.get("warnings") or []), *tctx.warnings]))
     if not rep["gates"]["passed"]:  # the benchmark's figures disagree with the early check: not valid
         cand.update(valid=False, reason="quality gate failed on the measured report")
         return cand

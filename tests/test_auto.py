@@ -143,6 +143,29 @@ def test_eval_data_without_labels_needs_min_cosine(tmp_path):
     assert r.code == 2 and "labels" in r.error_lines[0]
 
 
+def test_min_cosine_budget_without_labels_and_size_objective(tmp_path, cnn_onnx):
+    import numpy as np
+
+    ev = np.load(SAMPLES / "digits_eval.npz")
+    np.savez(tmp_path / "inputs.npz", x=ev["x"][:128])
+    out = tmp_path / "auto"
+    r = run_cli("auto", cnn_onnx, "--eval-data", tmp_path / "inputs.npz", "--calibration-data",
+                SAMPLES / "digits_calib.npz", "--min-cosine", "0.999", "--objective", "size", "--trials", "2", *FAST,
+                "-o", out, "--json")
+    assert r.code == 0, r.stderr
+    rep = r.report
+    _validate(rep)
+    chosen = rep["auto"]["chosen"]
+    assert chosen["accuracy_drop_pct"] is None and chosen["cosine_min"] >= 0.999
+    assert rep["fidelity"]["cosine_min"] >= 0.999 and "accuracy" not in rep
+    cands = json.loads((out / "pareto.json").read_text())["candidates"]
+    assert len(cands) == 2
+    for c in cands:  # a candidate under the cosine budget is invalid and was never benchmarked
+        assert c["valid"] == (c["cosine_min"] is not None and c["cosine_min"] >= 0.999)
+        assert (c["latency_ms_p50"] is not None) == c["valid"]
+    assert chosen["size_bytes"] == min(c["size_bytes"] for c in cands if c["valid"])
+
+
 def test_prune_then_quantize_candidate_is_built_through_the_pipeline_without_a_baseline_export(tmp_path):
     """A prune -> quantize chain of the search goes through the orchestrator: prune (with recovery), the export it
     inserts, static int8; the input's own baseline export is skipped (the search exported it once)."""
