@@ -899,7 +899,7 @@ def auto(
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", rich_help_panel="Search", metavar="POINTS", help="Budget: largest top-1 accuracy drop in percentage points on --eval-data (needs labels).")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", rich_help_panel="Search", metavar="C", help="Budget without labels: least per-sample output cosine to the baseline on --eval-data.")] = None,
     objective: Annotated[str, typer.Option("--objective", rich_help_panel="Search", metavar="latency|size", help="Minimize latency (p50 at the benchmark batch, paired against the baseline) or file size.")] = "latency",
-    time_budget: Annotated[str, typer.Option("--time-budget", rich_help_panel="Search", metavar="DURATION", help="Start no trial that would end after this: 90s, 10m, 1h.")] = "10m",
+    time_budget: Annotated[str, typer.Option("--time-budget", rich_help_panel="Search", metavar="DURATION", help="Start no wave of trials that could end after this (longest wave so far + 5 s): 90s, 10m, 1h.")] = "10m",
     trials: Annotated[int, typer.Option("--trials", rich_help_panel="Search", metavar="N", min=1, help="Candidates to evaluate (distinct settings, counted over every session of the study).")] = 20,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel="Search", metavar="N", help="Seed of the sampler (Optuna NSGA-II) and of recovery training.")] = 0,
     study: Annotated[Optional[Path], typer.Option("--study", rich_help_panel="Search", metavar="PATH", help="Optuna study file (SQLite; default DIR/study.db).")] = None,
