@@ -166,6 +166,17 @@ def test_min_cosine_budget_without_labels_and_size_objective(tmp_path, cnn_onnx)
     assert chosen["size_bytes"] == min(c["size_bytes"] for c in cands if c["valid"])
 
 
+def test_no_candidate_within_budget_exits_3_and_writes_no_model(tmp_path, cnn_onnx):
+    out = tmp_path / "auto"
+    r = run_cli("auto", cnn_onnx, *DATA, "--min-cosine", "1.0", "--trials", "1", *FAST, "-o", out, "--json")
+    assert r.code == 3, r.stderr
+    assert r.report["error"]["kind"] == "gate" and "no candidate" in r.error_lines[-1]
+    assert "result" not in r.report and not (out / "model.onnx").exists()
+    cands = json.loads((out / "pareto.json").read_text())["candidates"]
+    assert len(cands) == 1 and not cands[0]["valid"] and "cosine_min" in cands[0]["reason"]
+    _validate(json.loads((out / "report.json").read_text()))
+
+
 def test_prune_then_quantize_candidate_is_built_through_the_pipeline_without_a_baseline_export(tmp_path):
     """A prune -> quantize chain of the search goes through the orchestrator: prune (with recovery), the export it
     inserts, static int8; the input's own baseline export is skipped (the search exported it once)."""

@@ -953,8 +953,9 @@ def auto(
             from compressor.errors import EXIT_GATE_FAILED
             from compressor.report import write_json_atomic
 
+            more = "" if recipe.calibration_data else " or give --calibration-data (static int8, recovery)"
             msg = (f"no candidate of {info['trials_done']} met the budget; see {info['pareto'].get('md')} for why "
-                   "each failed, and loosen the budget or give --calibration-data")
+                   f"each failed, and loosen the budget, raise --trials{more}")
             rep["error"] = {"exit_code": EXIT_GATE_FAILED, "kind": "gate", "message": msg}
             if report is not None:
                 write_json_atomic(rep, report)
