@@ -115,6 +115,10 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
                 fid["pooled_cosine_mean"] = min(p["cosine_mean"] for p in pooled)
         c["compare"]["fidelity"] = {**fid, "inputs": ctx.data.source, "against": against}
     out: dict[str, Any] = {}
+    unlabelled = ctx.eval_data is not None and ctx.eval_data.labels is None and recipe.eval_data is None
+    if unlabelled and recipe.eval_source is not None and is_classifier_output(outs[0][0]):
+        ctx.warn(f"{recipe.eval_source} has no labels: fidelity runs on its inputs, accuracy of this classifier is "
+                 f"not measured ({recipe.how_to_label()} to measure it)")
     if recipe.eval_source is not None and ctx.eval_data is not None and ctx.eval_data.labels is not None:
         ev = ctx.eval_data
         accs = []

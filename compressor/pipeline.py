@@ -309,7 +309,7 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
                                                                                       data_notes, tokenizers)
     if evald is not None and evald.labels is None and recipe.gates.max_accuracy_drop is not None:
         raise UsageError(f"--max-accuracy-drop needs labels, and {recipe.eval_source} has none; "
-                         f"{_how_to_label(recipe)} or drop the gate")
+                         f"{recipe.how_to_label()} or drop the gate")
     io = resolve_io(artifact, recipe, calib or evald)
     _check_fixed_batch(io, recipe)
     notes: dict[str, Any] = dict(data_notes)
@@ -333,9 +333,9 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
                  "or give --calibration-data")
     if evald is not None:
         ctx.eval_data = check_data_fits(io, evald)
-        if evald.labels is None:
+        if evald.labels is None and recipe.eval_data is not None:  # text / images: measure() warns for classifiers
             ctx.warn(f"{recipe.eval_source} has no labels: fidelity runs on its inputs, accuracy is not measured "
-                     f"({_how_to_label(recipe)} to measure it)")
+                     f"({recipe.how_to_label()} to measure it)")
     for kind, entry in data_notes.get("text_data", {}).items():
         if entry["truncated"]:
             ctx.warn(f"{entry['truncated']} of {entry['examples']} {kind} examples in {entry['path']} are longer than "
@@ -356,15 +356,6 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
                  "expect worse accuracy than with real samples")
     _note_casts(ctx, [d for d in (ctx.eval_data, ctx.calibration, ctx.train_data) if d is not None])
     return ctx
-
-
-def _how_to_label(recipe: Recipe) -> str:
-    """How to give labels in the form the evaluation data came in."""
-    if recipe.eval_text is not None:
-        return "write JSON Lines with a 'label' (integer class id) on every line"
-    if recipe.eval_images is not None:
-        return "put the images in one subfolder per class (sorted names give the class ids)"
-    return "add a 'labels' array (integer class ids)"
 
 
 def _load_text_or_images(recipe: Recipe, artifact: ModelArtifact, kind: str, notes: dict[str, Any],

@@ -191,6 +191,14 @@ class Recipe:
         """The evaluation data, whichever form it was given in (``.npz``, text file or image folder), or None."""
         return self.eval_data or self.eval_text or self.eval_images
 
+    def how_to_label(self) -> str:
+        """How to give labels in the form the evaluation data came in (for messages)."""
+        if self.eval_text is not None:
+            return "write JSON Lines with a 'label' (integer class id) on every line"
+        if self.eval_images is not None:
+            return "put the images in one subfolder per class (sorted names give the class ids)"
+        return "add a 'labels' array (integer class ids)"
+
     def to_json(self) -> dict[str, Any]:
         """The recipe as a JSON-ready dict in the layout of a recipe file (None values left out)."""
         out: dict[str, Any] = {"recipe_version": RECIPE_VERSION}
