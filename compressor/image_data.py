@@ -174,7 +174,9 @@ def image_sample_data(folder: Path, *, io: IOSpec | None, module: Any = None, pr
         folder: The image folder (see :func:`list_images`).
         io: The model's input spec, when known (input name, channels, a fixed size, layout).
         module: The PyTorch module when ``io`` is None (channels from its first Conv2d).
-        processor: A ``transformers`` image processor (a Hugging Face folder's); None: resize and normalise.
+        processor: A ``transformers`` image processor (a Hugging Face folder's): it preprocesses unless
+            ``image_size``, ``mean`` or ``std`` is given, then resize and normalise, with the processor's mean
+            and std where the flags give none. None: resize and normalise.
         image_size: ``(H,)`` or ``(H, W)``; default: the size the model fixes.
         mean: Per-channel mean on [0, 1] pixels (1 or C values); default ImageNet's (their average for 1 channel).
         std: Per-channel standard deviation; default ImageNet's.
@@ -209,6 +211,9 @@ def image_sample_data(folder: Path, *, io: IOSpec | None, module: Any = None, pr
             arr = arr.transpose(0, 2, 3, 1)
         notes["preprocessing"] = f"image processor {type(processor).__name__} of the model folder"
     else:
+        if processor is not None:  # flags replace the processor's settings one by one
+            mean = mean or tuple(getattr(processor, "image_mean", None) or ()) or None
+            std = std or tuple(getattr(processor, "image_std", None) or ()) or None
         size = _size(image_size, layout)
         m = _per_channel(mean, IMAGENET_MEAN, layout.channels, "--mean")
         s = _per_channel(std, IMAGENET_STD, layout.channels, "--std")

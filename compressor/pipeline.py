@@ -311,6 +311,8 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
         raise UsageError(f"--max-accuracy-drop needs labels, and {recipe.eval_source} has none; "
                          f"{recipe.how_to_label()} or drop the gate")
     io = resolve_io(artifact, recipe, calib or evald)
+    if artifact.io is None and "text_data" in data_notes and not recipe.input_shape:
+        io = _dynamic_sequence(io)
     _check_fixed_batch(io, recipe)
     notes: dict[str, Any] = dict(data_notes)
     data = prepare_data(io, recipe, calib, evald, artifact=artifact, notes=notes)
@@ -424,6 +426,18 @@ def _load_text_or_images(recipe: Recipe, artifact: ModelArtifact, kind: str, not
                                     std=recipe.std or None)
     notes.setdefault("image_data", {})[kind] = entry
     return data
+
+
+def _dynamic_sequence(io: IOSpec) -> IOSpec:
+    """A PyTorch model's spec read from text data, with a dynamic ``sequence`` axis 1 on its token inputs.
+
+    Text files are padded to their own longest example, so calibration and evaluation text differ in length;
+    the export gives integer ``[batch, sequence]`` inputs a dynamic sequence axis anyway.
+    """
+    from compressor.artifact import TensorSpec
+
+    return IOSpec(tuple(TensorSpec(s.name, s.dtype, (s.shape[0], "sequence")) if len(s.shape) == 2 and
+                        not s.dtype.startswith(("float", "bool")) else s for s in io.inputs), io.outputs)
 
 
 def _warn_unused_data_settings(ctx: RunContext, recipe: Recipe) -> None:

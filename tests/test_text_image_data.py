@@ -133,6 +133,22 @@ def test_quantize_with_text_files_reports_accuracy(tmp_path, text_models, tokeni
     assert rep["fidelity"]["inputs"] == str(heldout) and rep["fidelity"]["samples"] == 30
 
 
+def test_text_data_for_a_pickled_module_has_a_dynamic_sequence(tmp_path, tokenizer_dir):
+    # no input spec in the file: the names come from forward(), and calibration and eval text differ in length
+    torch.save(_TokenClassifier(5 + len(WORDS)), tmp_path / "clf.pt")
+    calib = _write_text(tmp_path / "c.txt", [("good", 1), ("bad", 0)], jsonl=False)
+    heldout = _write_text(tmp_path / "e.jsonl", _sentences(8, 4), jsonl=True)
+    r = run_cli("quantize", tmp_path / "clf.pt", "--trust-pickle", "--tokenizer", tokenizer_dir, "--calibration-text",
+                calib, "--eval-text", heldout, "-o", tmp_path / "q.onnx", "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    rep = _valid(r.report)
+    assert [(i["name"], i["shape"]) for i in rep["input"]["inputs"]] == [("input_ids", ["batch", "sequence"]),
+                                                                         ("attention_mask", ["batch", "sequence"])]
+    text = rep["input"]["text_data"]
+    assert text["calibration"]["seq_len"] == 3 and text["evaluation"]["seq_len"] > 3
+    assert rep["accuracy"]["samples"] == 8
+
+
 def test_text_max_length_cuts_and_warns(tmp_path, text_models, tokenizer_dir):
     rows = [("the movie was very very very very good", 1), ("bad", 0), ("a good day", 1)]
     heldout = _write_text(tmp_path / "e.jsonl", rows, jsonl=True)
@@ -354,3 +370,48 @@ def test_image_errors(tmp_path):
     msg = _err(run_cli("quantize", tmp_path / "cnn.pt", "--calibration-images", good, "--image-size", "x"))
     assert "--image-size must be whole numbers" in msg
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_image_processor_of_a_model_folder_preprocesses(tmp_path):
+    from transformers import ViTImageProcessor
+
+    from compressor.artifact import IOSpec, TensorSpec
+    from compressor.hf import load_image_processor
+    from compressor.image_data import image_sample_data
+
+    folder = tmp_path / "hfmodel"
+    ViTImageProcessor(size={"height": 12, "width": 12}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+                      ).save_pretrained(str(folder))
+    proc = load_image_processor(folder)
+    images = _pngs(tmp_path / "imgs", classes=True, n=3)
+    io = IOSpec(inputs=(TensorSpec("pixel_values", "float32", ("batch", 3, "height", "width")),))
+    data, notes = image_sample_data(images, io=io, processor=proc)
+    x = data.arrays["pixel_values"]
+    assert x.shape == (6, 3, 12, 12) and x.dtype == np.float32 and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert notes["preprocessing"].startswith("image processor ViTImageProcessor") and notes["size"] == [12, 12]
+    assert -1.0 <= x.min() and x.max() <= 1.0  # (pixel / 255 - 0.5) / 0.5
+    # flags replace the processor
+    data, notes = image_sample_data(images, io=io, processor=proc, image_size=(8, 10))
+    assert data.arrays["pixel_values"].shape == (6, 3, 8, 10) and "bilinear resize to 8x10" in notes["preprocessing"]
+    assert "mean 0.5,0.5,0.5, std 0.5,0.5,0.5" in notes["preprocessing"]  # the processor's, as no flag gives them
+
+
+def test_image_settings_round_trip_through_a_recipe(tmp_path):
+    import tomllib
+
+    torch.save(_cnn(), tmp_path / "cnn.pt")
+    _pngs(tmp_path / "calib", classes=False, n=2)
+    r = run_cli("quantize", tmp_path / "cnn.pt", "--calibration-images", tmp_path / "calib", "--image-size", "16,12",
+                "--mean", "0.5", "--std", "0.25", "--save-recipe", tmp_path / "r.toml", "--dry-run", "--json")
+    assert r.code == 0, r.stderr
+    saved = tomllib.loads((tmp_path / "r.toml").read_text())
+    assert saved["calibration_images"] == "calib" and saved["image_size"] == [16, 12]
+    assert saved["mean"] == [0.5] and saved["std"] == [0.25]
+    r = run_cli("run", tmp_path / "r.toml", "--dry-run", "--json")
+    assert r.code == 0, r.stderr
+    assert r.report["model"]["inputs"][0]["shape"] == ["batch", 3, 16, 12]
+    import tomli_w
+
+    (tmp_path / "bad.toml").write_text(tomli_w.dumps({**saved, "image_size": [16, 12, 3]}))
+    msg = _err(run_cli("run", tmp_path / "bad.toml", "--dry-run"))
+    assert "image_size in" in msg and "H or H,W" in msg
