@@ -413,8 +413,12 @@ def _load_text_or_images(recipe: Recipe, artifact: ModelArtifact, kind: str, not
                              "tokenizer.save_pretrained)")
         if source not in tokenizers:
             tokenizers[source] = hf.load_tokenizer(Path(source))
+        config = hf.read_config(folder) if folder is not None else None
+        label2id = (config or {}).get("label2id")
+        label2id = {str(k): v for k, v in label2id.items() if isinstance(v, int)} if isinstance(label2id, dict) \
+            else None
         data, entry = text_sample_data(Path(text), tokenizers[source], io=io, module=module,
-                                       max_length=recipe.max_length or DEFAULT_MAX_LENGTH)
+                                       max_length=recipe.max_length or DEFAULT_MAX_LENGTH, label2id=label2id)
         entry["tokenizer"] = str(source)
         notes.setdefault("text_data", {})[kind] = entry
         return data

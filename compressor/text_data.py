@@ -53,7 +53,7 @@ class TextExamples:
     source: str
 
 
-def read_text_examples(path: Path) -> TextExamples:
+def read_text_examples(path: Path, *, label2id: dict[str, int] | None = None) -> TextExamples:
     """Read a text data file: one example per line (blank lines skipped), or JSON Lines.
 
     A file is JSON Lines when it is named ``.jsonl`` / ``.ndjson`` or its first non-blank line is a JSON
@@ -62,6 +62,8 @@ def read_text_examples(path: Path) -> TextExamples:
 
     Args:
         path: The file (UTF-8).
+        label2id: Class names -> ids (a Hugging Face folder's ``config.json`` ``label2id``): ``label`` may then
+            also be a class name.
 
     Returns:
         The examples with their labels (None for plain text or JSON Lines without ``label``).
@@ -104,6 +106,11 @@ def read_text_examples(path: Path) -> TextExamples:
         if pair is not None and not isinstance(pair, str):
             raise UsageError(f"line {i} of {path}: 'text_pair' must be a string, got {type(pair).__name__}")
         label = obj.get("label")
+        if isinstance(label, str) and label2id:
+            if label not in label2id:
+                raise UsageError(f"line {i} of {path}: label {json.dumps(label)} is not a class of the model; its "
+                                 f"classes (config.json label2id) are {', '.join(map(json.dumps, label2id))}")
+            label = int(label2id[label])
         if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
             raise UsageError(f"line {i} of {path}: 'label' must be an integer class id, got {json.dumps(label)}; "
                              "write the class index (0, 1, ...) of each example")
@@ -222,7 +229,8 @@ def tokenize(tokenizer: Any, examples: TextExamples, *, names: list[str], dtypes
 
 
 def text_sample_data(path: Path, tokenizer: Any, *, io: IOSpec | None, module: Any = None,
-                     max_length: int = DEFAULT_MAX_LENGTH) -> tuple[SampleData, dict[str, Any]]:
+                     max_length: int = DEFAULT_MAX_LENGTH, label2id: dict[str, int] | None = None
+                     ) -> tuple[SampleData, dict[str, Any]]:
     """A text data file as the model's token input arrays (plus labels when the file has them).
 
     Args:
@@ -231,6 +239,7 @@ def text_sample_data(path: Path, tokenizer: Any, *, io: IOSpec | None, module: A
         io: The model's input spec, when known (names, dtypes, a fixed sequence length on axis 1).
         module: The PyTorch module when ``io`` is None (its ``forward`` names the inputs).
         max_length: Most tokens per example.
+        label2id: Class names -> ids, for labels written as names (see :func:`read_text_examples`).
 
     Returns:
         ``(SampleData, notes)``: arrays ``[examples, length]`` keyed by input name, int64 (or the spec's
@@ -239,7 +248,7 @@ def text_sample_data(path: Path, tokenizer: Any, *, io: IOSpec | None, module: A
     Raises:
         UsageError: See :func:`read_text_examples`, :func:`token_input_names` and :func:`tokenize`.
     """
-    examples = read_text_examples(path)
+    examples = read_text_examples(path, label2id=label2id)
     names = token_input_names(io, module)
     dtypes: dict[str, str] = {}
     fixed: int | None = None

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from compressor.errors import UsageError
 from tests.conftest import FAST_BENCH, run_cli
 
 WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "sad", "the", "movie", "was", "very", "a", "day"]
@@ -415,3 +416,15 @@ def test_image_settings_round_trip_through_a_recipe(tmp_path):
     (tmp_path / "bad.toml").write_text(tomli_w.dumps({**saved, "image_size": [16, 12, 3]}))
     msg = _err(run_cli("run", tmp_path / "bad.toml", "--dry-run"))
     assert "image_size in" in msg and "H or H,W" in msg
+
+
+def test_label_names_from_the_model_folders_label2id(tmp_path):
+    from compressor.text_data import read_text_examples
+
+    f = tmp_path / "e.jsonl"
+    f.write_text('{"text": "good", "label": "POSITIVE"}\n{"text": "bad", "label": 0}\n')
+    ex = read_text_examples(f, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    assert ex.labels.tolist() == [1, 0] and ex.line_numbers == [1, 2]
+    f.write_text('{"text": "good", "label": "neutral"}\n')
+    with pytest.raises(UsageError, match="not a class of the model.*POSITIVE"):
+        read_text_examples(f, label2id={"NEGATIVE": 0, "POSITIVE": 1})
