@@ -193,6 +193,11 @@ def run_sweep(layer: Any, axes: list[GridAxis], *, out_dir: Path, objective: str
     others = list(others or [])
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective '{objective}' is unknown; use latency or size")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("sweep draws pareto.png with matplotlib, which is not installed: pip install "
+                         "'compressor[auto]' (or matplotlib)")
     check_grid(layer, axes, others)
     base = build_recipe([layer, *others])
     base.gates.check_usable(has_eval_data=base.eval_data is not None, compares=True)
@@ -243,8 +248,12 @@ def run_sweep(layer: Any, axes: list[GridAxis], *, out_dir: Path, objective: str
                 pl.check_steps(steps, artifact, ctx)
                 cwork = work / f"c{k:03d}"
                 cwork.mkdir()
-                applied = pl.apply_steps(steps, artifact, dataclasses.replace(ctx, workdir=cwork), cwork, [],
-                                         baseline=baseline_art)
+                cctx = dataclasses.replace(ctx, workdir=cwork, warnings=[], on_warning=None)
+                try:
+                    applied = pl.apply_steps(steps, artifact, cctx, cwork, [], baseline=baseline_art)
+                finally:  # the candidate's warnings are the run's, named by candidate
+                    for w in cctx.warnings:
+                        ctx.warn(f"{name}: {w}")
                 final = applied.candidates[-1]
                 if final["onnx"] is None:
                     raise UsageError("the recipe's last step left no ONNX model")

@@ -95,8 +95,9 @@ def test_fallback_returns_layers_to_float_in_sensitivity_order(cnn, samples, tmp
     order = [x["layer"] for x in sens.report["sensitivity"]]
     out = tmp_path / "fb.onnx"
     # a tight cosine budget that full int8 misses: layers go back to float until it holds
+    md = tmp_path / "fb.md"
     r = run_cli("quantize", cnn, *_data(samples), "--fallback", "--min-cosine", "0.9999", "-o", out, "--json",
-                *FAST_BENCH)
+                "--markdown", md, *FAST_BENCH)
     assert r.code in (0, 3), r.stderr
     _validate(r.report)
     q = r.report["quantization"]
@@ -115,6 +116,7 @@ def test_fallback_returns_layers_to_float_in_sensitivity_order(cnn, samples, tmp
     if fb["met"]:
         assert r.report["fidelity"]["cosine_min"] >= 0.9999
     assert_valid_onnx(out)
+    assert "Accuracy-aware fallback" in md.read_text() and layers[0]["layer"] in md.read_text()
 
 
 def test_fallback_keeps_everything_int8_within_a_loose_budget_and_needs_one(cnn, samples, tmp_path):
