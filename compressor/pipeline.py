@@ -515,7 +515,8 @@ class AppliedSteps:
 
 
 def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunContext, work: Path,
-                entries: list[dict[str, Any]], *, baseline: ModelArtifact | None = None) -> AppliedSteps:
+                entries: list[dict[str, Any]], *, baseline: ModelArtifact | None = None,
+                cache: dict[Any, Any] | None = None) -> AppliedSteps:
     """Run the planned steps in order, each in its own scratch sub-folder of ``work``.
 
     Each step takes the PyTorch model where it accepts one and one exists, else the ONNX model; an
@@ -530,6 +531,9 @@ def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunConte
             that ran).
         baseline: The fp32 ONNX export of a PyTorch input, already made (a sweep makes it once for every
             candidate): the plan's leading baseline export is skipped and this is used.
+        cache: Results of earlier runs of the same input (a sweep passes one dict to every candidate): a step
+            whose settings and those of every step before it match an earlier run's reuses that run's result
+            (passes never change their input, so the result files stay valid while the scratch folder lives).
 
     Returns:
         An :class:`AppliedSteps`.
@@ -548,7 +552,15 @@ def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunConte
         if n == 0 and planned.inserted and baseline_onnx is not None:
             continue  # the baseline export exists already
         src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
-        result = _run_step(planned, src, ctx, work, n)
+        key = tuple((p.spec.name, repr(sorted(config_to_json(p.config).items()))) for p in steps[:n + 1]) \
+            if cache is not None else None
+        if cache is not None and key in cache:
+            result = cache[key]
+            ctx.progress(f"{planned.describe()}: the same as an earlier candidate's, reused", 1, 1)
+        else:
+            result = _run_step(planned, src, ctx, work, n)
+            if cache is not None:
+                cache[key] = result
         entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
                  "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
         entries.append(entry)

@@ -232,6 +232,7 @@ def run_sweep(layer: Any, axes: list[GridAxis], *, out_dir: Path, objective: str
             baseline_art = pl._run_step(planned, artifact, ctx, work, 0).artifact
         built: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
+        cache: dict[Any, Any] = {}  # steps shared by candidates (e.g. one prune ratio, two precisions) run once
         for k, (name, values) in enumerate(zip(names, combos, strict=True)):
             grid = {a.path: v for a, v in zip(axes, values, strict=True)}
             row: dict[str, Any] = {"name": name, "grid": grid, "settings": {}, "size_bytes": None,
@@ -250,7 +251,7 @@ def run_sweep(layer: Any, axes: list[GridAxis], *, out_dir: Path, objective: str
                 cwork.mkdir()
                 cctx = dataclasses.replace(ctx, workdir=cwork, warnings=[], on_warning=None)
                 try:
-                    applied = pl.apply_steps(steps, artifact, cctx, cwork, [], baseline=baseline_art)
+                    applied = pl.apply_steps(steps, artifact, cctx, cwork, [], baseline=baseline_art, cache=cache)
                 finally:  # the candidate's warnings are the run's, named by candidate
                     for w in cctx.warnings:
                         ctx.warn(f"{name}: {w}")

@@ -221,3 +221,7 @@ def test_sweep_prune_ratio_by_precision_on_the_pytorch_cnn(samples, tmp_path):
     assert len(doc["candidates"]) == 6 and r.report["benchmark"]["models"] == 7
     assert (out / "pareto.png").read_bytes()[:8] == PNG_MAGIC
     assert (r.code == 0) == any(c["valid"] for c in doc["candidates"])
+    # each prune ratio is pruned, recovered and exported once, then shared by its two precisions
+    reused = [line for line in r.progress_lines if "reused" in line]
+    assert len([line for line in reused if "prune" in line and "export" not in line]) == 3
+    assert len([line for line in reused if line.startswith("progress: export")]) == 3
