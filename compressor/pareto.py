@@ -8,9 +8,9 @@ dominance; the "non-dominated set" of multi-objective optimisation, as Optuna's
 
 **Accuracy loss.** The top-1 accuracy drop in percentage points (``accuracy_drop_pct``) where every
 candidate on the plot has one; otherwise ``1 - cosine_min`` (the worst per-sample cosine similarity of
-the candidate's outputs to the baseline's, ``fidelity.cosine_min``). The two are never mixed on one
-axis: :func:`accuracy_metric` picks one for the whole set, and candidates without it are left off
-the front.
+the candidate's outputs to the baseline's, ``fidelity.cosine_min``), also when every candidate lost the
+same accuracy (the drop then tells nothing apart). The two are never mixed on one axis:
+:func:`accuracy_metric` picks one for the whole set, and candidates without it are left off the front.
 
 **Candidate** (one dict per model built and measured):
 
@@ -68,14 +68,20 @@ def accuracy_metric(points: list[dict[str, Any]]) -> str:
     """The accuracy-loss measure for a set of candidates: ``"accuracy_drop_pct"`` or ``"1-cosine_min"``.
 
     The accuracy drop when every valid candidate that has a cosine also has an accuracy drop (and at least one
-    has it), else ``1 - cosine_min``; one measure for the whole set, so that one axis never mixes units.
+    has it), else ``1 - cosine_min``; one measure for the whole set, so that one axis never mixes units. When
+    two or more candidates all have the same accuracy drop (often 0 on a small eval set) and all have a cosine,
+    ``1 - cosine_min``, which still tells them apart.
     """
     valid = [p for p in points if p.get("valid")]
     pool = valid or points
     with_acc = [p for p in pool if _num(p.get("accuracy_drop_pct")) is not None]
     if with_acc and all(_num(p.get("accuracy_drop_pct")) is not None for p in pool
                         if _num(p.get("cosine_min")) is not None or _num(p.get("accuracy_drop_pct")) is not None):
-        return "accuracy_drop_pct"
+        drops = {round(_num(p["accuracy_drop_pct"]), 9) for p in with_acc}
+        with_cos = [p for p in pool if _num(p.get("cosine_min")) is not None]
+        if len(drops) > 1 or len(with_acc) < 2 or len(with_cos) < len(pool):
+            return "accuracy_drop_pct"
+        # every candidate lost the same accuracy (often 0 on a small eval set): the cosine still tells them apart
     return "1-cosine_min"
 
 
@@ -291,12 +297,12 @@ def _plot(path: Path, baseline: dict[str, Any], rows: list[dict[str, Any]], fron
     bx = cost(baseline)
     if bx is not None:
         ax.scatter([bx], [0.0], s=area(baseline), marker="s", c="white", edgecolors="black", label="baseline", zorder=3)
-        ax.annotate("baseline", (bx, 0.0), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate("baseline", (bx, 0.0), textcoords="offset points", xytext=(8, -12), fontsize=8)
     if chosen is not None:
         x, y = cost(rows[chosen]), accuracy_loss(rows[chosen], metric)
         if x is not None and y is not None:
             ax.scatter([x], [y], s=260, marker="*", c="gold", edgecolors="black", label="chosen", zorder=5)
-            ax.annotate(f"chosen: {rows[chosen]['name']}", (x, y), textcoords="offset points", xytext=(8, -14),
+            ax.annotate(f"chosen: {rows[chosen]['name']}", (x, y), textcoords="offset points", xytext=(10, 10),
                         fontsize=9, fontweight="bold")
     ax.set_xlabel("latency p50 (ms), 95% CI" if objective == "latency" else "file size (KiB)")
     ax.set_ylabel("top-1 accuracy drop (points)" if metric == "accuracy_drop_pct" else "1 - cosine_min of outputs")

@@ -38,7 +38,7 @@ def _point(name, lat, drop, *, valid=True, size=1000, cos=0.99):
 
 
 def test_pareto_front_minimises_cost_and_drop():
-    from compressor.pareto import best_valid, pareto_front
+    from compressor.pareto import accuracy_metric, best_valid, pareto_front
 
     pts = [_point("a", 1.0, 0.5), _point("b", 2.0, 0.2), _point("c", 2.5, 0.6),  # c: dominated by b
            _point("d", 0.5, 0.1, valid=False),  # invalid: never on the front, however good
@@ -49,6 +49,10 @@ def test_pareto_front_minimises_cost_and_drop():
     # without accuracy the front uses 1 - cosine_min for every candidate (never a mix of the two)
     nolab = [{**p, "accuracy_drop_pct": None, "cosine_min": c} for p, c in zip(pts[:3], (0.9, 0.95, 0.99), strict=True)]
     assert pareto_front(nolab, "latency") == [0, 1, 2]
+    # the same accuracy drop everywhere (0 on a small eval set) tells nothing apart: the cosine does
+    same = [{**p, "accuracy_drop_pct": 0.0} for p in nolab]
+    assert accuracy_metric(same) == "1-cosine_min" and pareto_front(same, "latency") == [0, 1, 2]
+    assert accuracy_metric(pts) == "accuracy_drop_pct"
 
 
 def test_write_pareto_files(tmp_path):
@@ -87,6 +91,21 @@ def test_sensitivity_ranks_every_conv_and_gemm(cnn, samples):
         assert x["error"] == pytest.approx(1 - x["cosine_min"]) and x["accuracy_drop_pct"] is not None
     assert r.report["sensitivity_settings"]["accuracy_on"].endswith("digits_eval.npz")
     assert len([line for line in r.progress_lines if "alone" in line and "done" in line]) == len(rows)
+
+
+def test_prune_sensitivity_ranks_conv_and_linear_modules(samples):
+    r = run_cli("sensitivity", samples / "digits_cnn.pt", "--kind", "prune", "--ratio", "0.5", *_data(samples), "--json")
+    assert r.code == 0, r.stderr
+    _validate(r.report)
+    rows = r.report["sensitivity"]
+    assert sorted(x["layer"] for x in rows) == ["0", "12", "14", "3", "7"]  # 3 Conv2d, 2 Linear of the Sequential
+    last = next(x for x in rows if x["layer"] == "14")  # the classifier: its outputs are the model's, never pruned
+    assert last["rank"] is None and last["error"] is None and "model output" in last["note"]
+    ranked = [x for x in rows if x["rank"] is not None]
+    assert [x["rank"] for x in ranked] == [1, 2, 3, 4] and all(x["accuracy_drop_pct"] is not None for x in ranked)
+    assert r.report["sensitivity_settings"] == {**r.report["sensitivity_settings"], "kind": "prune", "ratio": 0.5}
+    bad = run_cli("sensitivity", samples / "digits_cnn.pt", "--kind", "prune", "--ratio", "1.5", *_data(samples))
+    assert bad.code == 2 and "--ratio" in bad.error_lines[-1]
 
 
 def test_fallback_returns_layers_to_float_in_sensitivity_order(cnn, samples, tmp_path):
