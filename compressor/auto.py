@@ -242,7 +242,8 @@ def _key(params: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- executors
 
-def construct(recipe: Recipe, out: str, on_progress: Any = None) -> dict[str, Any]:
+def construct(recipe: Recipe, out: str, on_progress: Any = None, *, baseline: str | None = None,
+              work_root: Path | None = None, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Build one candidate (runs in this process or as a Ray task); never raises a CompressorError.
 
     Returns:
@@ -253,8 +254,9 @@ def construct(recipe: Recipe, out: str, on_progress: Any = None) -> dict[str, An
     start = time.perf_counter()
     warnings: list[str] = []
     try:
-        res = build_candidate(recipe, Path(out), callbacks=Callbacks(on_warning=warnings.append,
-                                                                     on_progress=on_progress))
+        res = build_candidate(recipe, Path(out), baseline=Path(baseline) if baseline else None,
+                              callbacks=Callbacks(on_warning=warnings.append, on_progress=on_progress),
+                              work_root=work_root, cache=cache)
         res.update(ok=True, error=None)
     except CompressorError as e:
         stop = stop_requested()  # a library may have wrapped the user's Ctrl-C in its own error
@@ -268,16 +270,23 @@ def construct(recipe: Recipe, out: str, on_progress: Any = None) -> dict[str, An
 
 
 class LocalExecutor:
-    """Builds candidates one after the other in this process."""
+    """Builds candidates one after the other in this process.
+
+    Steps shared by candidates (the same settings up to that step, e.g. one pruning with recovery under several
+    quantizations) run once and are reused (:func:`compressor.pipeline.apply_steps`' cache).
+    """
 
     name = "local"
 
-    def __init__(self, callbacks: Callbacks) -> None:
+    def __init__(self, callbacks: Callbacks, work_root: Path) -> None:
         self._progress = callbacks.on_progress
+        self._work = work_root
+        self._cache: dict[Any, Any] = {}
 
-    def build(self, jobs: list[tuple[Recipe, str]]) -> list[dict[str, Any]]:
+    def build(self, jobs: list[tuple[Recipe, str]], baseline: str | None) -> list[dict[str, Any]]:
         """Build each ``(recipe, output path)`` in order."""
-        return [construct(recipe, path, self._progress) for recipe, path in jobs]
+        return [construct(recipe, path, self._progress, baseline=baseline, work_root=self._work, cache=self._cache)
+                for recipe, path in jobs]
 
     def close(self) -> None:
         """Nothing to release."""
@@ -310,9 +319,9 @@ class RayExecutor:
             self._started = True
         self._task = ray.remote(num_cpus=1, max_retries=0)(construct)
 
-    def build(self, jobs: list[tuple[Recipe, str]]) -> list[dict[str, Any]]:
+    def build(self, jobs: list[tuple[Recipe, str]], baseline: str | None) -> list[dict[str, Any]]:
         """Submit every job, then wait for all (in submission order)."""
-        refs = [self._task.remote(recipe, path) for recipe, path in jobs]
+        refs = [self._task.remote(recipe, path, None, baseline=baseline) for recipe, path in jobs]
         try:
             return self._ray.get(refs)
         except BaseException:
@@ -399,7 +408,7 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
 
     started = time.perf_counter()
     callbacks = callbacks or Callbacks()
-    if recipe.eval_data is None:
+    if recipe.eval_source is None:
         raise UsageError("auto needs --eval-data FILE.npz: held-out inputs (with 'labels' for --max-accuracy-drop) to "
                          "judge every candidate")
     recipe = dataclasses.replace(recipe, gates=Gates(max_accuracy_drop=settings.max_accuracy_drop,
@@ -453,6 +462,8 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
         if state.best is not None and (out_dir / "report.json").is_file():
             state.best_report = json.loads((out_dir / "report.json").read_text())
 
+        pareto_section: dict[str, Any] = {}
+
         def finish_outputs() -> None:
             auto["trials_done"] = len(state.candidates)
             auto["elapsed_s"] = time.perf_counter() - started
@@ -464,13 +475,19 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
             paths = write_pareto(out_dir, baseline=baseline, candidates=state.candidates, chosen=state.best,
                                  objective=settings.objective, title=title)
             auto["pareto"] = {k: str(v) for k, v in paths.items()}
+            doc = json.loads(paths["json"].read_text())
+            pareto_section.clear()
+            pareto_section.update(objective=settings.objective, accuracy_metric=doc["accuracy_metric"],
+                                  chosen=doc["chosen"], files=auto["pareto"], candidates=doc["candidates"])
             auto["chosen_trial"] = state.candidates[state.best]["trial"] if state.best is not None else None
             auto["chosen"] = state.candidates[state.best] if state.best is not None else None
             if state.best_report is not None:
                 state.best_report["auto"] = dict(auto)
+                state.best_report["pareto"] = dict(pareto_section)
                 write_json_atomic(state.best_report, out_dir / "report.json")
 
-        executor = RayExecutor() if settings.executor == "ray" else LocalExecutor(callbacks)
+        executor = RayExecutor() if settings.executor == "ray" else LocalExecutor(callbacks, work / "local")
+        (work / "local").mkdir()
         asks = 0
         durations: list[float] = []
         try:
@@ -519,15 +536,14 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                 wave_start = time.perf_counter()
                 jobs = []
                 for trial, params in wave:
-                    model = recipe.model if "prune_ratio" in params else baseline_onnx
                     # absolute paths: a Ray worker on another node (shared storage) or in another folder reads them
-                    r = dataclasses.replace(recipe, model=Path(model).absolute(), **_absolute(recipe),
+                    r = dataclasses.replace(recipe, model=Path(recipe.model).absolute(), **_absolute(recipe),
                                             steps=trial_steps(params, recover=recover, seed=settings.seed,
                                                               recover_steps=settings.recover_steps))
                     jobs.append((r, str((work / f"trial-{trial.number:04d}.onnx").absolute())))
                     ctx.progress(f"trial {trial.number}: building {describe(params)}", 0, None)
                 try:
-                    built = executor.build(jobs)
+                    built = executor.build(jobs, str(baseline_onnx.absolute()) if artifact.format.is_torch else None)
                 except BaseException:
                     _fail_trials(study, [t for t, _ in wave])
                     raise
@@ -595,11 +611,13 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
         finish_outputs()
     if state.best_report is None:
         rep = new_report(command)
-        rep.update(input=_input_entry(recipe, artifact, ctx), baseline=base_entry, auto=auto, warnings=ctx.warnings)
+        rep.update(input=_input_entry(recipe, artifact, ctx), baseline=base_entry, auto=auto, pareto=pareto_section,
+                   warnings=ctx.warnings)
         write_json_atomic(rep, out_dir / "report.json")
         return rep
     rep = state.best_report
     rep["auto"] = auto
+    rep["pareto"] = pareto_section
     rep["warnings"] = list(dict.fromkeys([*ctx.warnings, *rep.get("warnings", [])]))
     write_json_atomic(rep, out_dir / "report.json")
     return rep
@@ -618,10 +636,14 @@ def _fail_trials(study: Any, trials: list[Any]) -> None:
 
 def _absolute(recipe: Recipe) -> dict[str, Path | None]:
     """The recipe's data paths made absolute (``random`` calibration stays as it is)."""
+    from compressor.recipe import PATH_KEYS
+
     out: dict[str, Path | None] = {}
-    for key in ("calibration_data", "eval_data", "train_data"):
+    for key in PATH_KEYS:
+        if key in ("model", "output", "save_torch"):
+            continue
         p = getattr(recipe, key)
-        out[key] = p if p is None or (key == "calibration_data" and str(p) == "random") else Path(p).absolute()
+        out[key] = p if p is None or str(p) == "random" else Path(p).absolute()
     return out
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.artifact import file_size_bytes
-from compressor.benchmark import benchmark_detailed, paired_speedup, session_peak_rss_bytes
+from compressor.benchmark import benchmark_detailed, median_ci95, paired_speedup, session_peak_rss_bytes
 from compressor.context import RunContext
 from compressor.errors import UsageError
 from compressor.fidelity import (
@@ -19,6 +19,8 @@ from compressor.fidelity import (
     compare_outputs,
     is_classifier_output,
     output_names,
+    pooled_fidelity,
+    pooling_mask_of,
     run_onnx,
     sequence_outputs,
     top1_accuracy,
@@ -78,7 +80,8 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         ctx: Run context (inputs, data, eval data).
         recipe: The :class:`~compressor.recipe.Recipe` (benchmark settings, eval data, sweeps).
         baseline: ``{"onnx": Path, "entry": dict}``: the baseline's ONNX file and its report entry.
-        candidates: Same form, one per step to measure; each ``entry`` gets ``latency_ms``,
+        candidates: Same form, one per step to measure; each ``entry`` (the baseline's too) gets ``latency_ms``
+            (with ``p50_ci95``, the 95% bootstrap CI of the median),
             ``session_load_ms``, ``accuracy`` and the comparison fields ``size_ratio``, ``speedup``,
             ``speedup_ci95``, ``fidelity`` (per output and worst over outputs, padding left out where the
             data has an attention mask; see :func:`~compressor.fidelity.compare_outputs`), and
@@ -101,11 +104,23 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
     names = output_names(paths[0])
     mask = attention_mask_of(ctx.data)
     tokens = sequence_outputs(paths[0], mask[0]) if mask is not None else None
+    pool_mask = pooling_mask_of(ctx.data)
+    pool_tokens = sequence_outputs(paths[0], "attention_mask") if pool_mask is not None else None
     for i, c in enumerate(candidates, 1):
         fid = compare_outputs(outs[0], outs[i], names=names, attention_mask=mask, token_outputs=tokens)
+        if pool_mask is not None:
+            pooled = pooled_fidelity(outs[0], outs[i], names=names, mask=pool_mask, token_outputs=pool_tokens)
+            if pooled:
+                fid["outputs"] += pooled
+                fid["pooled_cosine_min"] = min(p["cosine_min"] for p in pooled)
+                fid["pooled_cosine_mean"] = min(p["cosine_mean"] for p in pooled)
         c["compare"]["fidelity"] = {**fid, "inputs": ctx.data.source, "against": against}
     out: dict[str, Any] = {}
-    if recipe.eval_data is not None and ctx.eval_data is not None and ctx.eval_data.labels is not None:
+    unlabelled = ctx.eval_data is not None and ctx.eval_data.labels is None and recipe.eval_data is None
+    if unlabelled and recipe.eval_source is not None and is_classifier_output(outs[0][0]):
+        ctx.warn(f"{recipe.eval_source} has no labels: fidelity runs on its inputs, accuracy of this classifier is "
+                 f"not measured ({recipe.how_to_label()} to measure it)")
+    if recipe.eval_source is not None and ctx.eval_data is not None and ctx.eval_data.labels is not None:
         ev = ctx.eval_data
         accs = []
         for p in paths:
@@ -118,7 +133,7 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
             m["entry"]["accuracy"] = acc
         for i, c in enumerate(candidates, 1):
             c["compare"]["accuracy_drop_points"] = 100.0 * (accs[0] - accs[i])
-        out["accuracy"] = {"metric": "top1", "eval_data": str(recipe.eval_data), "samples": int(ev.labels.shape[0]),
+        out["accuracy"] = {"metric": "top1", "eval_data": str(recipe.eval_source), "samples": int(ev.labels.shape[0]),
                            "baseline": accs[0]}
         if candidates:
             out["accuracy"].update(result=accs[-1], drop_points=100.0 * (accs[0] - accs[-1]))
@@ -141,7 +156,8 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
     ctx.progress(task, 1, 1)
     stats = det["latency"]
     for i, m in enumerate(models):
-        m["entry"]["latency_ms"] = stats[i].to_json()
+        m["entry"]["latency_ms"] = {**stats[i].to_json(),
+                                    "p50_ci95": list(median_ci95(stats[i].samples_ms, block_ids=det["block_ids"]))}
         m["entry"]["session_load_ms"] = det["session_load_ms"][i]
         m["entry"]["threads"] = used[i]
         if recipe.bench.measure_memory:

@@ -174,7 +174,7 @@ def dry_run(recipe: Recipe, *, command: str, callbacks: Callbacks = Callbacks())
     """
     from compressor.report import new_report
 
-    recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=bool(recipe.steps))
+    recipe.gates.check_usable(has_eval_data=recipe.eval_source is not None, compares=bool(recipe.steps))
     artifact = _load(recipe)
     steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX) if recipe.steps else []
     with scratch_dir(None) as work:
@@ -301,17 +301,23 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     """
     cal = recipe.calibration_data
     random_calib = cal is not None and str(cal) == "random" and not Path("random").exists()
-    calib = load_npz(cal) if cal and not random_calib else None
-    evald = load_npz(recipe.eval_data) if recipe.eval_data else None
+    data_notes: dict[str, Any] = {}
+    tokenizers: dict[Path, Any] = {}
+    calib = load_npz(cal) if cal and not random_calib else _load_text_or_images(recipe, artifact, "calibration",
+                                                                                   data_notes, tokenizers)
+    evald = load_npz(recipe.eval_data) if recipe.eval_data else _load_text_or_images(recipe, artifact, "evaluation",
+                                                                                      data_notes, tokenizers)
     if evald is not None and evald.labels is None and recipe.gates.max_accuracy_drop is not None:
-        raise UsageError(f"--max-accuracy-drop needs labels, and {recipe.eval_data} has none; add a 'labels' array "
-                         "(integer class ids) or drop the gate")
+        raise UsageError(f"--max-accuracy-drop needs labels, and {recipe.eval_source} has none; "
+                         f"{recipe.how_to_label()} or drop the gate")
     io = resolve_io(artifact, recipe, calib or evald)
+    if artifact.io is None and "text_data" in data_notes and not recipe.input_shape:
+        io = _dynamic_sequence(io)
     _check_fixed_batch(io, recipe)
-    notes: dict[str, Any] = {}
+    notes: dict[str, Any] = dict(data_notes)
     data = prepare_data(io, recipe, calib, evald, artifact=artifact, notes=notes)
     ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
-                     on_progress=callbacks.on_progress, input_notes=notes)
+                     on_progress=callbacks.on_progress, input_notes=notes, budget=recipe.gates)
     for w in recipe.warnings:
         ctx.warn(w)
     for w in artifact.details.get("warnings", []):
@@ -329,8 +335,15 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
                  "or give --calibration-data")
     if evald is not None:
         ctx.eval_data = check_data_fits(io, evald)
-        if evald.labels is None:
-            ctx.warn(f"{recipe.eval_data} has no 'labels': fidelity runs on its inputs, accuracy is not measured")
+        if evald.labels is None and recipe.eval_data is not None:  # text / images: measure() warns for classifiers
+            ctx.warn(f"{recipe.eval_source} has no labels: fidelity runs on its inputs, accuracy is not measured "
+                     f"({recipe.how_to_label()} to measure it)")
+    for kind, entry in data_notes.get("text_data", {}).items():
+        if entry["truncated"]:
+            ctx.warn(f"{entry['truncated']} of {entry['examples']} {kind} examples in {entry['path']} are longer than "
+                     f"{entry['seq_len'] if entry['seq_len'] < entry['max_length'] else entry['max_length']} tokens "
+                     "and were cut (--max-length, or the model's fixed sequence length)")
+    _warn_unused_data_settings(ctx, recipe)
     if recipe.train_data is not None:
         ctx.train_data = check_data_fits(io, load_npz(recipe.train_data, want_labels=True))
     if calib is not None:
@@ -345,6 +358,105 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
                  "expect worse accuracy than with real samples")
     _note_casts(ctx, [d for d in (ctx.eval_data, ctx.calibration, ctx.train_data) if d is not None])
     return ctx
+
+
+def _load_text_or_images(recipe: Recipe, artifact: ModelArtifact, kind: str, notes: dict[str, Any],
+                         tokenizers: dict[Path, Any]) -> SampleData | None:
+    """Calibration or evaluation data given as a text file or an image folder, as the model's input arrays.
+
+    Text is tokenized with the model folder's tokenizer (a Hugging Face folder) or ``tokenizer``; images are
+    preprocessed with the folder's image processor, or resized and normalised (``image_size``, ``mean``,
+    ``std``). What was done goes to ``notes["text_data"][kind]`` / ``notes["image_data"][kind]`` (the report's
+    ``input``).
+
+    Args:
+        recipe: The run's recipe.
+        artifact: The loaded model (its input spec, or the PyTorch module's ``forward``).
+        kind: ``"calibration"`` or ``"evaluation"``.
+        notes: Filled as above.
+        tokenizers: Tokenizers already loaded, by folder (calibration and evaluation text share one).
+
+    Returns:
+        The data, or None when the recipe gives this kind of data in neither form.
+
+    Raises:
+        UsageError: No tokenizer for text data; bad files (see :mod:`compressor.text_data`,
+            :mod:`compressor.image_data`).
+    """
+    text = recipe.calibration_text if kind == "calibration" else recipe.eval_text
+    images = recipe.calibration_images if kind == "calibration" else recipe.eval_images
+    if text is None and images is None:
+        return None
+    from compressor import hf
+
+    shapes = recipe.parsed_input_shapes
+    module = artifact.loaded if artifact.format.is_torch else None
+    if artifact.io is not None:
+        io = apply_shapes_to_spec(artifact.io, shapes)
+    else:
+        io = torch_io_spec(module, shapes, None) if shapes else None
+    folder = recipe.model if recipe.model is not None and hf.is_hf_folder(recipe.model) else None
+    flag = "--calibration-text" if kind == "calibration" else "--eval-text"
+    if text is not None:
+        from compressor.text_data import DEFAULT_MAX_LENGTH, text_sample_data
+
+        if recipe.tokenizer is not None:
+            if not Path(recipe.tokenizer).is_dir():
+                raise UsageError(f"--tokenizer {recipe.tokenizer} is not a folder; give the folder holding the "
+                                 "tokenizer files (tokenizer.json or vocab.txt)")
+            source = recipe.tokenizer
+        elif folder is not None:
+            source = folder
+        else:
+            raise UsageError(f"{flag} needs a tokenizer: {recipe.model} is not a Hugging Face folder, so pass "
+                             "--tokenizer DIR (a folder with tokenizer.json or vocab.txt, e.g. written by "
+                             "tokenizer.save_pretrained)")
+        if source not in tokenizers:
+            tokenizers[source] = hf.load_tokenizer(Path(source))
+        config = hf.read_config(folder) if folder is not None else None
+        label2id = (config or {}).get("label2id")
+        label2id = {str(k): v for k, v in label2id.items() if isinstance(v, int)} if isinstance(label2id, dict) \
+            else None
+        data, entry = text_sample_data(Path(text), tokenizers[source], io=io, module=module,
+                                       max_length=recipe.max_length or DEFAULT_MAX_LENGTH, label2id=label2id)
+        entry["tokenizer"] = str(source)
+        notes.setdefault("text_data", {})[kind] = entry
+        return data
+    from compressor.image_data import image_sample_data
+
+    processor = hf.load_image_processor(folder) if folder is not None else None
+    data, entry = image_sample_data(Path(images), io=io, module=module, processor=processor,
+                                    image_size=recipe.image_size or None, mean=recipe.mean or None,
+                                    std=recipe.std or None)
+    notes.setdefault("image_data", {})[kind] = entry
+    return data
+
+
+def _dynamic_sequence(io: IOSpec) -> IOSpec:
+    """A PyTorch model's spec read from text data, with a dynamic ``sequence`` axis 1 on its token inputs.
+
+    Text files are padded to their own longest example, so calibration and evaluation text differ in length;
+    the export gives integer ``[batch, sequence]`` inputs a dynamic sequence axis anyway.
+    """
+    from compressor.artifact import TensorSpec
+
+    return IOSpec(tuple(TensorSpec(s.name, s.dtype, (s.shape[0], "sequence")) if len(s.shape) == 2 and
+                        not s.dtype.startswith(("float", "bool")) else s for s in io.inputs), io.outputs)
+
+
+def _warn_unused_data_settings(ctx: RunContext, recipe: Recipe) -> None:
+    """One warning for text or image settings that no data of the run uses."""
+    texts = recipe.calibration_text is not None or recipe.eval_text is not None
+    images = recipe.calibration_images is not None or recipe.eval_images is not None
+    unused = [f"--{k.replace('_', '-')}" for k, v in (("tokenizer", recipe.tokenizer),
+                                                                         ("max_length", recipe.max_length))
+              if v is not None and not texts]
+    unused += [f"--{k.replace('_', '-')}" for k, v in (("image_size", recipe.image_size), ("mean", recipe.mean),
+                                                       ("std", recipe.std)) if v and not images]
+    if unused:
+        ctx.warn(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} unused: "
+                 "they apply to --calibration-text/--eval-text (tokenizer, max length) and "
+                 "--calibration-images/--eval-images (image size, mean, std)")
 
 
 def _check_fixed_batch(io: IOSpec, recipe: Recipe) -> None:
@@ -498,15 +610,14 @@ def check_input_runs(artifact: ModelArtifact, ctx: RunContext) -> None:
 
 @dataclass
 class AppliedSteps:
-    """What :func:`apply_steps` left.
+    """What :func:`apply_steps` produced.
 
     Attributes:
-        baseline_onnx: The baseline's ONNX file (the input, or its inserted export); None when the plan did not
-            export the original model (a candidate built without a baseline, see :func:`build_candidate`).
-        candidates: One dict per recipe step: ``onnx`` (its ONNX file; a PyTorch result's export), ``step``
-            (its report entry), ``spec``, ``details``, and empty ``entry`` / ``compare`` for the measurement.
-        sections: Report sections of the steps by ``report_key`` (``pruning``, ``quantization``).
-        torch_model: The last PyTorch model (None once the model exists only as ONNX).
+        baseline_onnx: The baseline's ONNX file (the input itself, or its fp32 export).
+        candidates: One per recipe step, in order: ``{"onnx": Path of its ONNX model (None while PyTorch),
+            "entry": {}, "compare": {}, "step": its report entry, "spec": PassSpec, "details": dict}``.
+        sections: Report sections of the passes (``pruning``, ``quantization``), the last of each.
+        torch_model: The last PyTorch model (None once a step gave ONNX only).
     """
 
     baseline_onnx: Path | None
@@ -516,18 +627,28 @@ class AppliedSteps:
 
 
 def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunContext, work: Path,
-                entries: list[dict[str, Any]]) -> AppliedSteps:
-    """Run planned steps in order, each on the form it takes; no measurement.
+                entries: list[dict[str, Any]], *, baseline: ModelArtifact | None = None,
+                cache: dict[Any, Any] | None = None) -> AppliedSteps:
+    """Run the planned steps in order, each in its own scratch sub-folder of ``work``.
+
+    Each step takes the PyTorch model where it accepts one and one exists, else the ONNX model; an
+    inserted export after a step gives that step's ONNX form (it measures the step).
 
     Args:
-        steps: From :func:`plan` (inserted exports included).
+        steps: From :func:`plan`.
         artifact: The loaded input model.
         ctx: The run's context.
-        work: Scratch folder (each step gets a sub-folder).
-        entries: Filled with each step's report entry as it finishes (a failure's report shows those that ran).
+        work: Scratch folder (step folders ``NN-name`` are made in it).
+        entries: The report's ``steps`` list, appended to as steps finish (a failure's report shows those
+            that ran).
+        baseline: The fp32 ONNX export of a PyTorch input, already made (a sweep makes it once for every
+            candidate): the plan's leading baseline export is skipped and this is used.
+        cache: Results of earlier runs of the same input (a sweep passes one dict to every candidate): a step
+            whose settings and those of every step before it match an earlier run's reuses that run's result
+            (passes never change their input, so the result files stay valid while the scratch folder lives).
 
     Returns:
-        The files and report pieces of every step (:class:`AppliedSteps`).
+        An :class:`AppliedSteps`.
 
     Raises:
         CompressorError: The first step that fails.
@@ -535,11 +656,23 @@ def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunConte
     baseline_onnx = artifact.path if not artifact.format.is_torch else None
     torch_model = artifact if artifact.format.is_torch else None
     onnx_model = artifact if not artifact.format.is_torch else None
-    sections: dict[str, Any] = {}
+    if baseline is not None and artifact.format.is_torch and steps and steps[0].inserted:
+        baseline_onnx, onnx_model = baseline.path, baseline
     candidates: list[dict[str, Any]] = []
+    sections: dict[str, Any] = {}
     for n, planned in enumerate(steps):
+        if n == 0 and planned.inserted and baseline_onnx is not None:
+            continue  # the baseline export exists already
         src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
-        result = _run_step(planned, src, ctx, work, n)
+        key = tuple((p.spec.name, repr(sorted(config_to_json(p.config).items()))) for p in steps[:n + 1]) \
+            if cache is not None else None
+        if cache is not None and key in cache:
+            result = cache[key]
+            ctx.progress(f"{planned.describe()}: the same as an earlier candidate's, reused", 1, 1)
+        else:
+            result = _run_step(planned, src, ctx, work, n)
+            if cache is not None:
+                cache[key] = result
         entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
                  "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
         entries.append(entry)
@@ -552,7 +685,7 @@ def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunConte
             onnx_model = new
             if not planned.inserted:  # a recipe step gave ONNX: from here on the model exists only as ONNX
                 torch_model = None
-        if planned.inserted and baseline_onnx is None and not candidates:
+        if planned.inserted and baseline_onnx is None:
             baseline_onnx = new.path
             entry["role"] = "baseline"
             continue
@@ -564,20 +697,25 @@ def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunConte
     return AppliedSteps(baseline_onnx, candidates, sections, torch_model)
 
 
-def build_candidate(recipe: Recipe, out: Path, *, callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
-    """Run a recipe's steps through the orchestrator and publish the result at ``out``; no baseline, no benchmark.
+def build_candidate(recipe: Recipe, out: Path, *, baseline: Path | None = None, callbacks: Callbacks = Callbacks(),
+                    work_root: Path | None = None, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """Run a recipe's steps through the orchestrator and publish the result at ``out``; no benchmark.
 
     The search (``compressor auto``) builds each candidate with this, possibly in another process or on another
-    machine, and measures it against its one baseline itself. The baseline export a PyTorch input would get is
-    skipped when the first step takes the PyTorch model (pruning): the search exported the baseline once; a
-    first step that needs ONNX gets the model as ONNX (give ``recipe.model`` as the baseline's ONNX file).
-    The result is loaded, run in ONNX Runtime on the run's inputs and checked with the full ONNX checker before
-    it appears at ``out``.
+    machine, and measures it against its one baseline itself. The result is loaded, run in ONNX Runtime on the
+    run's inputs and checked with the full ONNX checker before it appears at ``out``.
 
     Args:
         recipe: Model, data and steps (benchmark, gates and output settings are ignored).
         out: Where the candidate's ONNX file goes (its folder must exist).
+        baseline: The fp32 ONNX export of a PyTorch input, made once by the caller: the plan's baseline export is
+            skipped, and steps that need ONNX start from it (see :func:`apply_steps`).
         callbacks: Warning and progress callbacks.
+        work_root: Folder that outlives this call (the caller's scratch folder); the steps' files go in a new
+            sub-folder of it, so that ``cache`` entries stay valid for later candidates. None: a scratch
+            folder beside ``out``, removed at the end.
+        cache: Step results shared by candidates built in this process (see :func:`apply_steps`); needs
+            ``work_root``.
 
     Returns:
         ``{"steps": [...step report entries...], "sections": {...}, "warnings": [...], "output": str(out)}``.
@@ -585,35 +723,44 @@ def build_candidate(recipe: Recipe, out: Path, *, callbacks: Callbacks = Callbac
     Raises:
         CompressorError: A step failed or the result does not run.
     """
+    import shutil
+
     import onnx
 
-    from compressor.errors import SessionError
+    from compressor.artifact import onnx_external_locations
+    from compressor.errors import SessionError, stop_requested
     from compressor.runtime import make_session
 
     artifact = _load(recipe)
     steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX)
-    if steps and steps[0].inserted and len(steps) > 1 and TORCH in steps[1].spec.accepts:
-        steps = steps[1:]  # the first step prunes the PyTorch model: no baseline export needed here
-    with scratch_dir(out) as work:
+    if cache is not None and work_root is None:
+        raise ValueError("build_candidate: a cache needs a work_root that outlives the call")
+    folder = (contextlib.nullcontext(Path(tempfile.mkdtemp(prefix="candidate-", dir=work_root)))
+              if work_root is not None else scratch_dir(out))
+    with folder as work:
         ctx = make_context(artifact, recipe, work, callbacks)
+        base = ModelArtifact(Path(baseline), ModelFormat.ONNX, io=ctx.io) if baseline is not None else None
         check_steps(steps, artifact, ctx)
         entries: list[dict[str, Any]] = []
-        applied = apply_steps(steps, artifact, ctx, work, entries)
-        final = applied.candidates[-1]["onnx"]
+        applied = apply_steps(steps, artifact, ctx, work, entries, baseline=base, cache=cache)
+        final = Path(applied.candidates[-1]["onnx"])
         try:
             onnx.checker.check_model(str(final), full_check=True)
             make_session(final).run(None, ctx.data.batch(0, ctx.batch_size(min(2, ctx.data.num_samples))))
         except Exception as e:
-            from compressor.errors import stop_requested
-
             stop = stop_requested()
             if stop is not None:
                 raise stop from e
             raise SessionError(f"the candidate built by {len(recipe.steps)} step(s) does not pass the ONNX checker "
                                f"or does not run in ONNX Runtime ({str(e).strip().splitlines()[0][:200]})") from e
+        if cache is not None:  # a later candidate may reuse this file: publish a copy
+            copy = work / f"published-{final.name}"
+            shutil.copyfile(final, copy)
+            for data in onnx_external_locations(final):
+                shutil.copyfile(final.parent / data, copy.parent / data)
+            final = copy
         publish(final, out)
     return {"steps": entries, "sections": applied.sections, "warnings": list(ctx.warnings), "output": str(out)}
-
 
 
 def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compressed",
@@ -641,7 +788,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
     report = new_report(command)
     warnings: list[str] = []
     try:
-        recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=True)
+        recipe.gates.check_usable(has_eval_data=recipe.eval_source is not None, compares=True)
         artifact = _load(recipe)
         steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX)
         if recipe.save_torch is not None and not _ends_in_torch(steps):
@@ -661,10 +808,9 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
             report["settings"] = settings_block(recipe)
             entries: list[dict[str, Any]] = []
             report["steps"] = entries  # filled as steps finish (a failure's report shows those that ran)
-            candidates: list[dict[str, Any]] = []
             applied = apply_steps(steps, artifact, ctx, work, entries)
-            baseline_onnx, candidates, sections, torch_model = (applied.baseline_onnx, applied.candidates,
-                                                                applied.sections, applied.torch_model)
+            baseline_onnx, candidates, sections = applied.baseline_onnx, applied.candidates, applied.sections
+            torch_model = applied.torch_model
             final = candidates[-1]
             base = {"onnx": baseline_onnx, "entry": model_entry(baseline_onnx, recipe.model)}
             if artifact.format.is_torch:
@@ -731,7 +877,8 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
 def _data_files(recipe: Recipe) -> dict[str, Path | None]:
     """Input files besides the model that an output must never overwrite."""
     return {"calibration data": recipe.calibration_data, "evaluation data": recipe.eval_data,
-            "training data": recipe.train_data}
+            "training data": recipe.train_data, "calibration text": recipe.calibration_text,
+            "evaluation text": recipe.eval_text}
 
 
 def _ends_in_torch(steps: list[PlannedStep]) -> bool:
@@ -770,7 +917,7 @@ def _warn_if_far(ctx: RunContext, c: dict[str, Any], recipe: Recipe) -> None:
         return
     cause = c["details"].get("cause_when_far") or c["spec"].cause_when_far or "the step changed what the model computes"
     advice = c["details"].get("advice_when_far") or c["spec"].advice_when_far or "measure accuracy with --eval-data"
-    if recipe.eval_data is None:
+    if recipe.eval_source is None:
         advice = "measure accuracy with --eval-data; " + advice
     where = f"steps[{c['step']['step']}] ({c['spec'].name})" if len(recipe.steps) > 1 else f"the {c['spec'].name} result"
     on = "random inputs (figures may mislead)" if ctx.data.source == "random" else ctx.data.source
@@ -875,7 +1022,7 @@ def bench_models(recipe: Recipe, *, command: str, other: Path | None = None,
     from compressor.measure import measure, model_entry
     from compressor.report import new_report
 
-    recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=other is not None)
+    recipe.gates.check_usable(has_eval_data=recipe.eval_source is not None, compares=other is not None)
     artifact = _load(recipe)
     second = _load(dataclasses.replace(recipe, model=Path(other))) if other is not None else None
     report = new_report(command)
@@ -921,3 +1068,52 @@ def bench_models(recipe: Recipe, *, command: str, other: Path | None = None,
     return report
 
 
+
+
+def run_sensitivity(recipe: Recipe, *, kind: str = "quantize", ratio: float = 0.5, command: str,
+                    callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
+    """Per-layer sensitivity of a model (``compressor sensitivity``); writes nothing.
+
+    ``kind="quantize"``: the model's fp32 ONNX (a PyTorch input is exported first), each layer int8 alone with
+    the quantize settings of ``recipe.steps[0]``; ``kind="prune"``: the PyTorch model, each layer pruned alone
+    at ``ratio``. See :func:`compressor.sensitivity.layer_sensitivity`.
+
+    Returns:
+        A report with ``input``, ``sensitivity`` (layers ranked, most sensitive first),
+        ``sensitivity_settings`` (kind, ratio or quantize settings, the data measured on) and ``warnings``.
+
+    Raises:
+        UsageError: Bad input, settings the quantize pass refuses, or no layer to measure.
+    """
+    from compressor.passes.configs import QuantizeConfig
+    from compressor.report import new_report
+    from compressor.sensitivity import layer_sensitivity
+
+    report = new_report(command)
+    artifact = _load(recipe)
+    config = recipe.steps[0].config if recipe.steps and recipe.steps[0].pass_name == "quantize" else QuantizeConfig()
+    with scratch_dir(None) as work:
+        ctx = make_context(artifact, recipe, work, callbacks)
+        check_input_runs(artifact, ctx)
+        check_labels_fit(artifact, ctx)
+        report["input"] = _input_entry(recipe, artifact, ctx)
+        model = artifact
+        if kind == "quantize":
+            from compressor.passes.quantize import check_quantize
+
+            check_quantize(config, ctx, form=TORCH if artifact.format.is_torch else ONNX, has_python_classes=False,
+                           artifact=artifact)
+            if artifact.format.is_torch:
+                planned = PlannedStep(get_pass("export"), recipe.export, None, "original model")
+                model = _run_step(planned, artifact, ctx, work, 0).artifact
+        rows = layer_sensitivity(model, ctx, kind=kind, config=config, ratio=ratio)
+    settings: dict[str, Any] = {"kind": kind, "measured_on": ctx.data.source,
+                                "error": "1 - cosine_min of the outputs against the float model's"}
+    if ctx.eval_data is not None and ctx.eval_data.labels is not None:
+        settings["accuracy_on"] = ctx.eval_data.source
+    if kind == "prune":
+        settings.update(ratio=ratio, method="structured", criterion="l1")
+    else:
+        settings["quantize"] = config_to_json(config)
+    report.update(sensitivity_settings=settings, sensitivity=rows, warnings=ctx.warnings)
+    return report

@@ -156,8 +156,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     for key in ("max_abs_diff", "cosine_mean", "cosine_min", "sqnr_db", "top1_agreement", "exact_match"):
         if key in fid:
             summary.append([key, _f(fid[key], ".5g")])
-    if len(fid.get("outputs") or []) > 1:
+    if len([o for o in fid.get("outputs") or [] if "pooled_from" not in o]) > 1:
         summary.append(["worst_output", _md_cell(fid.get("worst_output"))])
+    for key in ("pooled_cosine_mean", "pooled_cosine_min"):
+        if key in fid:
+            summary.append([key, _f(fid[key], ".5g")])
     if fid.get("positions"):
         summary.append(["positions", _md_cell(fid["positions"])])
     if summary:
@@ -171,6 +174,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                            f"{_f(st['measured']['speedup_ci95'][1])}]",
                            _f(st["measured"]["fidelity"].get("cosine_min"), ".5g"),
                            _f(st["measured"].get("accuracy"), ".4f")] for st in steps])
+    q = report.get("quantization") or {}
+    if q.get("fallback") is not None:
+        left = q.get("fallback_layers") or []
+        out += ["", f"**Accuracy-aware fallback:** {len(left)} layer(s) left in float"
+                + ("" if q["fallback"].get("met") else " (budget not met)"), ""]
+        if left:
+            out += _md_table(["layer", "op type", "why"], [[x["layer"], x["op_type"], x["reason"]] for x in left])
     gates = report.get("gates")
     if gates:
         out += ["", f"**Quality gates: {'passed' if gates['passed'] else 'FAILED'}**", ""]

@@ -95,7 +95,8 @@ def _check_finished(r, out: Path) -> None:
     pareto = json.loads((out / "pareto.json").read_text())
     cands = pareto["candidates"]
     assert len(cands) == 3 and len({c["trial"] for c in cands}) == 3 and cands[0]["trial"] == 0
-    assert pareto["chosen"] is not None and cands[pareto["chosen"]]["trial"] == auto["chosen_trial"]
+    assert pareto["chosen"] == chosen["name"] and [c["trial"] for c in cands if c["chosen"]] == [auto["chosen_trial"]]
+    assert rep["pareto"]["chosen"] == chosen["name"] and len(rep["pareto"]["candidates"]) == 3
     assert pareto["baseline"]["size_bytes"] == rep["baseline"]["size_bytes"] and pareto["baseline"]["node"]
     for c in cands:
         assert c["node"] and (c["valid"] or c["reason"])
@@ -177,7 +178,7 @@ def test_no_candidate_within_budget_exits_3_and_writes_no_model(tmp_path, cnn_on
     _validate(json.loads((out / "report.json").read_text()))
 
 
-def test_prune_then_quantize_candidate_is_built_through_the_pipeline_without_a_baseline_export(tmp_path):
+def test_prune_then_quantize_candidate_is_built_through_the_pipeline_without_a_baseline_export(tmp_path, cnn_onnx):
     """A prune -> quantize chain of the search goes through the orchestrator: prune (with recovery), the export it
     inserts, static int8; the input's own baseline export is skipped (the search exported it once)."""
     import dataclasses
@@ -190,7 +191,7 @@ def test_prune_then_quantize_candidate_is_built_through_the_pipeline_without_a_b
     recipe = Recipe(model=CNN, calibration_data=SAMPLES / "digits_calib.npz", eval_data=SAMPLES / "digits_eval.npz")
     recipe = dataclasses.replace(recipe, steps=trial_steps(params, recover=True, seed=0, recover_steps=5))
     out = tmp_path / "c.onnx"
-    res = build_candidate(recipe, out)
+    res = build_candidate(recipe, out, baseline=cnn_onnx)
     assert [(s["name"], s["inserted"]) for s in res["steps"]] == [("prune", False), ("export", True),
                                                                   ("quantize", False)]
     assert "recovery" in res["sections"]["pruning"] and "quantization" in res["sections"]

@@ -1,4 +1,4 @@
-"""Typer app: ``compressor prune | quantize | run | export | bench | auto | doctor``.
+"""Typer app: ``compressor prune | quantize | run | export | bench | sensitivity | sweep | auto | doctor``.
 
 Commands only build a recipe (project config, recipe file, flags given on the command line),
 call the orchestrator in :mod:`compressor.pipeline`, and render its report, warnings and
@@ -73,6 +73,15 @@ OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_p
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", rich_help_panel="Input", metavar="SHAPE", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
 EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus 'labels': report top-1 accuracy of baseline and result.")]
+CalibTextOpt = Annotated[Optional[Path], typer.Option("--calibration-text", rich_help_panel="Data", metavar="FILE", help="Calibration text: one example per line, or JSON Lines with a 'text' field; tokenized with the model folder's tokenizer or --tokenizer.")]
+EvalTextOpt = Annotated[Optional[Path], typer.Option("--eval-text", rich_help_panel="Data", metavar="FILE", help="Held-out text: one example per line, or JSON Lines with 'text' and 'label' (integer class id) for accuracy.")]
+CalibImagesOpt = Annotated[Optional[Path], typer.Option("--calibration-images", rich_help_panel="Data", metavar="DIR", help="Folder of calibration images (.png .jpg .jpeg .bmp .webp), decoded with Pillow.")]
+EvalImagesOpt = Annotated[Optional[Path], typer.Option("--eval-images", rich_help_panel="Data", metavar="DIR", help="Folder of held-out images; class subfolders (sorted names = class ids, as torchvision's ImageFolder) give labels for accuracy.")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer", rich_help_panel="Data", metavar="DIR", help="Tokenizer folder (tokenizer.json or vocab.txt) for text data when MODEL is not a Hugging Face folder.")]
+MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", rich_help_panel="Data", metavar="N", min=1, help="Text data: most tokens per example (longer ones are cut). Default 128.", show_default=False)]
+ImageSizeOpt = Annotated[Optional[str], typer.Option("--image-size", rich_help_panel="Data", metavar="H[,W]", help="Image data without an image processor: resize to H x W (default: the model's fixed input size).")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", rich_help_panel="Data", metavar="R,G,B", help="Image data: per-channel mean on [0, 1] pixels (default ImageNet's 0.485,0.456,0.406).")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", rich_help_panel="Data", metavar="R,G,B", help="Image data: per-channel standard deviation (default ImageNet's 0.229,0.224,0.225).")]
 ModelClassOpt = Annotated[Optional[str], typer.Option("--model-class", rich_help_panel="Input", metavar="MODULE:CLASS", help="package.module:ClassName to load a state_dict into (current folder is importable).")]
 ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", rich_help_panel="Input", metavar="JSON", help="JSON object of constructor arguments for --model-class.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", rich_help_panel="Input", metavar="", help="Allow pickles that need classes outside torch.nn (runs code from the file).")]
@@ -278,7 +287,10 @@ def _model_kwargs(text: str) -> dict[str, Any]:
 #: Command parameter -> (recipe section or None for top level, recipe key, converter of the flag's value).
 _TOP = {"model": "model", "output": "output", "input_shape": "input_shape", "calibration_data": "calibration_data",
         "eval_data": "eval_data", "train_data": "train_data", "model_class": "model_class",
-        "model_kwargs": "model_kwargs", "trust_pickle": "trust_pickle", "save_torch": "save_torch"}
+        "model_kwargs": "model_kwargs", "trust_pickle": "trust_pickle", "save_torch": "save_torch",
+        "calibration_text": "calibration_text", "eval_text": "eval_text", "calibration_images": "calibration_images",
+        "eval_images": "eval_images", "tokenizer": "tokenizer", "max_length": "max_length",
+        "image_size": "image_size", "mean": "mean", "std": "std"}
 _TABLES = {
     "export": {"opset": "opset", "atol": "atol", "rtol": "rtol", "exporter": "exporter"},
     "benchmark": {"batch_size": "batch_size", "batch_sizes": "batch_sizes", "seq_lens": "seq_lens",
@@ -296,7 +308,23 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "op_types": lambda v: [o.strip() for o in v.split(",") if o.strip()],
     "input_shape": list,
     "exclude": list,
+    "image_size": lambda v: _number_list(v, "--image-size", "224 or 224,224", int),
+    "mean": lambda v: _number_list(v, "--mean", "0.485,0.456,0.406", float),
+    "std": lambda v: _number_list(v, "--std", "0.229,0.224,0.225", float),
 }
+
+
+def _number_list(text: str, flag: str, example: str, kind: type) -> list[Any]:
+    """Comma-separated numbers of a flag.
+
+    Raises:
+        UsageError: A value that is not a number of ``kind``.
+    """
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} must be {'whole ' if kind is int else ''}numbers separated by commas, e.g. "
+                         f"{example}; got '{text}'") from None
 
 
 def _given(tctx: typer.Context, name: str) -> bool:
@@ -496,7 +524,8 @@ def _start(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None
 
     project = project_layer() if recipe_file is None else None
     inputs = {"calibration data": recipe.calibration_data, "evaluation data": recipe.eval_data,
-              "training data": recipe.train_data, "recipe": recipe_file,
+              "training data": recipe.train_data, "calibration text": recipe.calibration_text,
+              "evaluation text": recipe.eval_text, "recipe": recipe_file,
               "project config": project.file if project is not None else None}
     if out is not None:
         check_output(recipe.model, out, others=inputs)
@@ -627,6 +656,15 @@ def prune(
     train_data: Annotated[Optional[Path], typer.Option("--train-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus labels: adds the supervised loss to recovery.")] = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
+    calibration_text: CalibTextOpt = None,
+    eval_text: EvalTextOpt = None,
+    calibration_images: CalibImagesOpt = None,
+    eval_images: EvalImagesOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     ratio: Annotated[float, typer.Option("--ratio", rich_help_panel="Pass settings", metavar="FLOAT", help="Structured: fraction of channels removed per layer. Unstructured: target sparsity. In (0, 1).")] = 0.5,
     method: Annotated[str, typer.Option("--method", rich_help_panel="Pass settings", metavar="structured|unstructured", help="structured (remove channels, Torch-Pruning, L1 norm) or unstructured (zero weights, global L1 magnitude).")] = "structured",
     criterion: Annotated[str, typer.Option("--criterion", rich_help_panel="Pass settings", metavar="l1|l2|fpgm|bn-scale|taylor|random", help="Importance: l1, l2, fpgm, bn-scale, taylor (needs --calibration-data) or random.")] = "l1",
@@ -698,6 +736,15 @@ def quantize(
     trust_pickle: TrustOpt = False,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
+    calibration_text: CalibTextOpt = None,
+    eval_text: EvalTextOpt = None,
+    calibration_images: CalibImagesOpt = None,
+    eval_images: EvalImagesOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel="Pass settings", metavar="", help="One scale per output channel (default) or one per tensor.")] = True,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", rich_help_panel="Pass settings", metavar="", help="7-bit weights (default: on only where 8-bit weights can saturate: int8 weights on x86 CPUs without VNNI).", show_default=False)] = None,
@@ -709,6 +756,7 @@ def quantize(
     format: Annotated[str, typer.Option("--format", rich_help_panel="Pass settings", metavar="auto|qdq-u8s8|qdq-s8s8|qoperator-u8s8|qoperator-s8s8|dynamic-u8s8|dynamic-u8u8", help="int8 kernel format. auto (static): build every format valid for this CPU, time them against each other and keep the fastest within cosine 0.002 of the most accurate (cached per CPU, ONNX Runtime version and model).")] = "auto",
     precision: Annotated[str, typer.Option("--precision", rich_help_panel="Pass settings", metavar="int8|int4|fp16", help="int8; int4 (weight-only blockwise, MatMulNBits, embeddings too); fp16.")] = "int8",
     block_size: Annotated[int, typer.Option("--block-size", rich_help_panel="Pass settings", metavar="N", help="int4 block size (power of two >= 16).")] = 16,
+    fallback: Annotated[bool, typer.Option("--fallback", rich_help_panel="Pass settings", metavar="", help="Accuracy-aware int8: return the most sensitive layers (Conv/Gemm/MatMul, ranked by `compressor sensitivity`) to float one at a time until --max-accuracy-drop / --min-cosine hold (NNCF / OpenVINO accuracy-aware quantization). The report lists them in quantization.fallback_layers.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel="Pass settings", metavar="GLOB", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
     op_types: Annotated[Optional[str], typer.Option("--op-types", rich_help_panel="Pass settings", metavar="OP,OP,...", help="Quantize only these op types, comma-separated (e.g. MatMul,Gather).")] = None,
     keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", rich_help_panel="Pass settings", metavar="", help="fp16: keep float32 inputs and outputs (default).")] = True,
@@ -796,6 +844,13 @@ def export(
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
     calibration_data: CalibOpt = None,
+    calibration_text: CalibTextOpt = None,
+    calibration_images: CalibImagesOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
@@ -842,6 +897,15 @@ def bench(
     trust_pickle: TrustOpt = False,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
+    calibration_text: CalibTextOpt = None,
+    eval_text: EvalTextOpt = None,
+    calibration_images: CalibImagesOpt = None,
+    eval_images: EvalImagesOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,
@@ -882,6 +946,173 @@ def bench(
             check_side_files({"--report": report, "--markdown": markdown}, {"second model": other})
         rep = _rendered(bench_models, recipe, other=other)
         return _emit(rep, json_out, report, markdown)
+
+    _run(debug, body, json_out=json_out, params=params)
+
+
+def _write_report(rep: dict[str, Any], json_out: bool, report_path: Path | None) -> None:
+    """``--report FILE`` and ``--json`` of commands with their own human rendering (sensitivity, sweep)."""
+    from compressor.report import to_json, write_json_atomic
+
+    if report_path is not None:
+        write_json_atomic(rep, report_path)
+    if json_out:
+        text = (to_json(rep) + "\n").encode()
+        if _JSON_FD is not None:
+            sys.stdout.flush()
+            os.write(_JSON_FD, text)
+        else:
+            sys.stdout.buffer.write(text)
+            sys.stdout.flush()
+
+
+@app.command(epilog=_examples(
+    "compressor sensitivity model.onnx --calibration-data calib.npz --eval-data eval.npz",
+    "compressor sensitivity model.pt --kind prune --ratio 0.5 --calibration-data calib.npz --json"))
+def sensitivity(
+    tctx: typer.Context,
+    model: ModelArg = None,
+    input_shape: InputShapeOpt = None,
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustOpt = False,
+    calibration_data: CalibOpt = None,
+    eval_data: EvalOpt = None,
+    kind: Annotated[str, typer.Option("--kind", rich_help_panel="Pass settings", metavar="quantize|prune", help="quantize: each layer int8 alone (the quantize pass's settings); prune: each layer's output channels pruned alone at --ratio (structured, L1).")] = "quantize",
+    ratio: Annotated[float, typer.Option("--ratio", rich_help_panel="Pass settings", metavar="FLOAT", help="--kind prune: fraction of the layer's output channels removed, in (0, 1).")] = 0.5,
+    mode: Annotated[str, typer.Option("--mode", rich_help_panel="Pass settings", metavar="auto|dynamic|static", help="int8 mode, as in quantize: auto (static QDQ for CNNs with --calibration-data, else dynamic), dynamic or static.")] = "auto",
+    calibration_method: Annotated[str, typer.Option("--calibration-method", rich_help_panel="Pass settings", metavar="minmax|entropy|percentile", help="Static: minmax, entropy or percentile.")] = "minmax",
+    format: Annotated[str, typer.Option("--format", rich_help_panel="Pass settings", metavar="auto|qdq-u8s8|...", help="int8 kernel format, as in quantize (auto: measured once on the whole model).")] = "auto",
+    op_types: Annotated[Optional[str], typer.Option("--op-types", rich_help_panel="Pass settings", metavar="OP,OP,...", help="Quantize only these op types, as in quantize (e.g. Conv to measure dynamic ConvInteger).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel="Pass settings", metavar="GLOB", help="Node-name glob kept in float in every trial (repeatable; each must match).")] = None,
+    opset: OpsetOpt = 18,
+    atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
+    exporter: ExporterOpt = "auto",
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Rank layers by the output error when only that layer is quantized to int8 (or pruned): 1 - cosine_min, and the accuracy drop with labelled --eval-data."""
+    params = dict(locals())
+
+    def body() -> int:
+        from compressor.outputs import check_side_files
+        from compressor.passes.configs import PruneConfig
+        from compressor.pipeline import run_sensitivity
+
+        if kind not in ("quantize", "prune"):
+            raise UsageError(f"--kind '{kind}' is unknown; use quantize or prune")
+        if kind == "prune":
+            PruneConfig(ratio=ratio)  # validates --ratio
+        recipe = _recipe(tctx, params, pass_name="quantize")
+        if recipe.model is None:
+            raise UsageError("no model given: pass MODEL, or set model = \"...\" in compressor.toml")
+        check_side_files({"--report": report}, {"input model": recipe.model, "calibration data": recipe.calibration_data,
+                                                 "evaluation data": recipe.eval_data})
+        rep = _rendered(run_sensitivity, recipe, kind=kind, ratio=ratio)
+        _write_report(rep, json_out, report)
+        if not json_out:
+            from rich.table import Table
+
+            acc = "accuracy_on" in rep["sensitivity_settings"]
+            what = "int8 alone" if kind == "quantize" else f"pruned alone (ratio {ratio:g})"
+            table = Table(title=f"layer sensitivity: each layer {what}, on {rep['sensitivity_settings']['measured_on']}")
+            for col in ["rank", "layer", "op type", "error (1 - cos_min)", "cos_min"] + (["acc. drop (points)"] if acc else []):
+                table.add_column(col, justify="right" if col not in ("layer", "op type") else "left")
+            for r in rep["sensitivity"]:
+                row = [str(r["rank"] or "-"), r["layer"], r["op_type"],
+                       "-" if r["error"] is None else f"{r['error']:.3g}",
+                       "-" if r["cosine_min"] is None else f"{r['cosine_min']:.5f}"]
+                if acc:
+                    row.append("-" if r["accuracy_drop_pct"] is None else f"{r['accuracy_drop_pct']:.2f}")
+                table.add_row(*row)
+            _console().print(table)
+            for r in rep["sensitivity"]:
+                if r.get("note"):
+                    _err_plain(f"{r['layer']}: not measured: {r['note']}")
+        return 0
+
+    _run(debug, body, json_out=json_out, params=params)
+
+
+@app.command(epilog=_examples(
+    "compressor sweep recipe.toml --grid 'steps[0].ratio=0.3,0.5,0.7' --grid 'steps[1].precision=int8,int4' -o sweep/",
+    "compressor sweep recipe.toml --grid 'steps[0].calibration_method=minmax,entropy' --objective size --min-cosine 0.99"))
+def sweep(
+    tctx: typer.Context,
+    recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe file (TOML) whose steps the grids change; see `compressor run`.", show_default=False)],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", rich_help_panel="Sweep", metavar="steps[i].field=V,V,...", help="One setting of one step and its values, e.g. 'steps[0].ratio=0.3,0.5,0.7' (repeat: every combination is built).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output and report", metavar="DIR", help="Output folder: candidates/<name>.onnx, chosen.onnx, pareto.json, pareto.png, pareto.md (default: <recipe stem>.sweep beside the recipe).")] = None,
+    objective: Annotated[str, typer.Option("--objective", rich_help_panel="Sweep", metavar="latency|size", help="The chosen candidate is the valid one with the least latency p50 (or file size).")] = "latency",
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = "0",
+    runs: RunsOpt = None,
+    warmup: WarmupOpt = 10,
+    min_time: MinTimeOpt = 3.0,
+    measure_memory: MemoryOpt = True,
+    max_accuracy_drop: MaxAccDropOpt = None,
+    min_speedup: MinSpeedupOpt = None,
+    max_size_ratio: MaxSizeRatioOpt = None,
+    min_cosine: MinCosineOpt = None,
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Build every combination of --grid values of a recipe, measure all against one baseline, and draw the Pareto front; the budget is the recipe's gates plus the ones given here."""
+    params = dict(locals())
+
+    def body() -> int:
+        from compressor.errors import EXIT_GATE_FAILED
+        from compressor.outputs import check_side_files
+        from compressor.recipe import recipe_layer
+        from compressor.sweep import parse_grid, run_sweep
+
+        axes = parse_grid(list(grid or []))
+        layer = recipe_layer(recipe_file)
+        cli = _cli_layer(tctx, {k: v for k, v in params.items() if k != "output"}, None, frozenset())
+        out = output if output is not None else recipe_file.with_name(f"{recipe_file.stem}.sweep")
+        check_side_files({"--report": report}, {"recipe": recipe_file})
+        renderer = _Renderer()
+        try:
+            rep = run_sweep(layer, axes, out_dir=out, objective=objective, command=_command_line(), others=[cli],
+                            callbacks=renderer.callbacks())
+        finally:
+            renderer.close()
+        par = rep["pareto"]
+        valid = [c for c in par["candidates"] if c["valid"]]
+        code = 0 if valid else EXIT_GATE_FAILED
+        if not valid:
+            rep["error"] = {"exit_code": code, "kind": "gate", "message": f"no sweep candidate met the budget (of "
+                            f"{len(par['candidates'])}); every candidate and pareto.json/png/md were written to {out}"}
+            _err(rep["error"]["message"])
+        _write_report(rep, json_out, report)
+        if not json_out:
+            from rich.table import Table
+
+            table = Table(title=f"sweep: {len(par['candidates'])} candidates against one baseline "
+                                f"(objective {objective})")
+            for col in ("name", "size", "p50 ms", "speedup", "acc. drop", "cos_min", "valid", "front", "chosen"):
+                table.add_column(col)
+            from compressor.report import _fmt_bytes
+
+            def f(x: Any, spec: str) -> str:
+                return "-" if x is None else format(x, spec)
+
+            for c in par["candidates"]:
+                table.add_row(c["name"], _fmt_bytes(c["size_bytes"]), f(c["latency_ms_p50"], ".3f"),
+                              f(c["speedup"], ".2f"), f(c["accuracy_drop_pct"], ".2f"), f(c["cosine_min"], ".4f"),
+                              "yes" if c["valid"] else "no", "yes" if c["pareto"] else "", "*" if c["chosen"] else "")
+            _console().print(table)
+            for path in par["files"].values():
+                _err_plain(f"wrote {path}")
+            if rep.get("output"):
+                _err_plain(f"chosen: {par['chosen']} ({rep['output']})")
+        return code
 
     _run(debug, body, json_out=json_out, params=params)
 

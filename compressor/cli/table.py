@@ -63,8 +63,12 @@ def render_table(report: dict[str, Any]) -> Any:
         if fid.get("exact_match") is not None:
             s += f", integer outputs exact match {fid['exact_match']:.4f}"
         s += f" on {fid.get('samples')} samples ({fid.get('inputs')})"
-        if len(fid.get("outputs") or []) > 1:
-            s += f"; worst of {len(fid['outputs'])} outputs: '{fid.get('worst_output')}'"
+        own = [o for o in fid.get("outputs") or [] if "pooled_from" not in o]
+        if len(own) > 1:
+            s += f"; worst of {len(own)} outputs: '{fid.get('worst_output')}'"
+        if fid.get("pooled_cosine_min") is not None:
+            s += (f"; mean-pooled embedding cosine mean {_f(fid.get('pooled_cosine_mean'), '.5f')} "
+                  f"min {_f(fid['pooled_cosine_min'], '.5f')}")
         if fid.get("positions"):
             s += f"; {fid['positions']}"
         summary.append(s)
@@ -75,6 +79,13 @@ def render_table(report: dict[str, Any]) -> Any:
             f"{'per-channel' if q['per_channel'] else 'per-tensor'}, activations {q['activation_type']} "
             f"{q['activation_scheme']}, reduce_range={q['reduce_range']} ({q['chosen_by']})"
         )
+        fb = q.get("fallback")
+        if fb is not None:
+            left = q.get("fallback_layers") or []
+            names = ", ".join(f"{x['layer']} (int8 alone: error {_f(x.get('error'), '.3g')})" for x in left)
+            summary.append(f"accuracy-aware fallback: {len(left)} layer(s) left in float"
+                           + (f": {names}" if left else " (full int8 meets the budget)")
+                           + ("" if fb.get("met") else "; the budget was NOT met"))
     p = report.get("pruning")
     if p:
         summary.append(f"pruning: {p['method']}, ratio {p['pruning_ratio']}, criterion {p['criterion']}")
