@@ -858,10 +858,13 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
 
 
 def _latency_ci(lat: dict[str, Any]) -> list[float]:
-    """An approximate 95% interval of the p50 latency (ms): p50 +- 1.96 * 1.2533 * std / sqrt(runs).
+    """The 95% interval of the p50 latency (ms): the benchmark's ``p50_ci95`` (bootstrap), else an approximation.
 
-    (The large-sample standard error of a median is about 1.2533 times that of the mean.)
+    The approximation, p50 +- 1.96 * 1.2533 * std / sqrt(runs) (the large-sample standard error of a median is
+    about 1.2533 times that of the mean), is used only when the benchmark gave no interval.
     """
+    if lat.get("p50_ci95"):
+        return [float(x) for x in lat["p50_ci95"]]
     import math
 
     n = max(int(lat.get("runs") or 1), 1)

@@ -102,6 +102,8 @@ def _check_finished(r, out: Path) -> None:
         assert c["node"] and (c["valid"] or c["reason"])
         if c["valid"]:
             assert c["latency_ms_p50"] > 0 and c["speedup"] > 0 and c["accuracy_drop_pct"] <= 1.0
+            lo, hi = c["latency_ms_ci95"]
+            assert lo <= c["latency_ms_p50"] <= hi
     assert (out / "pareto.png").stat().st_size > 1000 and "chosen" in (out / "pareto.md").read_text()
     assert json.loads((out / "report.json").read_text())["auto"]["chosen_trial"] == auto["chosen_trial"]
     # the first trial is the default single command: static int8 with the measured kernel format
