@@ -17,6 +17,7 @@ accuracy-aware quantization.)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -454,6 +455,14 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
 
         study, fresh = _open_study(settings, recipe)
         if fresh:
+            stale = [out_dir / n for n in ("model.onnx", "model.onnx.data", "report.json", "pareto.json",
+                                           "pareto.png", "pareto.md")]
+            stale = [p for p in stale if p.is_file()]
+            if stale:  # a new study: files of an earlier search in DIR would describe another model
+                ctx.warn(f"{out_dir} held the outputs of an earlier search ({', '.join(p.name for p in stale)}); "
+                         "they are replaced by this one's (use --resume to continue a search instead)")
+                for p in stale:
+                    p.unlink()
             for params in defaults_to_try(prunable=prunable, static=static):
                 study.enqueue_trial(params)
         _restore(study, state, out_dir)
@@ -599,13 +608,16 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                 stop = stop_requested()
                 if stop is not None:
                     raise stop
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit) as e:
             auto["interrupted"] = True
             auto["stopped_by"] = "interrupted"
             try:
                 finish_outputs()
             finally:
                 executor.close()
+            partial = state.best_report or {"baseline": base_entry}
+            with contextlib.suppress(AttributeError, TypeError):  # the CLI's --json error object shows it
+                e.report = {**partial, "auto": auto, "pareto": pareto_section, "warnings": ctx.warnings}
             raise
         executor.close()
         finish_outputs()

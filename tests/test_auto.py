@@ -58,6 +58,7 @@ def test_stop_mid_run_leaves_best_model_report_and_study_and_resume_continues(tm
     r = _auto(cnn_onnx, out, trials=3)
     assert r.code == 130, r.stderr
     assert "interrupted" in r.stderr
+    assert r.report["error"]["kind"] == "interrupted" and r.report["auto"]["interrupted"]  # --json: what was done
     rep = json.loads((out / "report.json").read_text())
     _validate(rep)
     assert rep["auto"]["interrupted"] and rep["auto"]["trials_done"] == 1
@@ -171,10 +172,13 @@ def test_min_cosine_budget_without_labels_and_size_objective(tmp_path, cnn_onnx)
 
 def test_no_candidate_within_budget_exits_3_and_writes_no_model(tmp_path, cnn_onnx):
     out = tmp_path / "auto"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"an earlier search's model")  # a new study replaces an old search's outputs
     r = run_cli("auto", cnn_onnx, *DATA, "--min-cosine", "1.0", "--trials", "1", *FAST, "-o", out, "--json")
     assert r.code == 3, r.stderr
     assert r.report["error"]["kind"] == "gate" and "no candidate" in r.error_lines[-1]
     assert "result" not in r.report and not (out / "model.onnx").exists()
+    assert any("earlier search" in w for w in r.report["warnings"])
     cands = json.loads((out / "pareto.json").read_text())["candidates"]
     assert len(cands) == 1 and not cands[0]["valid"] and "cosine_min" in cands[0]["reason"]
     _validate(json.loads((out / "report.json").read_text()))
