@@ -246,9 +246,14 @@ def prepare_data(io: IOSpec, recipe: Recipe, calib: SampleData | None, evald: Sa
             known_axes.update({d: size for d, size in zip(orig.shape[1:], dims[spec.name], strict=True)
                                if isinstance(d, str)})
     defaults, used_default = default_token_dims(io, dims, known_axes=known_axes)
+    seq_len = DEFAULT_SEQ_LEN
+    longest = artifact.details.get("max_sequence_length") if artifact is not None else None
+    if used_default and longest and longest < DEFAULT_SEQ_LEN:  # e.g. a model with 64 position embeddings
+        seq_len = int(longest)
+        defaults = {k: tuple(seq_len if d == DEFAULT_SEQ_LEN else d for d in v) for k, v in defaults.items()}
     dims.update(defaults)
     if used_default and notes is not None:
-        notes["default_seq_len"] = DEFAULT_SEQ_LEN
+        notes["default_seq_len"] = seq_len
     high = _int_input_ranges(artifact, io, dims, notes) if artifact is not None else None
     return random_data(io, num_samples=RANDOM_SAMPLES, dims=dims or None, int_high=high)
 
@@ -267,7 +272,13 @@ def _int_input_ranges(artifact: ModelArtifact, io: IOSpec, dims: dict[str, tuple
     if not ints:
         return {}
     ranges = {}
-    if artifact.format.is_torch:
+    known = artifact.details.get("index_high") or {}
+    if artifact.format.is_torch and known:  # the loader knows what each input indexes (Hugging Face folders)
+        from compressor.index_ranges import IndexRange
+
+        ranges = {s.name: IndexRange(int(known[s.name]), f"the model's config ({s.name} < {known[s.name]})")
+                  for s in ints if s.name in known}
+    elif artifact.format.is_torch:
         r = torch_index_high(artifact.loaded)
         if r is not None:
             ranges = {s.name: r for s in ints}
@@ -321,11 +332,13 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
         ctx.warn(f"the program fixes its batch axis at {fixed} (torch.export without dynamic_shapes): every check and "
                  f"the benchmark run at batch {fixed}, and the ONNX output keeps that fixed batch")
     if "default_seq_len" in notes:
+        seq_len = notes["default_seq_len"]
         filled = [s.name for s in io.inputs if len(s.shape) > 1 and not isinstance(s.shape[1], int)
-                  and data.arrays[s.name].shape[1] == DEFAULT_SEQ_LEN]
+                  and data.arrays[s.name].shape[1] == seq_len]
+        longest = "" if seq_len == DEFAULT_SEQ_LEN else f" (the model's longest, under the default {DEFAULT_SEQ_LEN})"
         ctx.warn(f"no data or --input-shape gives the sequence length of {', '.join(filled)}: generated inputs use "
-                 f"the default sequence length {DEFAULT_SEQ_LEN}; set it with --input-shape "
-                 f"{filled[0]}:1x{DEFAULT_SEQ_LEN}:{next(s.dtype for s in io.inputs if s.name == filled[0])} "
+                 f"the default sequence length {seq_len}{longest}; set it with --input-shape "
+                 f"{filled[0]}:1x{seq_len}:{next(s.dtype for s in io.inputs if s.name == filled[0])} "
                  "or give --calibration-data")
     if evald is not None:
         ctx.eval_data = check_data_fits(io, evald)
@@ -427,7 +440,8 @@ def _load(recipe: Recipe) -> ModelArtifact:
             if added:
                 sys.path.remove(folder)
     return load_model(recipe.model, LoadOptions(trust_pickle=recipe.trust_pickle, model_class=recipe.model_class,
-                                                model_kwargs=dict(recipe.model_kwargs)))
+                                                model_kwargs=dict(recipe.model_kwargs), task=recipe.task,
+                                                pooling=recipe.pooling))
 
 
 def _input_entry(recipe: Recipe, artifact: ModelArtifact, ctx: RunContext) -> dict[str, Any]:

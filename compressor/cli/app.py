@@ -62,13 +62,15 @@ app = typer.Typer(
 )
 
 # ----------------------------------------------------------------------------- shared options
-ModelArg = Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content). Default: `model` in compressor.toml or \\[tool.compressor] of pyproject.toml.", show_default=False)]
+ModelArg = Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict, safetensors state_dict (format read from content); or a Hugging Face model folder (config.json; never downloads). Default: `model` in compressor.toml or \\[tool.compressor] of pyproject.toml.", show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output and report", metavar="PATH", help="Output ONNX file (default beside the input: <stem>.pruned.onnx for prune, <stem>.quantized.onnx for quantize, <stem>.compressed.onnx for a recipe of several steps).")]
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", rich_help_panel="Input", metavar="SHAPE", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
 EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus 'labels': report top-1 accuracy of baseline and result.")]
 ModelClassOpt = Annotated[Optional[str], typer.Option("--model-class", rich_help_panel="Input", metavar="MODULE:CLASS", help="package.module:ClassName to load a state_dict into (current folder is importable).")]
 ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", rich_help_panel="Input", metavar="JSON", help="JSON object of constructor arguments for --model-class.")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", rich_help_panel="Input", metavar="TASK", help="Hugging Face folder: the head to export: feature-extraction, sequence-classification, token-classification, question-answering, fill-mask, image-classification (default: from config.json's architectures).")]
+PoolingOpt = Annotated[Optional[str], typer.Option("--pooling", rich_help_panel="Input", metavar="mean|cls|max|none", help="Hugging Face text encoder: pool token embeddings into a sentence_embedding output (default: a sentence-transformers folder's own pooling and normalisation; none = token outputs only).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", rich_help_panel="Input", metavar="", help="Allow pickles that need classes outside torch.nn (runs code from the file).")]
 JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel="Output and report", metavar="", help="Print the JSON report to stdout and nothing else.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", rich_help_panel="Output and report", metavar="PATH", help="Write the JSON report to this file.")]
@@ -272,7 +274,8 @@ def _model_kwargs(text: str) -> dict[str, Any]:
 #: Command parameter -> (recipe section or None for top level, recipe key, converter of the flag's value).
 _TOP = {"model": "model", "output": "output", "input_shape": "input_shape", "calibration_data": "calibration_data",
         "eval_data": "eval_data", "train_data": "train_data", "model_class": "model_class",
-        "model_kwargs": "model_kwargs", "trust_pickle": "trust_pickle", "save_torch": "save_torch"}
+        "model_kwargs": "model_kwargs", "trust_pickle": "trust_pickle", "save_torch": "save_torch", "task": "task",
+        "pooling": "pooling"}
 _TABLES = {
     "export": {"opset": "opset", "atol": "atol", "rtol": "rtol", "exporter": "exporter"},
     "benchmark": {"batch_size": "batch_size", "batch_sizes": "batch_sizes", "seq_lens": "seq_lens",
@@ -618,6 +621,8 @@ def prune(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    task: TaskOpt = None,
+    pooling: PoolingOpt = None,
     train_data: Annotated[Optional[Path], typer.Option("--train-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus labels: adds the supervised loss to recovery.")] = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
@@ -690,6 +695,8 @@ def quantize(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    task: TaskOpt = None,
+    pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
     scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
@@ -789,6 +796,8 @@ def export(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    task: TaskOpt = None,
+    pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
@@ -834,6 +843,8 @@ def bench(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    task: TaskOpt = None,
+    pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
     batch_size: BatchOpt = None,
