@@ -34,7 +34,15 @@ from compressor.inputs import (
     random_data,
     torch_io_spec,
 )
-from compressor.outputs import check_output, default_output, publish, scratch_dir
+from compressor.outputs import (
+    check_output,
+    default_output,
+    is_folder_output,
+    output_model_path,
+    publish,
+    publish_folder,
+    scratch_dir,
+)
 from compressor.passes import ONNX, TORCH, PassSpec, config_to_json, get_pass
 from compressor.recipe import Recipe
 
@@ -449,6 +457,8 @@ def _input_entry(recipe: Recipe, artifact: ModelArtifact, ctx: RunContext) -> di
              "inputs": [s.to_json() for s in ctx.io.inputs], "source": recipe.source("model"), **ctx.input_notes}
     if "checkpoint" in artifact.details:  # case R15: where the weights were found, prefixes removed
         entry["checkpoint"] = artifact.details["checkpoint"]
+    if "hf" in artifact.details:  # a Hugging Face folder: the head, pooling and attention it was exported with
+        entry["hf"] = artifact.details["hf"]
     return entry
 
 
@@ -590,7 +600,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
                 base["entry"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
             macs = None
             for c in candidates:
-                shown = out if c is final else f"steps[{c['step']['step']}] {c['spec'].name} (intermediate, not written)"
+                shown = output_model_path(recipe.model, out) if c is final else f"steps[{c['step']['step']}] {c['spec'].name} (intermediate, not written)"
                 c["entry"] = model_entry(c["onnx"], shown)
                 macs = _macs(c, base, macs)
             against = ("baseline fp32 ONNX (checked against the original PyTorch model)" if artifact.format.is_torch
@@ -633,7 +643,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
                 if torch_tmp is not None:
                     os.replace(torch_tmp, recipe.save_torch)
                     report["torch_output"] = {"path": str(recipe.save_torch), "format": torch_tmp.kind}
-                publish(final["onnx"], out)
+                _publish(final["onnx"], out, recipe, report)
             finally:
                 if torch_tmp is not None:
                     Path(torch_tmp).unlink(missing_ok=True)
@@ -642,9 +652,22 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
         with contextlib.suppress(AttributeError, TypeError):
             e.report = report
         raise
-    report["output"] = str(out)
+    report["output"] = str(output_model_path(recipe.model, out))
     report["warnings"] = ctx.warnings
     return report
+
+
+def _publish(tmp_model: Path, out: Path, recipe: Recipe, report: dict[str, Any]) -> None:
+    """Put the verified model in place: the file ``out``, or a model folder.
+
+    A Hugging Face input written as a folder gets ``out/model.onnx`` with the input folder's configuration and
+    tokenizer files (``report["output_folder"]``).
+    """
+    if is_folder_output(recipe.model, out):
+        files = publish_folder(tmp_model, out, recipe.model)
+        report["output_folder"] = {"path": str(out), "files": files}
+    else:
+        publish(tmp_model, out)
 
 
 def _data_files(recipe: Recipe) -> dict[str, Path | None]:
@@ -762,7 +785,8 @@ def export_only(recipe: Recipe, *, command: str, callbacks: Callbacks = Callback
     artifact = _load(recipe)
     if artifact.format is ModelFormat.ONNX:
         raise UsageError(f"{recipe.model} is already ONNX; export takes a PyTorch model")
-    out = recipe.output or recipe.model.with_suffix(".onnx")
+    out = recipe.output or (recipe.model.with_name(recipe.model.name + ".onnx") if recipe.model.is_dir()
+                            else recipe.model.with_suffix(".onnx"))
     check_output(recipe.model, out, others=_data_files(recipe))
     report = new_report(command)
     with scratch_dir(out) as work:
@@ -773,10 +797,10 @@ def export_only(recipe: Recipe, *, command: str, callbacks: Callbacks = Callback
         report["sources"] = dict(recipe.sources)
         report["export"] = {"name": "export", "of": "original model", **result.details}
         report["steps"] = [report["export"]]
-        report["result"] = model_entry(result.artifact.path, out)
+        report["result"] = model_entry(result.artifact.path, output_model_path(recipe.model, out))
         _shield(callbacks)
-        publish(result.artifact.path, out)
-    report["output"] = str(out)
+        _publish(result.artifact.path, out, recipe, report)
+    report["output"] = str(output_model_path(recipe.model, out))
     report["warnings"] = ctx.warnings
     return report
 

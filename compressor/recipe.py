@@ -528,8 +528,9 @@ def build_recipe(layers: list[Layer]) -> Recipe:
 
 
 def _refuse_hub_id(layer: Layer, value: Any) -> None:
-    """A model that is not on disk but reads like a hub id (``bert-base-uncased``, ``org/name``): compressor never
-    downloads, so say so, naming the value as written.
+    """Refuse a model that is not on disk but reads like a hub id (``bert-base-uncased``, ``org/name``).
+
+    compressor never downloads, so the message says so, naming the value as written.
 
     Raises:
         UsageError: The never-downloads message of :func:`compressor.hf.hub_id_error`.

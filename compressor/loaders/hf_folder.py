@@ -73,8 +73,10 @@ def canonical_task(task: str) -> str:
 
 
 def default_task(config: dict[str, Any]) -> str:
-    """The task a folder's ``config.json`` implies: from ``architectures`` (``BertForSequenceClassification`` ->
-    ``sequence-classification``, ``BertModel`` -> ``feature-extraction``), else feature extraction.
+    """The task a folder's ``config.json`` implies.
+
+    From ``architectures`` (``BertForSequenceClassification`` -> ``sequence-classification``, ``BertModel`` ->
+    ``feature-extraction``); feature extraction when it names none.
 
     Raises:
         UsageError: The architecture names a head compressor does not export (e.g. a causal LM).
@@ -131,8 +133,10 @@ def sentence_transformers_pooling(folder: Path) -> tuple[list[str] | None, bool]
 
 
 def _image_size(processor: Any, config: dict[str, Any]) -> tuple[int, int]:
-    """(height, width) of ``pixel_values``: the image processor's crop or resize size, else the config's
-    ``image_size``, else :data:`DEFAULT_IMAGE_SIZE`."""
+    """``(height, width)`` of ``pixel_values``.
+
+    The image processor's crop or resize size, else the config's ``image_size``, else :data:`DEFAULT_IMAGE_SIZE`.
+    """
     for attr in ("crop_size", "size"):
         size = getattr(processor, attr, None) if processor is not None else None
         if size is None:
@@ -286,9 +290,11 @@ class HFFolderLoader(Loader):
 
     @staticmethod
     def _text_inputs(path: Path, config: dict[str, Any], details: dict[str, Any]) -> tuple[str, ...]:
-        """``input_ids``, ``attention_mask`` and, when the tokenizer's ``model_input_names`` has it,
-        ``token_type_ids``; without a loadable tokenizer, ``token_type_ids`` when the config has
-        ``type_vocab_size`` (BERT-style), with a warning."""
+        """The text inputs: ``input_ids``, ``attention_mask``, and ``token_type_ids`` when the tokenizer uses it.
+
+        ``token_type_ids`` is used when the tokenizer's ``model_input_names`` has it; without a loadable
+        tokenizer, when the config has ``type_vocab_size`` (BERT-style), with a warning.
+        """
         from compressor.hf import load_tokenizer
 
         try:
@@ -305,8 +311,11 @@ class HFFolderLoader(Loader):
 
     def example_inputs(self, artifact: ModelArtifact, io: IOSpec, *, num_samples: int, seed: int = 0,
                        dims: dict[str, tuple[int, ...]] | None = None) -> Any:
-        """Seeded random inputs whose token ids stay below ``vocab_size`` (``token_type_ids`` below
-        ``type_vocab_size``), attention masks of ones, N(0, 1) pixel values (see :func:`random_data`)."""
+        """Seeded random inputs that the model accepts (see :func:`compressor.inputs.random_data`).
+
+        Token ids stay below ``vocab_size`` (and below 100), ``token_type_ids`` below ``type_vocab_size``;
+        attention masks are ones, pixel values N(0, 1).
+        """
         from compressor.inputs import random_data
 
         return random_data(io, num_samples=num_samples, seed=seed, dims=dims,
@@ -314,8 +323,10 @@ class HFFolderLoader(Loader):
 
 
 def _from_pretrained(auto: Any, path: Path, task: str, kwargs: dict[str, Any]) -> Any:
-    """``auto.from_pretrained`` offline with :data:`ATTN_IMPLEMENTATION` (the class's default where it has no
-    eager switch), its errors turned into one-line UsageErrors."""
+    """``auto.from_pretrained`` offline with :data:`ATTN_IMPLEMENTATION`, errors as one-line UsageErrors.
+
+    A model class without that attention switch is loaded with its default.
+    """
     try:
         return auto.from_pretrained(str(path), attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
     except (ValueError, TypeError) as e:
