@@ -105,7 +105,7 @@ def find_loader(path: Path) -> Loader:
         raise UnknownFormatError(
             f"{path} is a zip archive but not a PyTorch file (torch.save, torch.export.save or TorchScript)"
         )
-    kinds = [loader.description for loader in LOADERS]
+    kinds = [loader.description for loader in LOADERS if loader.takes_files]
     expected = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])}, or {kinds[-1]}"
     raise UnknownFormatError(f"{path} is not a model compressor can read: expected {expected}")
 

