@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 
+from compressor.errors import UsageError
 from tests.conftest import FAST_BENCH, run_cli
 
 transformers = pytest.importorskip("transformers")
@@ -278,6 +279,41 @@ def test_sentence_transformers_pooling_and_normalize(bert_folder, tmp_path):
     plain = load_model(folder, LoadOptions(task="feature-extraction", pooling="none"))
     assert [t.name for t in plain.io.outputs] == ["last_hidden_state"]
     assert [t.name for t in load_model(folder, LoadOptions()).io.outputs] == ["logits"]
+    # a Dense module after pooling is not exported: refused, unless the token outputs are asked for
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(UsageError, match="sentence_transformers.models.Dense after the transformer"):
+        load_model(folder, LoadOptions(task="feature-extraction"))
+    assert load_model(folder, LoadOptions(task="feature-extraction", pooling="none")).io.outputs[0].name == \
+        "last_hidden_state"
+
+
+def test_pytorch_model_bin_loads_only_tensors(bert_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from compressor.loaders import LoadOptions, load_model
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json"):
+        (folder / name).write_bytes((bert_folder / name).read_bytes())
+    torch.save(load_file(str(bert_folder / "model.safetensors")), folder / "pytorch_model.bin")
+    art = load_model(folder, LoadOptions())
+    assert art.details["hf"]["weights_file"] == "pytorch_model.bin"
+    marker = tmp_path / "ran"
+    torch.save({"x": _Evil(str(marker))}, folder / "pytorch_model.bin")
+    with pytest.raises(UsageError, match=r"weights_only=True"):
+        load_model(folder, LoadOptions())
+    assert not marker.exists()
+
+
+class _Evil:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
 
 
 def _minilm() -> Path:

@@ -102,8 +102,8 @@ def sentence_transformers_pooling(folder: Path) -> tuple[list[str] | None, bool]
         ``(modes, normalize)``; modes is None when the folder is not a sentence-transformers folder.
 
     Raises:
-        UsageError: ``modules.json`` is unreadable, or the pooling uses a mode compressor does not export
-            (weighted mean, last token); ``--pooling`` then chooses one.
+        UsageError: ``modules.json`` is unreadable, names modules besides Transformer, Pooling and Normalize
+            (e.g. ``Dense``), or the pooling uses a mode compressor does not export (weighted mean, last token).
     """
     path = Path(folder) / "modules.json"
     if not path.is_file():
@@ -115,6 +115,10 @@ def sentence_transformers_pooling(folder: Path) -> tuple[list[str] | None, bool]
         raise UsageError(f"cannot read {path} ({e}); pass --pooling mean|cls|max|none to choose the pooling") from e
     pooling = next((p for t, p in types if t.endswith(".Pooling")), None)
     normalize = any(t.endswith(".Normalize") for t, _ in types)
+    others = [t for t, _ in types if not t.endswith((".Transformer", ".Pooling", ".Normalize"))]
+    if others and pooling is not None:  # e.g. a Dense projection after pooling: its weights are not in the export
+        raise UsageError(f"{path} chains {', '.join(others)} after the transformer, which compressor does not export "
+                         "(it exports Transformer, Pooling and Normalize); pass --pooling none for the token outputs")
     if pooling is None:
         return None, normalize
     conf_path = Path(folder) / pooling / "config.json"
@@ -232,9 +236,11 @@ class HFFolderLoader(Loader):
         config = read_config(path) or {}
         task = canonical_task(options.task) if options.task else default_task(config)
         auto_name, output_keys = TASKS[task]
-        st_modes, st_normalize = sentence_transformers_pooling(path)
         if options.pooling is not None and options.pooling not in POOLING_MODES:
             raise UsageError(f"--pooling {options.pooling} is not a pooling mode; use one of {', '.join(POOLING_MODES)}")
+        st_modes, st_normalize = None, False
+        if (path / "modules.json").is_file() and task == "feature-extraction" and options.pooling != "none":
+            st_modes, st_normalize = sentence_transformers_pooling(path)
         if options.pooling is None:
             modes = tuple(st_modes or ()) if task == "feature-extraction" else ()
         elif options.pooling == "none":
@@ -357,6 +363,11 @@ def _from_pretrained(auto: Any, path: Path, task: str, kwargs: dict[str, Any]) -
 
 
 def _load_error(path: Path, task: str, e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    if "Weights only load failed" in text or "UnpicklingError" in text:
+        return (f"{path}'s pytorch_model.bin needs more than tensors to unpickle, and compressor reads pickles only "
+                "with torch.load(weights_only=True) (unpickling other objects runs code from the file); re-save the "
+                "model with save_pretrained (model.safetensors) from code you trust")
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
     return (f"transformers cannot load {path} for --task {task} offline ({type(e).__name__}: {first}); check that "
             "the folder was written by save_pretrained, or pass another --task")
