@@ -25,11 +25,14 @@ from compressor.artifact import IOSpec, ModelArtifact, ModelFormat, TensorSpec
 from compressor.errors import UsageError
 from compressor.loaders.base import Loader, LoadOptions
 
-#: Attention implementation the model is loaded with. ``"eager"`` writes attention as plain MatMul/Softmax
-#: ops, the pattern ONNX Runtime's transformer optimizer fuses into ``Attention``; it was also the faster of the
-#: two here. Measured (all-MiniLM-L6-v2, fp32 ONNX from the dynamo exporter, ONNX Runtime 1.32, batch 8 x 128
-#: tokens, 1 intra-op thread, 15 interleaved runs, AMD EPYC with avx2 avx512_vnni avx_vnni, 2 busy vCPUs):
-#: eager p50 294 ms (min 146 ms), sdpa p50 309 ms (min 157 ms).
+#: Attention implementation the model is loaded with. ``"eager"`` writes attention as plain MatMul/Softmax ops:
+#: the pattern ONNX Runtime's transformer optimizer (``optimize_model(model_type="bert")``) fuses into
+#: ``Attention``, and the faster of the two in ONNX Runtime here. Measured on all-MiniLM-L6-v2, fp32 ONNX from the
+#: dynamo exporter, ONNX Runtime 1.32, batch 8 x 128 tokens, 1 intra-op thread, interleaved runs, AMD EPYC with
+#: avx2, avx512_vnni, avx_vnni (2 vCPUs, load 4-6): eager p50 294 ms / 288 ms, sdpa p50 309 ms / 310 ms (two
+#: sessions of 15 and 25 rounds). Fusion (ORT 1.32): eager + TorchScript exporter -> 6 Attention, 12
+#: SkipLayerNormalization, 1 EmbedLayerNormalization; sdpa + TorchScript exporter -> no Attention; neither
+#: dynamo export fuses (the optimizer's symbolic shape inference fails on it).
 ATTN_IMPLEMENTATION = "eager"
 
 #: Tasks: the transformers Auto class that loads the head, and the model outputs the export returns (by name).
