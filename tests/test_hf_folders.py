@@ -26,6 +26,15 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
+def _valid(report: dict) -> dict:
+    import jsonschema
+
+    from compressor.report import schema
+
+    jsonschema.Draft202012Validator(schema()).validate(report)
+    return report
+
+
 def _ort(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
@@ -79,7 +88,7 @@ def test_bert_folder_quantizes_to_a_drop_in_folder(bert_folder, tmp_path):
     out = tmp_path / "bert-int8"
     r = run_cli("quantize", bert_folder, "-o", out, "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
-    rep = r.report
+    rep = _valid(r.report)
     assert rep["input"]["format"] == "hf_folder"
     assert rep["input"]["hf"]["task"] == "sequence-classification" and rep["input"]["hf"]["pooling"] is None
     assert rep["input"]["hf"]["attn_implementation"] == "eager"
@@ -133,7 +142,7 @@ def test_bert_export_matches_transformers(bert_folder, tmp_path):
     out = tmp_path / "bert-onnx"
     r = run_cli("export", bert_folder, "-o", out, "--json")
     assert r.code == 0, r.stderr
-    assert r.report["export"]["max_abs_diff"] <= 1e-4
+    assert _valid(r.report)["export"]["max_abs_diff"] <= 1e-4
     tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     batch = tok(SENTENCES, padding=True, return_tensors="pt")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(bert_folder)).eval()
@@ -183,7 +192,7 @@ def test_resnet_folder_static_int8_with_random_calibration(resnet_folder, tmp_pa
     r = run_cli("quantize", resnet_folder, "--mode", "static", "--calibration-data", "random", "-o", out, "--json",
                 *FAST_BENCH)
     assert r.code == 0, r.stderr
-    rep = r.report
+    rep = _valid(r.report)
     assert rep["input"]["hf"]["task"] == "image-classification"
     assert rep["input"]["inputs"] == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
     assert rep["quantization"]["mode"] == "static"
@@ -225,7 +234,7 @@ def test_safetensors_state_dict_with_model_class(tmp_path, samples):
     r = run_cli("export", path, "--model-class", "sample_models.digits_nets:DigitsResNet", "--input-shape",
                 "1,1,8,8", "-o", out, "--json")
     assert r.code == 0, r.stderr
-    assert r.report["input"]["format"] == "safetensors"
+    assert _valid(r.report)["input"]["format"] == "safetensors"
     x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
@@ -262,7 +271,7 @@ def test_sentence_transformers_pooling_and_normalize(bert_folder, tmp_path):
     out = tmp_path / "st.onnx"
     r = run_cli("export", folder, "--task", "feature-extraction", "-o", out, "--json")
     assert r.code == 0, r.stderr
-    assert r.report["input"]["hf"]["pooling"] == ["max"] and r.report["input"]["hf"]["normalize"] is True
+    assert _valid(r.report)["input"]["hf"]["pooling"] == ["max"] and r.report["input"]["hf"]["normalize"] is True
     tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     batch = tok(SENTENCES, padding=True, return_tensors="pt")
     got = _ort(out, {k: v.numpy() for k, v in batch.items()})
