@@ -204,7 +204,15 @@ def publish_folder(tmp_model: Path, folder: Path, source: Path) -> list[str]:
 
 
 def default_output(input_path: Path, suffix: str) -> Path:
-    """``<name without its last extension>.<suffix>.onnx`` next to the input (``m.v1.pt2`` -> ``m.v1.quantized.onnx``)."""
+    """``<name without its last extension>.<suffix>.onnx`` next to the input (``m.v1.pt2`` -> ``m.v1.quantized.onnx``).
+
+    A Hugging Face folder's default output is the folder ``<folder name>.<suffix>`` beside it (``my-bert`` ->
+    ``my-bert.quantized/``, holding ``model.onnx`` and the tokenizer files).
+    """
+    from compressor.hf import is_hf_folder
+
+    if is_hf_folder(Path(input_path)):
+        return Path(input_path).with_name(f"{Path(input_path).name}.{suffix}")
     return input_path.with_name(f"{input_path.stem}.{suffix}.onnx")
 
 

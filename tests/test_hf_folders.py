@@ -176,6 +176,16 @@ def test_pool_matches_sentence_transformers_formulas():
     assert torch.allclose(both, torch.nn.functional.normalize(torch.cat([hidden[:, 0], mean], 1), dim=1))
 
 
+def test_default_output_of_a_folder_is_a_folder_beside_it(bert_folder):
+    r = run_cli("quantize", bert_folder, "--dry-run", "--json")
+    assert r.code == 0, r.stderr
+    folder = bert_folder.with_name(bert_folder.name + ".quantized")
+    assert r.report["output"] == str(folder / "model.onnx")
+    assert r.report["output_folder"] == {"path": str(folder), "files": [
+        "model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]}
+    assert not folder.exists()
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--pooling", "mean"], "--task sequence-classification gives logits"),
     (["--pooling", "median"], "--pooling median is not a pooling mode"),

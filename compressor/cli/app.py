@@ -527,7 +527,12 @@ def _dry_run(recipe: Any, out: Path | None, json_out: bool, *, saved_to: Path | 
     rep = _rendered(dry_run, recipe)
     if out is not None:
         check_output(recipe.model, out)
-        rep["output"] = str(out)
+        from compressor.outputs import FOLDER_MODEL_FILE, folder_files, is_folder_output, output_model_path
+
+        rep["output"] = str(output_model_path(recipe.model, out))
+        if is_folder_output(recipe.model, out):  # what the run would write
+            rep["output_folder"] = {"path": str(out),
+                                    "files": [FOLDER_MODEL_FILE, *map(str, folder_files(recipe.model))]}
     if json_out:
         _emit(rep, True, None)
         return
@@ -540,7 +545,8 @@ def _dry_run(recipe: Any, out: Path | None, json_out: bool, *, saved_to: Path | 
     if measures:
         print("then:   measure the baseline" + (" and each step in one interleaved benchmark" if rep["plan"] else ""))
     if out is not None:
-        print(f"output: {out}")
+        print(f"output: {out}" + (f" (a folder: {', '.join(rep['output_folder']['files'])})"
+                                  if "output_folder" in rep else ""))
     print("dry run: nothing was done" + (f" but writing the recipe {saved_to}" if saved_to else ""))
 
 
