@@ -447,9 +447,15 @@ def _load(recipe: Recipe) -> ModelArtifact:
         finally:
             if added:
                 sys.path.remove(folder)
-    return load_model(recipe.model, LoadOptions(trust_pickle=recipe.trust_pickle, model_class=recipe.model_class,
-                                                model_kwargs=dict(recipe.model_kwargs), task=recipe.task,
-                                                pooling=recipe.pooling))
+    artifact = load_model(recipe.model, LoadOptions(trust_pickle=recipe.trust_pickle, model_class=recipe.model_class,
+                                                    model_kwargs=dict(recipe.model_kwargs), task=recipe.task,
+                                                    pooling=recipe.pooling))
+    for key, flag in (("task", "--task"), ("pooling", "--pooling")):
+        if getattr(recipe, key) is not None and artifact.format is not ModelFormat.HF_FOLDER:  # no silent no-op
+            where = flag if recipe.source(key) in ("command line", "default") else f"{key} in {recipe.source(key)}"
+            raise UsageError(f"{where} applies to Hugging Face model folders, and {recipe.model} is "
+                             f"{artifact.format.value}; drop it")
+    return artifact
 
 
 def _input_entry(recipe: Recipe, artifact: ModelArtifact, ctx: RunContext) -> dict[str, Any]:

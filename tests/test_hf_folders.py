@@ -256,6 +256,12 @@ def test_safetensors_inside_a_hf_folder_points_to_the_folder(bert_folder, tmp_pa
     assert r.code == 2 and "pass the folder as MODEL" in r.stderr, r.stderr
 
 
+def test_task_on_a_model_file_is_refused(samples):
+    r = run_cli("quantize", samples / "digits_cnn.pt", "--input-shape", "1,1,8,8", "--task", "feature-extraction",
+                "--dry-run")
+    assert r.code == 2 and "--task applies to Hugging Face model folders" in r.stderr, r.stderr
+
+
 def test_a_folder_that_is_not_a_hf_folder_keeps_its_error(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
