@@ -233,6 +233,71 @@ def compare_outputs(baseline: list[np.ndarray], result: list[np.ndarray], *, nam
     return out
 
 
+def pooling_mask_of(data: SampleData) -> np.ndarray | None:
+    """The ``attention_mask`` input of ``data`` as a boolean ``[samples, sequence]`` array, padding or not.
+
+    Unlike :func:`attention_mask_of`, a mask of all ones counts: mean pooling over the real tokens is the
+    sentence embedding whether or not the batch has padding.
+
+    Returns:
+        The mask, or None when ``data`` has no integer or boolean 0/1 ``[samples, sequence]`` ``attention_mask``.
+    """
+    arr = data.arrays.get("attention_mask")
+    if arr is None or arr.ndim != 2 or arr.dtype.kind not in "biu" or not np.isin(arr, (0, 1)).all():
+        return None
+    return arr.astype(bool)
+
+
+def mean_pool(out: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of token vectors over the real tokens: the sentence embedding of sentence-transformers' mean pooling.
+
+    Args:
+        out: float ``[samples, sequence, hidden]`` token outputs (``last_hidden_state``).
+        mask: bool ``[samples, sequence]`` attention mask (True on real tokens).
+
+    Returns:
+        float64 ``[samples, hidden]``: ``sum(out * mask) / max(sum(mask), 1e-9)`` per sample (the formula of
+        sentence-transformers' ``Pooling(pooling_mode_mean_tokens=True)``).
+    """
+    w = mask.astype(np.float64)[:, :, None]
+    return (out.astype(np.float64) * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9)
+
+
+def pooled_fidelity(baseline: list[np.ndarray], result: list[np.ndarray], *, names: list[str], mask: np.ndarray,
+                    token_outputs: set[str] | None = None) -> list[dict[str, Any]]:
+    """Fidelity of the mean-pooled sentence embedding of each token output (encoders without a pooling head).
+
+    A float output ``[samples, sequence, hidden]`` whose first two axes are the mask's (and, when
+    ``token_outputs`` is given, whose axis 1 can be the mask's sequence axis in the graph) is pooled with
+    :func:`mean_pool` in baseline and result, and the two ``[samples, hidden]`` embeddings are compared per
+    sample as any float output (cosine, SQNR, max abs diff).
+
+    Args:
+        baseline: Reference outputs, each ``[samples, ...]``.
+        result: Outputs of the compressed model, same shapes.
+        names: Output names, in order.
+        mask: bool ``[samples, sequence]`` from :func:`pooling_mask_of`.
+        token_outputs: Outputs that may carry the sequence axis (:func:`sequence_outputs`), or None.
+
+    Returns:
+        One entry per pooled output: ``name`` ``"pooled(<output>)"``, ``kind`` ``"float"``, ``pooled_from``,
+        ``pooling`` ``"mean over attention_mask"``, ``positions`` and the figures of :func:`compare_outputs`'
+        entries. These entries are derived, not outputs of the model: the summary's worst-over-outputs figures
+        (and the ``--min-cosine`` gate) do not include them.
+    """
+    out = []
+    for name, b, r in zip(names, baseline, result, strict=False):
+        if b.ndim != 3 or b.dtype.kind != "f" or b.shape[:2] != mask.shape or mask.shape[1] < 2:
+            continue
+        if token_outputs is not None and name not in token_outputs:
+            continue
+        entry = _compare_one(mean_pool(b, mask), mean_pool(r, mask), None)
+        entry.pop("top1_agreement", None)  # an embedding, not logits
+        out.append({"name": f"pooled({name})", **entry, "positions": "mean over real tokens (attention_mask == 1)",
+                    "pooled_from": name, "pooling": "mean over attention_mask"})
+    return out
+
+
 def collapse_figures(fid: dict[str, Any]) -> str | None:
     """The figures that show a collapsed result, or None when fidelity is in the range int8 normally gives.
 

@@ -19,6 +19,8 @@ from compressor.fidelity import (
     compare_outputs,
     is_classifier_output,
     output_names,
+    pooled_fidelity,
+    pooling_mask_of,
     run_onnx,
     sequence_outputs,
     top1_accuracy,
@@ -101,11 +103,23 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
     names = output_names(paths[0])
     mask = attention_mask_of(ctx.data)
     tokens = sequence_outputs(paths[0], mask[0]) if mask is not None else None
+    pool_mask = pooling_mask_of(ctx.data)
+    pool_tokens = sequence_outputs(paths[0], "attention_mask") if pool_mask is not None else None
     for i, c in enumerate(candidates, 1):
         fid = compare_outputs(outs[0], outs[i], names=names, attention_mask=mask, token_outputs=tokens)
+        if pool_mask is not None:
+            pooled = pooled_fidelity(outs[0], outs[i], names=names, mask=pool_mask, token_outputs=pool_tokens)
+            if pooled:
+                fid["outputs"] += pooled
+                fid["pooled_cosine_min"] = min(p["cosine_min"] for p in pooled)
+                fid["pooled_cosine_mean"] = min(p["cosine_mean"] for p in pooled)
         c["compare"]["fidelity"] = {**fid, "inputs": ctx.data.source, "against": against}
     out: dict[str, Any] = {}
-    if recipe.eval_data is not None and ctx.eval_data is not None and ctx.eval_data.labels is not None:
+    unlabelled = ctx.eval_data is not None and ctx.eval_data.labels is None and recipe.eval_data is None
+    if unlabelled and recipe.eval_source is not None and is_classifier_output(outs[0][0]):
+        ctx.warn(f"{recipe.eval_source} has no labels: fidelity runs on its inputs, accuracy of this classifier is "
+                 f"not measured ({recipe.how_to_label()} to measure it)")
+    if recipe.eval_source is not None and ctx.eval_data is not None and ctx.eval_data.labels is not None:
         ev = ctx.eval_data
         accs = []
         for p in paths:
@@ -118,7 +132,7 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
             m["entry"]["accuracy"] = acc
         for i, c in enumerate(candidates, 1):
             c["compare"]["accuracy_drop_points"] = 100.0 * (accs[0] - accs[i])
-        out["accuracy"] = {"metric": "top1", "eval_data": str(recipe.eval_data), "samples": int(ev.labels.shape[0]),
+        out["accuracy"] = {"metric": "top1", "eval_data": str(recipe.eval_source), "samples": int(ev.labels.shape[0]),
                            "baseline": accs[0]}
         if candidates:
             out["accuracy"].update(result=accs[-1], drop_points=100.0 * (accs[0] - accs[-1]))

@@ -182,7 +182,7 @@ def dry_run(recipe: Recipe, *, command: str, callbacks: Callbacks = Callbacks())
     """
     from compressor.report import new_report
 
-    recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=bool(recipe.steps))
+    recipe.gates.check_usable(has_eval_data=recipe.eval_source is not None, compares=bool(recipe.steps))
     artifact = _load(recipe)
     steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX) if recipe.steps else []
     with scratch_dir(None) as work:
@@ -320,14 +320,20 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     """
     cal = recipe.calibration_data
     random_calib = cal is not None and str(cal) == "random" and not Path("random").exists()
-    calib = load_npz(cal) if cal and not random_calib else None
-    evald = load_npz(recipe.eval_data) if recipe.eval_data else None
+    data_notes: dict[str, Any] = {}
+    tokenizers: dict[Path, Any] = {}
+    calib = load_npz(cal) if cal and not random_calib else _load_text_or_images(recipe, artifact, "calibration",
+                                                                                   data_notes, tokenizers)
+    evald = load_npz(recipe.eval_data) if recipe.eval_data else _load_text_or_images(recipe, artifact, "evaluation",
+                                                                                      data_notes, tokenizers)
     if evald is not None and evald.labels is None and recipe.gates.max_accuracy_drop is not None:
-        raise UsageError(f"--max-accuracy-drop needs labels, and {recipe.eval_data} has none; add a 'labels' array "
-                         "(integer class ids) or drop the gate")
+        raise UsageError(f"--max-accuracy-drop needs labels, and {recipe.eval_source} has none; "
+                         f"{recipe.how_to_label()} or drop the gate")
     io = resolve_io(artifact, recipe, calib or evald)
+    if artifact.io is None and "text_data" in data_notes and not recipe.input_shape:
+        io = _dynamic_sequence(io)
     _check_fixed_batch(io, recipe)
-    notes: dict[str, Any] = {}
+    notes: dict[str, Any] = dict(data_notes)
     data = prepare_data(io, recipe, calib, evald, artifact=artifact, notes=notes)
     ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
                      on_progress=callbacks.on_progress, input_notes=notes)
@@ -350,8 +356,15 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
                  "or give --calibration-data")
     if evald is not None:
         ctx.eval_data = check_data_fits(io, evald)
-        if evald.labels is None:
-            ctx.warn(f"{recipe.eval_data} has no 'labels': fidelity runs on its inputs, accuracy is not measured")
+        if evald.labels is None and recipe.eval_data is not None:  # text / images: measure() warns for classifiers
+            ctx.warn(f"{recipe.eval_source} has no labels: fidelity runs on its inputs, accuracy is not measured "
+                     f"({recipe.how_to_label()} to measure it)")
+    for kind, entry in data_notes.get("text_data", {}).items():
+        if entry["truncated"]:
+            ctx.warn(f"{entry['truncated']} of {entry['examples']} {kind} examples in {entry['path']} are longer than "
+                     f"{entry['seq_len'] if entry['seq_len'] < entry['max_length'] else entry['max_length']} tokens "
+                     "and were cut (--max-length, or the model's fixed sequence length)")
+    _warn_unused_data_settings(ctx, recipe)
     if recipe.train_data is not None:
         ctx.train_data = check_data_fits(io, load_npz(recipe.train_data, want_labels=True))
     if calib is not None:
@@ -366,6 +379,105 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
                  "expect worse accuracy than with real samples")
     _note_casts(ctx, [d for d in (ctx.eval_data, ctx.calibration, ctx.train_data) if d is not None])
     return ctx
+
+
+def _load_text_or_images(recipe: Recipe, artifact: ModelArtifact, kind: str, notes: dict[str, Any],
+                         tokenizers: dict[Path, Any]) -> SampleData | None:
+    """Calibration or evaluation data given as a text file or an image folder, as the model's input arrays.
+
+    Text is tokenized with the model folder's tokenizer (a Hugging Face folder) or ``tokenizer``; images are
+    preprocessed with the folder's image processor, or resized and normalised (``image_size``, ``mean``,
+    ``std``). What was done goes to ``notes["text_data"][kind]`` / ``notes["image_data"][kind]`` (the report's
+    ``input``).
+
+    Args:
+        recipe: The run's recipe.
+        artifact: The loaded model (its input spec, or the PyTorch module's ``forward``).
+        kind: ``"calibration"`` or ``"evaluation"``.
+        notes: Filled as above.
+        tokenizers: Tokenizers already loaded, by folder (calibration and evaluation text share one).
+
+    Returns:
+        The data, or None when the recipe gives this kind of data in neither form.
+
+    Raises:
+        UsageError: No tokenizer for text data; bad files (see :mod:`compressor.text_data`,
+            :mod:`compressor.image_data`).
+    """
+    text = recipe.calibration_text if kind == "calibration" else recipe.eval_text
+    images = recipe.calibration_images if kind == "calibration" else recipe.eval_images
+    if text is None and images is None:
+        return None
+    from compressor import hf
+
+    shapes = recipe.parsed_input_shapes
+    module = artifact.loaded if artifact.format.is_torch else None
+    if artifact.io is not None:
+        io = apply_shapes_to_spec(artifact.io, shapes)
+    else:
+        io = torch_io_spec(module, shapes, None) if shapes else None
+    folder = recipe.model if recipe.model is not None and hf.is_hf_folder(recipe.model) else None
+    flag = "--calibration-text" if kind == "calibration" else "--eval-text"
+    if text is not None:
+        from compressor.text_data import DEFAULT_MAX_LENGTH, text_sample_data
+
+        if recipe.tokenizer is not None:
+            if not Path(recipe.tokenizer).is_dir():
+                raise UsageError(f"--tokenizer {recipe.tokenizer} is not a folder; give the folder holding the "
+                                 "tokenizer files (tokenizer.json or vocab.txt)")
+            source = recipe.tokenizer
+        elif folder is not None:
+            source = folder
+        else:
+            raise UsageError(f"{flag} needs a tokenizer: {recipe.model} is not a Hugging Face folder, so pass "
+                             "--tokenizer DIR (a folder with tokenizer.json or vocab.txt, e.g. written by "
+                             "tokenizer.save_pretrained)")
+        if source not in tokenizers:
+            tokenizers[source] = hf.load_tokenizer(Path(source))
+        config = hf.read_config(folder) if folder is not None else None
+        label2id = (config or {}).get("label2id")
+        label2id = {str(k): v for k, v in label2id.items() if isinstance(v, int)} if isinstance(label2id, dict) \
+            else None
+        data, entry = text_sample_data(Path(text), tokenizers[source], io=io, module=module,
+                                       max_length=recipe.max_length or DEFAULT_MAX_LENGTH, label2id=label2id)
+        entry["tokenizer"] = str(source)
+        notes.setdefault("text_data", {})[kind] = entry
+        return data
+    from compressor.image_data import image_sample_data
+
+    processor = hf.load_image_processor(folder) if folder is not None else None
+    data, entry = image_sample_data(Path(images), io=io, module=module, processor=processor,
+                                    image_size=recipe.image_size or None, mean=recipe.mean or None,
+                                    std=recipe.std or None)
+    notes.setdefault("image_data", {})[kind] = entry
+    return data
+
+
+def _dynamic_sequence(io: IOSpec) -> IOSpec:
+    """A PyTorch model's spec read from text data, with a dynamic ``sequence`` axis 1 on its token inputs.
+
+    Text files are padded to their own longest example, so calibration and evaluation text differ in length;
+    the export gives integer ``[batch, sequence]`` inputs a dynamic sequence axis anyway.
+    """
+    from compressor.artifact import TensorSpec
+
+    return IOSpec(tuple(TensorSpec(s.name, s.dtype, (s.shape[0], "sequence")) if len(s.shape) == 2 and
+                        not s.dtype.startswith(("float", "bool")) else s for s in io.inputs), io.outputs)
+
+
+def _warn_unused_data_settings(ctx: RunContext, recipe: Recipe) -> None:
+    """One warning for text or image settings that no data of the run uses."""
+    texts = recipe.calibration_text is not None or recipe.eval_text is not None
+    images = recipe.calibration_images is not None or recipe.eval_images is not None
+    unused = [f"--{k.replace('_', '-')}" for k, v in (("tokenizer", recipe.tokenizer),
+                                                                         ("max_length", recipe.max_length))
+              if v is not None and not texts]
+    unused += [f"--{k.replace('_', '-')}" for k, v in (("image_size", recipe.image_size), ("mean", recipe.mean),
+                                                       ("std", recipe.std)) if v and not images]
+    if unused:
+        ctx.warn(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} unused: "
+                 "they apply to --calibration-text/--eval-text (tokenizer, max length) and "
+                 "--calibration-images/--eval-images (image size, mean, std)")
 
 
 def _check_fixed_batch(io: IOSpec, recipe: Recipe) -> None:
@@ -551,7 +663,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
     report = new_report(command)
     warnings: list[str] = []
     try:
-        recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=True)
+        recipe.gates.check_usable(has_eval_data=recipe.eval_source is not None, compares=True)
         artifact = _load(recipe)
         steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX)
         if recipe.save_torch is not None and not _ends_in_torch(steps):
@@ -679,7 +791,8 @@ def _publish(tmp_model: Path, out: Path, recipe: Recipe, report: dict[str, Any])
 def _data_files(recipe: Recipe) -> dict[str, Path | None]:
     """Input files besides the model that an output must never overwrite."""
     return {"calibration data": recipe.calibration_data, "evaluation data": recipe.eval_data,
-            "training data": recipe.train_data}
+            "training data": recipe.train_data, "calibration text": recipe.calibration_text,
+            "evaluation text": recipe.eval_text}
 
 
 def _ends_in_torch(steps: list[PlannedStep]) -> bool:
@@ -718,7 +831,7 @@ def _warn_if_far(ctx: RunContext, c: dict[str, Any], recipe: Recipe) -> None:
         return
     cause = c["details"].get("cause_when_far") or c["spec"].cause_when_far or "the step changed what the model computes"
     advice = c["details"].get("advice_when_far") or c["spec"].advice_when_far or "measure accuracy with --eval-data"
-    if recipe.eval_data is None:
+    if recipe.eval_source is None:
         advice = "measure accuracy with --eval-data; " + advice
     where = f"steps[{c['step']['step']}] ({c['spec'].name})" if len(recipe.steps) > 1 else f"the {c['spec'].name} result"
     on = "random inputs (figures may mislead)" if ctx.data.source == "random" else ctx.data.source
@@ -824,7 +937,7 @@ def bench_models(recipe: Recipe, *, command: str, other: Path | None = None,
     from compressor.measure import measure, model_entry
     from compressor.report import new_report
 
-    recipe.gates.check_usable(has_eval_data=recipe.eval_data is not None, compares=other is not None)
+    recipe.gates.check_usable(has_eval_data=recipe.eval_source is not None, compares=other is not None)
     artifact = _load(recipe)
     second = _load(dataclasses.replace(recipe, model=Path(other))) if other is not None else None
     report = new_report(command)

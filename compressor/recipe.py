@@ -63,6 +63,15 @@ TOP_LEVEL: dict[str, Any] = {
     "input_shape": tuple[str, ...],
     "calibration_data": Path,
     "eval_data": Path,
+    "calibration_text": Path,
+    "eval_text": Path,
+    "calibration_images": Path,
+    "eval_images": Path,
+    "tokenizer": Path,
+    "max_length": int,
+    "image_size": tuple[int, ...],
+    "mean": tuple[float, ...],
+    "std": tuple[float, ...],
     "train_data": Path,
     "model_class": str,
     "model_kwargs": dict,
@@ -109,6 +118,15 @@ class Recipe:
         input_shape: ``--input-shape`` values, unparsed (e.g. ``("1,1,8,8",)``).
         calibration_data: ``.npz`` / folder of calibration inputs, or ``random``.
         eval_data: ``.npz`` of held-out inputs plus ``labels``.
+        calibration_text: Text file (one example per line, or JSON Lines with ``text``) of calibration samples.
+        eval_text: Text file of held-out samples (JSON Lines with ``label`` for accuracy).
+        calibration_images: Folder of calibration images.
+        eval_images: Folder of held-out images (class subfolders give labels, as torchvision's ImageFolder).
+        tokenizer: Tokenizer folder for text data when the model is not a Hugging Face folder.
+        max_length: Most tokens per text example (None: 128).
+        image_size: ``(H,)`` or ``(H, W)`` images are resized to (None: the model's fixed size).
+        mean: Per-channel mean of image normalisation on [0, 1] pixels (empty: ImageNet's).
+        std: Per-channel standard deviation (empty: ImageNet's).
         train_data: ``.npz`` of inputs plus ``labels`` for pruning recovery.
         model_class: ``package.module:Class`` to load a state_dict into.
         model_kwargs: Constructor arguments of ``model_class``.
@@ -137,6 +155,15 @@ class Recipe:
     input_shape: tuple[str, ...] = ()
     calibration_data: Path | None = None
     eval_data: Path | None = None
+    calibration_text: Path | None = None
+    eval_text: Path | None = None
+    calibration_images: Path | None = None
+    eval_images: Path | None = None
+    tokenizer: Path | None = None
+    max_length: int | None = None
+    image_size: tuple[int, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
     train_data: Path | None = None
     model_class: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -161,6 +188,24 @@ class Recipe:
         from compressor.inputs import parse_input_shapes
 
         return parse_input_shapes(list(self.input_shape))
+
+    @property
+    def calibration_source(self) -> Path | None:
+        """The calibration data, whichever form it was given in (``.npz``, text file or image folder), or None."""
+        return self.calibration_data or self.calibration_text or self.calibration_images
+
+    @property
+    def eval_source(self) -> Path | None:
+        """The evaluation data, whichever form it was given in (``.npz``, text file or image folder), or None."""
+        return self.eval_data or self.eval_text or self.eval_images
+
+    def how_to_label(self) -> str:
+        """How to give labels in the form the evaluation data came in (for messages)."""
+        if self.eval_text is not None:
+            return "write JSON Lines with a 'label' (integer class id) on every line"
+        if self.eval_images is not None:
+            return "put the images in one subfolder per class (sorted names give the class ids)"
+        return "add a 'labels' array (integer class ids)"
 
     def to_json(self) -> dict[str, Any]:
         """The recipe as a JSON-ready dict in the layout of a recipe file (None values left out)."""
@@ -493,12 +538,22 @@ def build_recipe(layers: list[Layer]) -> Recipe:
     for key in ("batch_sizes", "seq_lens"):
         if any(v < 1 for v in b.get(key, ())):
             raise UsageError(f"{origin[f'benchmark.{key}'].name_of(f'benchmark.{key}')} must be positive integers")
+    _check_data_settings(values, origin, layers, sources)
     recipe = Recipe(
         model=values.get("model"),
         output=values.get("output"),
         input_shape=tuple(values.get("input_shape", ())),
         calibration_data=values.get("calibration_data"),
         eval_data=values.get("eval_data"),
+        calibration_text=values.get("calibration_text"),
+        eval_text=values.get("eval_text"),
+        calibration_images=values.get("calibration_images"),
+        eval_images=values.get("eval_images"),
+        tokenizer=values.get("tokenizer"),
+        max_length=values.get("max_length"),
+        image_size=tuple(values.get("image_size", ())),
+        mean=tuple(float(v) for v in values.get("mean", ())),
+        std=tuple(float(v) for v in values.get("std", ())),
         train_data=values.get("train_data"),
         model_class=values.get("model_class"),
         model_kwargs=dict(values.get("model_kwargs") or {}),
@@ -543,6 +598,47 @@ def _refuse_hub_id(layer: Layer, value: Any) -> None:
     if layer.file is not None:
         raise UsageError(f"{layer.name_of('model')}: {error}")
     raise error
+
+
+#: The keys that each give one kind of data, in every form it can take.
+DATA_FORMS = {"calibration": ("calibration_data", "calibration_text", "calibration_images"),
+              "evaluation": ("eval_data", "eval_text", "eval_images")}
+
+
+def _check_data_settings(values: dict[str, Any], origin: dict[str, Layer], layers: list[Layer],
+                         sources: dict[str, str]) -> None:
+    """One form per kind of data, and sane text and image settings.
+
+    A kind of data given in one form by a layer (the command line) replaces another form of it from a lower
+    layer (the project config): that one is dropped from ``values`` and ``sources``.
+
+    Raises:
+        UsageError: Calibration (or evaluation) data given in two forms by one layer, naming both as written; a
+            ``max_length`` under 1; an ``image_size`` that is not 1 or 2 positive sizes; an empty ``mean`` /
+            ``std`` list.
+    """
+    def name(key: str) -> str:
+        return origin[key].name_of(key)
+
+    for kind, keys in DATA_FORMS.items():
+        given = [k for k in keys if values.get(k) is not None]
+        if len(given) > 1:
+            rank = {k: next(i for i, layer in enumerate(layers) if layer is origin[k]) for k in given}
+            for k in [k for k in given if rank[k] < max(rank.values())]:
+                values.pop(k)
+                sources.pop(k, None)
+                given.remove(k)
+        if len(given) > 1:
+            raise UsageError(f"{name(given[0])} and {name(given[1])} both give {kind} data; give one of them")
+    if values.get("max_length") is not None and values["max_length"] < 1:
+        raise UsageError(f"{name('max_length')} must be at least 1, got {values['max_length']}")
+    size = values.get("image_size")
+    if size is not None and (len(size) not in (1, 2) or any(v < 1 for v in size)):
+        raise UsageError(f"{name('image_size')} must be H or H,W with positive sizes (e.g. 224 or 224,224), got "
+                         f"{','.join(map(str, size)) or 'nothing'}")
+    for key in ("mean", "std"):
+        if values.get(key) is not None and not values[key]:
+            raise UsageError(f"{name(key)} needs 1 value or one per channel, e.g. 0.485,0.456,0.406")
 
 
 def _resolve(base: Path | None, value: Any) -> Path:

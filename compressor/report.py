@@ -156,8 +156,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     for key in ("max_abs_diff", "cosine_mean", "cosine_min", "sqnr_db", "top1_agreement", "exact_match"):
         if key in fid:
             summary.append([key, _f(fid[key], ".5g")])
-    if len(fid.get("outputs") or []) > 1:
+    if len([o for o in fid.get("outputs") or [] if "pooled_from" not in o]) > 1:
         summary.append(["worst_output", _md_cell(fid.get("worst_output"))])
+    for key in ("pooled_cosine_mean", "pooled_cosine_min"):
+        if key in fid:
+            summary.append([key, _f(fid[key], ".5g")])
     if fid.get("positions"):
         summary.append(["positions", _md_cell(fid["positions"])])
     if summary:

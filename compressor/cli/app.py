@@ -67,6 +67,15 @@ OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_p
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", rich_help_panel="Input", metavar="SHAPE", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
 EvalOpt = Annotated[Optional[Path], typer.Option("--eval-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus 'labels': report top-1 accuracy of baseline and result.")]
+CalibTextOpt = Annotated[Optional[Path], typer.Option("--calibration-text", rich_help_panel="Data", metavar="FILE", help="Calibration text: one example per line, or JSON Lines with a 'text' field; tokenized with the model folder's tokenizer or --tokenizer.")]
+EvalTextOpt = Annotated[Optional[Path], typer.Option("--eval-text", rich_help_panel="Data", metavar="FILE", help="Held-out text: one example per line, or JSON Lines with 'text' and 'label' (integer class id) for accuracy.")]
+CalibImagesOpt = Annotated[Optional[Path], typer.Option("--calibration-images", rich_help_panel="Data", metavar="DIR", help="Folder of calibration images (.png .jpg .jpeg .bmp .webp), decoded with Pillow.")]
+EvalImagesOpt = Annotated[Optional[Path], typer.Option("--eval-images", rich_help_panel="Data", metavar="DIR", help="Folder of held-out images; class subfolders (sorted names = class ids, as torchvision's ImageFolder) give labels for accuracy.")]
+TokenizerOpt = Annotated[Optional[Path], typer.Option("--tokenizer", rich_help_panel="Data", metavar="DIR", help="Tokenizer folder (tokenizer.json or vocab.txt) for text data when MODEL is not a Hugging Face folder.")]
+MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", rich_help_panel="Data", metavar="N", min=1, help="Text data: most tokens per example (longer ones are cut). Default 128.", show_default=False)]
+ImageSizeOpt = Annotated[Optional[str], typer.Option("--image-size", rich_help_panel="Data", metavar="H[,W]", help="Image data without an image processor: resize to H x W (default: the model's fixed input size).")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", rich_help_panel="Data", metavar="R,G,B", help="Image data: per-channel mean on [0, 1] pixels (default ImageNet's 0.485,0.456,0.406).")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", rich_help_panel="Data", metavar="R,G,B", help="Image data: per-channel standard deviation (default ImageNet's 0.229,0.224,0.225).")]
 ModelClassOpt = Annotated[Optional[str], typer.Option("--model-class", rich_help_panel="Input", metavar="MODULE:CLASS", help="package.module:ClassName to load a state_dict into (current folder is importable).")]
 ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", rich_help_panel="Input", metavar="JSON", help="JSON object of constructor arguments for --model-class.")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", rich_help_panel="Input", metavar="TASK", help="Hugging Face folder: the head to export: feature-extraction, sequence-classification, token-classification, question-answering, fill-mask, image-classification (default: from config.json's architectures).")]
@@ -274,8 +283,10 @@ def _model_kwargs(text: str) -> dict[str, Any]:
 #: Command parameter -> (recipe section or None for top level, recipe key, converter of the flag's value).
 _TOP = {"model": "model", "output": "output", "input_shape": "input_shape", "calibration_data": "calibration_data",
         "eval_data": "eval_data", "train_data": "train_data", "model_class": "model_class",
-        "model_kwargs": "model_kwargs", "trust_pickle": "trust_pickle", "save_torch": "save_torch", "task": "task",
-        "pooling": "pooling"}
+        "model_kwargs": "model_kwargs", "trust_pickle": "trust_pickle", "save_torch": "save_torch",
+        "calibration_text": "calibration_text", "eval_text": "eval_text", "calibration_images": "calibration_images",
+        "eval_images": "eval_images", "tokenizer": "tokenizer", "max_length": "max_length",
+        "image_size": "image_size", "mean": "mean", "std": "std", "task": "task", "pooling": "pooling"}
 _TABLES = {
     "export": {"opset": "opset", "atol": "atol", "rtol": "rtol", "exporter": "exporter"},
     "benchmark": {"batch_size": "batch_size", "batch_sizes": "batch_sizes", "seq_lens": "seq_lens",
@@ -293,7 +304,23 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "op_types": lambda v: [o.strip() for o in v.split(",") if o.strip()],
     "input_shape": list,
     "exclude": list,
+    "image_size": lambda v: _number_list(v, "--image-size", "224 or 224,224", int),
+    "mean": lambda v: _number_list(v, "--mean", "0.485,0.456,0.406", float),
+    "std": lambda v: _number_list(v, "--std", "0.229,0.224,0.225", float),
 }
+
+
+def _number_list(text: str, flag: str, example: str, kind: type) -> list[Any]:
+    """Comma-separated numbers of a flag.
+
+    Raises:
+        UsageError: A value that is not a number of ``kind``.
+    """
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} must be {'whole ' if kind is int else ''}numbers separated by commas, e.g. "
+                         f"{example}; got '{text}'") from None
 
 
 def _given(tctx: typer.Context, name: str) -> bool:
@@ -493,7 +520,8 @@ def _start(tctx: typer.Context, params: dict[str, Any], *, pass_name: str | None
 
     project = project_layer() if recipe_file is None else None
     inputs = {"calibration data": recipe.calibration_data, "evaluation data": recipe.eval_data,
-              "training data": recipe.train_data, "recipe": recipe_file,
+              "training data": recipe.train_data, "calibration text": recipe.calibration_text,
+              "evaluation text": recipe.eval_text, "recipe": recipe_file,
               "project config": project.file if project is not None else None}
     if out is not None:
         check_output(recipe.model, out, others=inputs)
@@ -632,6 +660,15 @@ def prune(
     train_data: Annotated[Optional[Path], typer.Option("--train-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus labels: adds the supervised loss to recovery.")] = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
+    calibration_text: CalibTextOpt = None,
+    eval_text: EvalTextOpt = None,
+    calibration_images: CalibImagesOpt = None,
+    eval_images: EvalImagesOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     ratio: Annotated[float, typer.Option("--ratio", rich_help_panel="Pass settings", metavar="FLOAT", help="Structured: fraction of channels removed per layer. Unstructured: target sparsity. In (0, 1).")] = 0.5,
     method: Annotated[str, typer.Option("--method", rich_help_panel="Pass settings", metavar="structured|unstructured", help="structured (remove channels, Torch-Pruning, L1 norm) or unstructured (zero weights, global L1 magnitude).")] = "structured",
     criterion: Annotated[str, typer.Option("--criterion", rich_help_panel="Pass settings", metavar="l1|l2|fpgm|bn-scale|taylor|random", help="Importance: l1, l2, fpgm, bn-scale, taylor (needs --calibration-data) or random.")] = "l1",
@@ -705,6 +742,15 @@ def quantize(
     pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
+    calibration_text: CalibTextOpt = None,
+    eval_text: EvalTextOpt = None,
+    calibration_images: CalibImagesOpt = None,
+    eval_images: EvalImagesOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     scheme: Annotated[Optional[str], typer.Option("--scheme", rich_help_panel="Pass settings", metavar="symmetric|asymmetric", help="symmetric (int8 weights, zero point 0) or asymmetric (uint8 weights with zero points). Default: chosen for this CPU.")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", rich_help_panel="Pass settings", metavar="", help="One scale per output channel (default) or one per tensor.")] = True,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--no-reduce-range", rich_help_panel="Pass settings", metavar="", help="7-bit weights (default: on only where 8-bit weights can saturate: int8 weights on x86 CPUs without VNNI).", show_default=False)] = None,
@@ -805,6 +851,13 @@ def export(
     task: TaskOpt = None,
     pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
+    calibration_text: CalibTextOpt = None,
+    calibration_images: CalibImagesOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     opset: OpsetOpt = 18,
     atol: AtolOpt = 1e-4,
     rtol: RtolOpt = 1e-3,
@@ -853,6 +906,15 @@ def bench(
     pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
+    calibration_text: CalibTextOpt = None,
+    eval_text: EvalTextOpt = None,
+    calibration_images: CalibImagesOpt = None,
+    eval_images: EvalImagesOpt = None,
+    tokenizer: TokenizerOpt = None,
+    max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     batch_size: BatchOpt = None,
     batch_sizes: BatchSizesOpt = None,
     seq_lens: SeqLensOpt = None,

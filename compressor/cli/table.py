@@ -63,8 +63,12 @@ def render_table(report: dict[str, Any]) -> Any:
         if fid.get("exact_match") is not None:
             s += f", integer outputs exact match {fid['exact_match']:.4f}"
         s += f" on {fid.get('samples')} samples ({fid.get('inputs')})"
-        if len(fid.get("outputs") or []) > 1:
-            s += f"; worst of {len(fid['outputs'])} outputs: '{fid.get('worst_output')}'"
+        own = [o for o in fid.get("outputs") or [] if "pooled_from" not in o]
+        if len(own) > 1:
+            s += f"; worst of {len(own)} outputs: '{fid.get('worst_output')}'"
+        if fid.get("pooled_cosine_min") is not None:
+            s += (f"; mean-pooled embedding cosine mean {_f(fid.get('pooled_cosine_mean'), '.5f')} "
+                  f"min {_f(fid['pooled_cosine_min'], '.5f')}")
         if fid.get("positions"):
             s += f"; {fid['positions']}"
         summary.append(s)
