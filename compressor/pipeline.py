@@ -535,6 +535,12 @@ def check_labels_fit(artifact: ModelArtifact, ctx: RunContext) -> None:
 
         first = make_session(artifact.path).run(None, feeds)[0]
     first = np.asarray(first)
+    from compressor.fidelity import EMBEDDING_OUTPUTS
+
+    name = ctx.io.outputs[0].name if ctx.io.outputs else None
+    if name in EMBEDDING_OUTPUTS:
+        raise UsageError(f"labels in {ev.source} need a classifier, but the model's first output is '{name}', an "
+                         "embedding; drop the labels to measure fidelity only")
     if first.ndim != 2 or first.shape[1] < 2 or first.dtype.kind != "f":
         raise UsageError(f"labels in {ev.source} need a classifier ([samples, classes] float output), but the model's "
                          f"first output is {first.dtype.name} {list(first.shape)}; drop 'labels' to measure fidelity "

@@ -63,7 +63,7 @@ def bert_folder(tmp_path_factory) -> Path:
 def resnet_folder(tmp_path_factory) -> Path:
     """ResNetForImageClassification (2 stages of 8 and 16 channels, 4 labels) with BatchNorm statistics warmed on
     random batches, and a ViT image processor of 32 x 32 pixels."""
-    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
 
     folder = tmp_path_factory.mktemp("tiny-resnet")
     torch.manual_seed(0)
@@ -74,28 +74,26 @@ def resnet_folder(tmp_path_factory) -> Path:
         for _ in range(4):
             model(pixel_values=torch.randn(8, 3, 32, 32))
     model.eval().save_pretrained(folder)
-    # what ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained writes (transformers 5's image
-    # processors need torchvision, which does not import here)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
-        "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)  # Pillow backend (no torchvision)
     return folder
 
 
 def test_bert_folder_quantizes_to_a_drop_in_folder(bert_folder, tmp_path):
     before = _snapshot(bert_folder)
     out = tmp_path / "bert-int8"
-    r = run_cli("quantize", bert_folder, "-o", out, "--json", *FAST_BENCH)
+    calib, heldout = tmp_path / "calib.txt", tmp_path / "heldout.jsonl"
+    calib.write_text("\n".join(SENTENCES * 2) + "\n")
+    heldout.write_text("".join(json.dumps({"text": t, "label": i % 3}) + "\n" for i, t in enumerate(SENTENCES)))
+    r = run_cli("quantize", bert_folder, "-o", out, "--calibration-text", calib, "--eval-text", heldout, "--json",
+                *FAST_BENCH)
     assert r.code == 0, r.stderr
     rep = _valid(r.report)
     assert rep["input"]["format"] == "hf_folder"
     assert rep["input"]["hf"]["task"] == "sequence-classification" and rep["input"]["hf"]["pooling"] is None
     assert rep["input"]["hf"]["attn_implementation"] == "eager"
     assert [s["name"] for s in rep["input"]["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert rep["input"]["default_seq_len"] == 64  # capped at the model's 64 position embeddings
-    ranges = rep["input"]["generated_int_ranges"]
-    assert ranges["input_ids"]["high"] <= len(WORDS) and ranges["token_type_ids"]["high"] == 2
+    assert rep["input"]["text_data"]["evaluation"]["tokenizer"] == str(bert_folder)  # the folder's own tokenizer
+    assert {"baseline", "result"} <= set(rep["accuracy"]) and rep["accuracy"]["samples"] == len(SENTENCES)
     assert rep["output"] == str(out / "model.onnx")
     assert rep["output_folder"]["files"][0] == "model.onnx"
     names = sorted(p.name for p in out.iterdir())
@@ -142,7 +140,13 @@ def test_bert_export_matches_transformers(bert_folder, tmp_path):
     out = tmp_path / "bert-onnx"
     r = run_cli("export", bert_folder, "-o", out, "--json")
     assert r.code == 0, r.stderr
-    assert _valid(r.report)["export"]["max_abs_diff"] <= 1e-4
+    rep = _valid(r.report)
+    assert rep["export"]["max_abs_diff"] <= 1e-4
+    # generated inputs the model accepts: ids below vocab_size, token types below type_vocab_size, and the
+    # default sequence length cut to the model's 64 position embeddings
+    assert rep["input"]["default_seq_len"] == 64
+    ranges = rep["input"]["generated_int_ranges"]
+    assert ranges["input_ids"]["high"] <= len(WORDS) and ranges["token_type_ids"]["high"] == 2
     tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     batch = tok(SENTENCES, padding=True, return_tensors="pt")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(bert_folder)).eval()
@@ -197,20 +201,42 @@ def test_bad_task_or_pooling_is_one_line(bert_folder, flags, message):
     assert len(r.error_lines) == 1 and "Traceback" not in r.stderr
 
 
-def test_resnet_folder_static_int8_with_random_calibration(resnet_folder, tmp_path):
+def test_resnet_folder_static_int8_with_image_folders(resnet_folder, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("calib", 2), ("val", 2)):
+        for c in range(4):
+            (tmp_path / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):  # other sizes than the model's: the folder's image processor resizes them
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / split / f"class{c}" / f"{i}.png")
     out = tmp_path / "resnet-int8"
-    r = run_cli("quantize", resnet_folder, "--mode", "static", "--calibration-data", "random", "-o", out, "--json",
-                *FAST_BENCH)
+    r = run_cli("quantize", resnet_folder, "--mode", "static", "--calibration-images", tmp_path / "calib",
+                "--eval-images", tmp_path / "val", "-o", out, "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
     rep = _valid(r.report)
     assert rep["input"]["hf"]["task"] == "image-classification"
     assert rep["input"]["inputs"] == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 32, 32]}]
     assert rep["quantization"]["mode"] == "static"
+    assert rep["accuracy"]["samples"] == 8 and {"baseline", "result"} <= set(rep["accuracy"])
     model = onnx.load(str(out / "model.onnx"))
     assert [o.name for o in model.graph.output] == ["logits"]
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
     assert {"config.json", "preprocessor_config.json", "model.onnx"} <= {p.name for p in out.iterdir()}
     assert not (out / "model.safetensors").exists()
+
+
+def test_embedding_outputs_are_not_judged_as_logits():
+    from compressor.fidelity import compare_outputs, is_classifier_output
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((16, 8)).astype(np.float32)
+    noisy = emb + 0.01 * rng.standard_normal(emb.shape).astype(np.float32)
+    fid = compare_outputs([emb], [noisy], names=["sentence_embedding"])
+    assert "top1_agreement" not in fid and "top1_agreement" not in fid["outputs"][0]
+    assert "top1_agreement" in compare_outputs([emb], [noisy], names=["logits"])
+    assert is_classifier_output(emb) and not is_classifier_output(emb, "sentence_embedding")
 
 
 @pytest.mark.parametrize("name", ["bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"])
