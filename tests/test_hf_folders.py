@@ -394,3 +394,41 @@ def test_minilm_folder_exports_its_sentence_embedding(tmp_path):
     want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), p=2, dim=1).numpy()
     assert np.max(np.abs(got["sentence_embedding"] - want)) <= 1e-4
     assert np.allclose(np.linalg.norm(got["sentence_embedding"], axis=1), 1.0, atol=1e-5)
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    subjects = ["the cat", "a dog", "my friend", "the committee", "this model", "our team", "the weather",
+                "a student", "the market", "the old man"]
+    verbs = ["likes", "reads about", "watches", "talks about", "worries about", "writes about", "ignores", "studies"]
+    objects = ["the news", "machine learning", "a long book", "the football match", "cheap flights", "the new phone",
+               "rainy days", "quantum physics", "the city park", "fresh bread"]
+    ends = [".", " today.", " every morning.", " again!"]
+    return [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(ends)}" for _ in range(n)]
+
+
+@pytest.mark.slow  # about a minute: the acceptance run on the real all-MiniLM-L6-v2
+def test_minilm_folder_quantizes_with_text_files_and_no_other_flag(tmp_path):
+    folder = _minilm()
+    calib, heldout = tmp_path / "sentences.txt", tmp_path / "heldout.txt"
+    calib.write_text("\n".join(_sentences(64, 0)) + "\n")
+    held = _sentences(32, 1)
+    heldout.write_text("\n".join(held) + "\n")
+    out = tmp_path / "minilm-int8"
+    r = run_cli("quantize", folder, "--calibration-text", calib, "--eval-text", heldout, "-o", out, "--json")
+    assert r.code == 0, r.stderr
+    rep = _valid(r.report)
+    fid = rep["fidelity"]
+    assert fid["pooled_cosine_min"] >= 0.99 and not fid["collapsed"], fid
+    assert rep["speedup"] > 0 and "sentence_embedding" in [o["name"] for o in fid["outputs"]]
+    # the output folder, with its copied tokenizer, reproduces the pooled embeddings of the original model
+    tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    batch = tok(held, padding=True, return_tensors="pt")
+    got = _ort(out / "model.onnx", {k: v.numpy() for k, v in batch.items()})["sentence_embedding"]
+    model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), p=2, dim=1).numpy()
+    cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cosine.min() >= 0.99, cosine.min()
