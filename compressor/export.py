@@ -384,6 +384,8 @@ def _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big
         axes = {n: ({0: "batch", 1: "sequence"} if _is_token_input(a) else {0: "batch"}) for n, a in zip(input_names, args, strict=True)}
         token = any(_is_token_input(a) for a in args)
         axes.update({n: ({0: "batch", 1: "sequence"} if token else {0: "batch"}) for n in output_names})
+        known = {t.name: t.shape for t in io_spec.outputs if t.shape and t.name in output_names}
+        axes.update({n: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for n, shape in known.items()})
         torch.onnx.export(
             model,
             args,

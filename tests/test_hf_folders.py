@@ -154,6 +154,13 @@ def test_bert_export_matches_transformers(bert_folder, tmp_path):
         want = model(**batch).logits.numpy()
     got = _ort(out / "model.onnx", {k: v.numpy() for k, v in batch.items()})["logits"]
     assert np.max(np.abs(got - want)) <= 1e-4
+    # the TorchScript exporter (the one whose eager-attention graph ONNX Runtime's optimizer fuses) names the
+    # output axes from the config: logits [batch, 3], not [batch, sequence]
+    ts = run_cli("export", bert_folder, "--exporter", "torchscript", "-o", tmp_path / "ts.onnx", "--json")
+    assert ts.code == 0, ts.stderr
+    logits = onnx.load(str(tmp_path / "ts.onnx")).graph.output[0]
+    assert logits.name == "logits" and [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim] == \
+        ["batch", 3]
     # --task picks another head; --pooling pools the token outputs of a plain encoder
     from compressor.loaders import LoadOptions, load_model
 

@@ -300,7 +300,8 @@ class HFFolderLoader(Loader):
 
         wrapped = wrap(model, input_names=input_names, output_keys=output_keys, pooling=modes, normalize=normalize)
         names_out = ("sentence_embedding", "last_hidden_state") if modes else output_keys
-        outputs = tuple(TensorSpec(n, "float32", ()) for n in names_out)
+        shapes = _output_shapes(model.config, task, image=image, pooled_width=len(modes))
+        outputs = tuple(TensorSpec(n, "float32", shapes.get(n, ())) for n in names_out)
         arch = (config.get("architectures") or [type(model).__name__])[0]
         details.update(
             hf={"task": task, "architecture": str(arch), "model_class": type(model).__name__,
@@ -345,6 +346,32 @@ class HFFolderLoader(Loader):
 
         return random_data(io, num_samples=num_samples, seed=seed, dims=dims,
                            int_high=artifact.details.get("index_high") or None)
+
+
+def _output_shapes(config: Any, task: str, *, image: bool, pooled_width: int) -> dict[str, tuple[int | str, ...]]:
+    """Shapes of the export's outputs, with named dynamic axes (``batch``, ``sequence``), where the config fixes them.
+
+    The TorchScript exporter names output axes from these; an output left out keeps the exporter's own shape.
+    """
+    hidden = getattr(config, "hidden_size", None)
+    labels = getattr(config, "num_labels", None)
+    vocab = getattr(config, "vocab_size", None)
+    shapes: dict[str, tuple[int | str, ...]] = {}
+    if task in ("sequence-classification", "image-classification") and labels:
+        shapes["logits"] = ("batch", int(labels))
+    if image:
+        return shapes
+    if task == "token-classification" and labels:
+        shapes["logits"] = ("batch", "sequence", int(labels))
+    if task == "fill-mask" and vocab:
+        shapes["logits"] = ("batch", "sequence", int(vocab))
+    if task == "question-answering":
+        shapes.update(start_logits=("batch", "sequence"), end_logits=("batch", "sequence"))
+    if task == "feature-extraction" and hidden:
+        shapes["last_hidden_state"] = ("batch", "sequence", int(hidden))
+        if pooled_width:
+            shapes["sentence_embedding"] = ("batch", int(hidden) * pooled_width)
+    return shapes
 
 
 def _from_pretrained(auto: Any, path: Path, task: str, kwargs: dict[str, Any]) -> Any:
