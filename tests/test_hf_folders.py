@@ -168,6 +168,10 @@ def test_bert_export_matches_transformers(bert_folder, tmp_path):
     assert [t.name for t in art.io.outputs] == ["sentence_embedding", "last_hidden_state"]
     assert art.details["hf"]["pooling"] == ["cls"] and art.details["hf"]["normalize"] is False
     assert type(art.loaded.model).__name__ == "BertModel"
+    # a head the folder has no weights for is refused, never exported with random weights
+    with pytest.raises(UsageError, match=r"no weights for .* parameter\(s\) of the fill-mask model .* use --task "
+                                         r"sequence-classification"):
+        load_model(bert_folder, LoadOptions(task="fill-mask"))
 
 
 def test_pool_matches_sentence_transformers_formulas():

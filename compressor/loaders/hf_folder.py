@@ -264,7 +264,7 @@ class HFFolderLoader(Loader):
             raise UsageError(f"{path} has a config.json but no weights (model.safetensors or pytorch_model.bin); "
                              "save the model with save_pretrained")
         auto = getattr(transformers, auto_name)
-        kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
+        kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32, "output_loading_info": True}
         bar = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()  # library code never prints ("Loading weights" bars)
         try:
@@ -272,6 +272,14 @@ class HFFolderLoader(Loader):
         finally:
             if bar:
                 transformers.utils.logging.enable_progress_bar()
+        model, info = model
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # a head the folder has no weights for would be exported with random weights
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            arch = (config.get("architectures") or ["?"])[0]
+            raise UsageError(f"{path} has no weights for {len(missing)} parameter(s) of the {task} model ({shown}): "
+                             f"transformers would initialise them at random; the folder holds a {arch}, so use "
+                             f"--task {default_task(config)} (or drop --task)")
         model.eval()
 
         details: dict[str, Any] = {"warnings": []}
