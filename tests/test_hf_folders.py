@@ -351,6 +351,20 @@ def test_sentence_transformers_pooling_and_normalize(bert_folder, tmp_path):
         "last_hidden_state"
 
 
+def test_a_base_model_without_pooler_weights_loads_quietly(tmp_path):
+    """The pooler feeds pooler_output, which is not exported: its missing weights are no reason to refuse, and
+    transformers' load report is not printed (library code never prints)."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "no-pooler"
+    config = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    r = run_cli("export", folder, "--dry-run")
+    assert r.code == 0, r.stderr
+    assert "LOAD REPORT" not in r.stderr + r.stdout and "MISSING" not in r.stderr + r.stdout
+
+
 def test_pytorch_model_bin_loads_only_tensors(bert_folder, tmp_path):
     from safetensors.torch import load_file
 

@@ -265,15 +265,20 @@ class HFFolderLoader(Loader):
                              "save the model with save_pretrained")
         auto = getattr(transformers, auto_name)
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32, "output_loading_info": True}
-        bar = transformers.utils.logging.is_progress_bar_enabled()
-        transformers.utils.logging.disable_progress_bar()  # library code never prints ("Loading weights" bars)
+        hf_logging = transformers.utils.logging
+        bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+        hf_logging.disable_progress_bar()  # library code never prints: no "Loading weights" bar, no load report
+        hf_logging.set_verbosity_error()  # (missing weights are checked below, as an error)
         try:
             model = _from_pretrained(auto, path, task, kwargs)
         finally:
+            hf_logging.set_verbosity(verbosity)
             if bar:
-                transformers.utils.logging.enable_progress_bar()
+                hf_logging.enable_progress_bar()
         model, info = model
         missing = sorted(info.get("missing_keys") or [])
+        if task == "feature-extraction":  # the pooler feeds pooler_output, which the export does not return
+            missing = [k for k in missing if "pooler" not in k]
         if missing:  # a head the folder has no weights for would be exported with random weights
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             arch = (config.get("architectures") or ["?"])[0]
