@@ -88,9 +88,9 @@ def is_folder_output(input_path: Path | None, output: Path) -> bool:
     That is when the input is a Hugging Face folder and the output is a folder or a path without the ``.onnx``
     suffix.
     """
-    from compressor.hf import is_hf_folder
+    from compressor.hf import model_folder
 
-    if input_path is None or not is_hf_folder(Path(input_path)):
+    if input_path is None or model_folder(Path(input_path)) is None:
         return False
     output = Path(output)
     return output.is_dir() or output.suffix.lower() != ".onnx"
@@ -209,9 +209,9 @@ def default_output(input_path: Path, suffix: str) -> Path:
     A Hugging Face folder's default output is the folder ``<folder name>.<suffix>`` beside it (``my-bert`` ->
     ``my-bert.quantized/``, holding ``model.onnx`` and the tokenizer files).
     """
-    from compressor.hf import is_hf_folder
+    from compressor.hf import model_folder
 
-    if is_hf_folder(Path(input_path)):
+    if model_folder(Path(input_path)) is not None:
         return Path(input_path).with_name(f"{Path(input_path).name}.{suffix}")
     return input_path.with_name(f"{input_path.stem}.{suffix}.onnx")
 

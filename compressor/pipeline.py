@@ -416,7 +416,7 @@ def _load_text_or_images(recipe: Recipe, artifact: ModelArtifact, kind: str, not
         io = apply_shapes_to_spec(artifact.io, shapes)
     else:
         io = torch_io_spec(module, shapes, None) if shapes else None
-    folder = recipe.model if recipe.model is not None and hf.is_hf_folder(recipe.model) else None
+    folder = hf.model_folder(recipe.model) if recipe.model is not None else None
     flag = "--calibration-text" if kind == "calibration" else "--eval-text"
     if text is not None:
         from compressor.text_data import DEFAULT_MAX_LENGTH, text_sample_data

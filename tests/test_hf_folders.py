@@ -365,6 +365,29 @@ def test_a_base_model_without_pooler_weights_loads_quietly(tmp_path):
     assert "LOAD REPORT" not in r.stderr + r.stdout and "MISSING" not in r.stderr + r.stdout
 
 
+def test_older_sentence_transformers_layout(bert_folder, tmp_path):
+    """modules.json at the top, the transformer in 0_Transformer/ (sentence-transformers before 2.0)."""
+    from compressor.loaders import LoadOptions, load_model
+    from compressor.outputs import folder_files, is_folder_output
+
+    folder = tmp_path / "st-old"
+    (folder / "0_Transformer").mkdir(parents=True)
+    for p in bert_folder.iterdir():
+        (folder / "0_Transformer" / p.name).write_bytes(p.read_bytes())
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    art = load_model(folder, LoadOptions(task="feature-extraction"))
+    assert art.path == folder and art.details["hf"]["pooling"] == ["mean"] and not art.details["hf"]["normalize"]
+    assert [t.name for t in art.io.outputs] == ["sentence_embedding", "last_hidden_state"]
+    assert is_folder_output(folder, tmp_path / "out")
+    copied = [str(p) for p in folder_files(folder)]
+    assert "0_Transformer/vocab.txt" in copied and "1_Pooling/config.json" in copied
+    assert not any(p.endswith(".safetensors") for p in copied)
+
+
 def test_pytorch_model_bin_loads_only_tensors(bert_folder, tmp_path):
     from safetensors.torch import load_file
 

@@ -204,10 +204,13 @@ class HFFolderLoader(Loader):
         return False
 
     def sniff_folder(self, path: Path) -> bool:
-        """True for a folder whose ``config.json`` names ``architectures`` or ``model_type``."""
-        from compressor.hf import is_hf_folder
+        """True for a Hugging Face folder, or a sentence-transformers folder holding one in a subfolder.
 
-        return is_hf_folder(path)
+        See :func:`compressor.hf.model_folder`.
+        """
+        from compressor.hf import model_folder
+
+        return model_folder(path) is not None
 
     def load(self, path: Path, options: LoadOptions) -> ModelArtifact:
         """Load the folder's model offline with transformers and wrap it for export.
@@ -234,16 +237,17 @@ class HFFolderLoader(Loader):
         except ImportError as e:
             raise UsageError(f"{path} is a Hugging Face folder, and loading it needs transformers: "
                              "pip install 'compressor[hf]'") from e
-        from compressor.hf import read_config
+        from compressor.hf import model_folder, read_config
 
-        config = read_config(path) or {}
+        root, path = Path(path), model_folder(path) or Path(path)  # the older sentence-transformers layout:
+        config = read_config(path) or {}  # the model in a subfolder (0_Transformer/), modules.json at the top
         task = canonical_task(options.task) if options.task else default_task(config)
         auto_name, output_keys = TASKS[task]
         if options.pooling is not None and options.pooling not in POOLING_MODES:
             raise UsageError(f"--pooling {options.pooling} is not a pooling mode; use one of {', '.join(POOLING_MODES)}")
         st_modes, st_normalize = None, False
-        if (path / "modules.json").is_file() and task == "feature-extraction" and options.pooling != "none":
-            st_modes, st_normalize = sentence_transformers_pooling(path)
+        if (root / "modules.json").is_file() and task == "feature-extraction" and options.pooling != "none":
+            st_modes, st_normalize = sentence_transformers_pooling(root)
         if options.pooling is None:
             modes = tuple(st_modes or ()) if task == "feature-extraction" else ()
         elif options.pooling == "none":
@@ -324,7 +328,7 @@ class HFFolderLoader(Loader):
             index_high=high)
         if not details["warnings"]:
             del details["warnings"]
-        return ModelArtifact(path=path, format=ModelFormat.HF_FOLDER, io=IOSpec(inputs, outputs), loaded=wrapped,
+        return ModelArtifact(path=root, format=ModelFormat.HF_FOLDER, io=IOSpec(inputs, outputs), loaded=wrapped,
                              details=details)
 
     @staticmethod
