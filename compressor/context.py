@@ -48,6 +48,8 @@ class RunContext:
         on_progress: Called with :class:`Progress` events of long steps (the CLI draws them on stderr).
         input_notes: Facts about the run's inputs for the report's ``input`` entry: the default sequence
             length used, the ranges of generated integer inputs, dtype casts of the data.
+        budget: The run's quality gates (:class:`~compressor.gates.Gates`), for passes that search within them
+            (accuracy-aware fallback of the quantize pass); None outside a recipe run.
     """
 
     io: IOSpec
@@ -60,6 +62,7 @@ class RunContext:
     on_warning: Callable[[str], None] | None = None
     on_progress: Callable[[Progress], None] | None = None
     input_notes: dict[str, Any] = field(default_factory=dict)
+    budget: Any = None
 
     def batch_size(self, want: int) -> int:
         """The batch size to feed the model: its fixed batch when its inputs fix one (case R10), else ``want``."""

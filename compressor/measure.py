@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.artifact import file_size_bytes
-from compressor.benchmark import benchmark_detailed, paired_speedup, session_peak_rss_bytes
+from compressor.benchmark import benchmark_detailed, median_ci95, paired_speedup, session_peak_rss_bytes
 from compressor.context import RunContext
 from compressor.errors import UsageError
 from compressor.fidelity import (
@@ -80,7 +80,8 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         ctx: Run context (inputs, data, eval data).
         recipe: The :class:`~compressor.recipe.Recipe` (benchmark settings, eval data, sweeps).
         baseline: ``{"onnx": Path, "entry": dict}``: the baseline's ONNX file and its report entry.
-        candidates: Same form, one per step to measure; each ``entry`` gets ``latency_ms``,
+        candidates: Same form, one per step to measure; each ``entry`` (the baseline's too) gets ``latency_ms``
+            (with ``p50_ci95``, the 95% bootstrap CI of the median),
             ``session_load_ms``, ``accuracy`` and the comparison fields ``size_ratio``, ``speedup``,
             ``speedup_ci95``, ``fidelity`` (per output and worst over outputs, padding left out where the
             data has an attention mask; see :func:`~compressor.fidelity.compare_outputs`), and
@@ -155,7 +156,8 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
     ctx.progress(task, 1, 1)
     stats = det["latency"]
     for i, m in enumerate(models):
-        m["entry"]["latency_ms"] = stats[i].to_json()
+        m["entry"]["latency_ms"] = {**stats[i].to_json(),
+                                    "p50_ci95": list(median_ci95(stats[i].samples_ms, block_ids=det["block_ids"]))}
         m["entry"]["session_load_ms"] = det["session_load_ms"][i]
         m["entry"]["threads"] = used[i]
         if recipe.bench.measure_memory:

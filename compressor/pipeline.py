@@ -336,7 +336,7 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     notes: dict[str, Any] = dict(data_notes)
     data = prepare_data(io, recipe, calib, evald, artifact=artifact, notes=notes)
     ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
-                     on_progress=callbacks.on_progress, input_notes=notes)
+                     on_progress=callbacks.on_progress, input_notes=notes, budget=recipe.gates)
     for w in recipe.warnings:
         ctx.warn(w)
     for w in artifact.details.get("warnings", []):
@@ -644,6 +644,95 @@ def check_input_runs(artifact: ModelArtifact, ctx: RunContext) -> None:
                            "work on it: check that it runs with onnxruntime on its own") from e
 
 
+@dataclass
+class AppliedSteps:
+    """What :func:`apply_steps` produced.
+
+    Attributes:
+        baseline_onnx: The baseline's ONNX file (the input itself, or its fp32 export).
+        candidates: One per recipe step, in order: ``{"onnx": Path of its ONNX model (None while PyTorch),
+            "entry": {}, "compare": {}, "step": its report entry, "spec": PassSpec, "details": dict}``.
+        sections: Report sections of the passes (``pruning``, ``quantization``), the last of each.
+        torch_model: The last PyTorch model (None once a step gave ONNX only).
+    """
+
+    baseline_onnx: Path | None
+    candidates: list[dict[str, Any]]
+    sections: dict[str, Any]
+    torch_model: ModelArtifact | None
+
+
+def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunContext, work: Path,
+                entries: list[dict[str, Any]], *, baseline: ModelArtifact | None = None,
+                cache: dict[Any, Any] | None = None) -> AppliedSteps:
+    """Run the planned steps in order, each in its own scratch sub-folder of ``work``.
+
+    Each step takes the PyTorch model where it accepts one and one exists, else the ONNX model; an
+    inserted export after a step gives that step's ONNX form (it measures the step).
+
+    Args:
+        steps: From :func:`plan`.
+        artifact: The loaded input model.
+        ctx: The run's context.
+        work: Scratch folder (step folders ``NN-name`` are made in it).
+        entries: The report's ``steps`` list, appended to as steps finish (a failure's report shows those
+            that ran).
+        baseline: The fp32 ONNX export of a PyTorch input, already made (a sweep makes it once for every
+            candidate): the plan's leading baseline export is skipped and this is used.
+        cache: Results of earlier runs of the same input (a sweep passes one dict to every candidate): a step
+            whose settings and those of every step before it match an earlier run's reuses that run's result
+            (passes never change their input, so the result files stay valid while the scratch folder lives).
+
+    Returns:
+        An :class:`AppliedSteps`.
+
+    Raises:
+        CompressorError: The first step that fails.
+    """
+    baseline_onnx = artifact.path if not artifact.format.is_torch else None
+    torch_model = artifact if artifact.format.is_torch else None
+    onnx_model = artifact if not artifact.format.is_torch else None
+    if baseline is not None and artifact.format.is_torch and steps and steps[0].inserted:
+        baseline_onnx, onnx_model = baseline.path, baseline
+    candidates: list[dict[str, Any]] = []
+    sections: dict[str, Any] = {}
+    for n, planned in enumerate(steps):
+        if n == 0 and planned.inserted and baseline_onnx is not None:
+            continue  # the baseline export exists already
+        src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
+        key = tuple((p.spec.name, repr(sorted(config_to_json(p.config).items()))) for p in steps[:n + 1]) \
+            if cache is not None else None
+        if cache is not None and key in cache:
+            result = cache[key]
+            ctx.progress(f"{planned.describe()}: the same as an earlier candidate's, reused", 1, 1)
+        else:
+            result = _run_step(planned, src, ctx, work, n)
+            if cache is not None:
+                cache[key] = result
+        entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
+                 "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
+        entries.append(entry)
+        if planned.spec.report_key:
+            sections[planned.spec.report_key] = result.details
+        new = result.artifact
+        if new.format.is_torch:
+            torch_model = new
+        else:
+            onnx_model = new
+            if not planned.inserted:  # a recipe step gave ONNX: from here on the model exists only as ONNX
+                torch_model = None
+        if planned.inserted and baseline_onnx is None:
+            baseline_onnx = new.path
+            entry["role"] = "baseline"
+            continue
+        if planned.inserted:  # the export of the previous step's PyTorch result: it measures that step
+            candidates[-1]["onnx"] = new.path
+            continue
+        candidates.append({"onnx": new.path if not new.format.is_torch else None, "entry": {}, "compare": {},
+                           "step": entry, "spec": planned.spec, "details": result.details})
+    return AppliedSteps(baseline_onnx, candidates, sections, torch_model)
+
+
 def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compressed",
                callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
     """Run a recipe end to end and publish its output model.
@@ -689,35 +778,9 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
             report["settings"] = settings_block(recipe)
             entries: list[dict[str, Any]] = []
             report["steps"] = entries  # filled as steps finish (a failure's report shows those that ran)
-            candidates: list[dict[str, Any]] = []
-            baseline_onnx = artifact.path if not artifact.format.is_torch else None
-            torch_model = artifact if artifact.format.is_torch else None
-            onnx_model = artifact if not artifact.format.is_torch else None
-            sections: dict[str, Any] = {}
-            for n, planned in enumerate(steps):
-                src = torch_model if TORCH in planned.spec.accepts and torch_model is not None else onnx_model
-                result = _run_step(planned, src, ctx, work, n)
-                entry = {"name": planned.spec.name, "step": planned.index, "inserted": planned.inserted,
-                         "of": planned.of, **result.details, "settings": config_to_json(planned.config)}
-                entries.append(entry)
-                if planned.spec.report_key:
-                    sections[planned.spec.report_key] = result.details
-                new = result.artifact
-                if new.format.is_torch:
-                    torch_model = new
-                else:
-                    onnx_model = new
-                    if not planned.inserted:  # a recipe step gave ONNX: from here on the model exists only as ONNX
-                        torch_model = None
-                if planned.inserted and baseline_onnx is None:
-                    baseline_onnx = new.path
-                    entry["role"] = "baseline"
-                    continue
-                if planned.inserted:  # the export of the previous step's PyTorch result: it measures that step
-                    candidates[-1]["onnx"] = new.path
-                    continue
-                candidates.append({"onnx": new.path if not new.format.is_torch else None, "entry": {}, "compare": {},
-                                   "step": entry, "spec": planned.spec, "details": result.details})
+            applied = apply_steps(steps, artifact, ctx, work, entries)
+            baseline_onnx, candidates, sections = applied.baseline_onnx, applied.candidates, applied.sections
+            torch_model = applied.torch_model
             final = candidates[-1]
             base = {"onnx": baseline_onnx, "entry": model_entry(baseline_onnx, recipe.model)}
             if artifact.format.is_torch:
@@ -989,3 +1052,52 @@ def bench_models(recipe: Recipe, *, command: str, other: Path | None = None,
     return report
 
 
+
+
+def run_sensitivity(recipe: Recipe, *, kind: str = "quantize", ratio: float = 0.5, command: str,
+                    callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
+    """Per-layer sensitivity of a model (``compressor sensitivity``); writes nothing.
+
+    ``kind="quantize"``: the model's fp32 ONNX (a PyTorch input is exported first), each layer int8 alone with
+    the quantize settings of ``recipe.steps[0]``; ``kind="prune"``: the PyTorch model, each layer pruned alone
+    at ``ratio``. See :func:`compressor.sensitivity.layer_sensitivity`.
+
+    Returns:
+        A report with ``input``, ``sensitivity`` (layers ranked, most sensitive first),
+        ``sensitivity_settings`` (kind, ratio or quantize settings, the data measured on) and ``warnings``.
+
+    Raises:
+        UsageError: Bad input, settings the quantize pass refuses, or no layer to measure.
+    """
+    from compressor.passes.configs import QuantizeConfig
+    from compressor.report import new_report
+    from compressor.sensitivity import layer_sensitivity
+
+    report = new_report(command)
+    artifact = _load(recipe)
+    config = recipe.steps[0].config if recipe.steps and recipe.steps[0].pass_name == "quantize" else QuantizeConfig()
+    with scratch_dir(None) as work:
+        ctx = make_context(artifact, recipe, work, callbacks)
+        check_input_runs(artifact, ctx)
+        check_labels_fit(artifact, ctx)
+        report["input"] = _input_entry(recipe, artifact, ctx)
+        model = artifact
+        if kind == "quantize":
+            from compressor.passes.quantize import check_quantize
+
+            check_quantize(config, ctx, form=TORCH if artifact.format.is_torch else ONNX, has_python_classes=False,
+                           artifact=artifact)
+            if artifact.format.is_torch:
+                planned = PlannedStep(get_pass("export"), recipe.export, None, "original model")
+                model = _run_step(planned, artifact, ctx, work, 0).artifact
+        rows = layer_sensitivity(model, ctx, kind=kind, config=config, ratio=ratio)
+    settings: dict[str, Any] = {"kind": kind, "measured_on": ctx.data.source,
+                                "error": "1 - cosine_min of the outputs against the float model's"}
+    if ctx.eval_data is not None and ctx.eval_data.labels is not None:
+        settings["accuracy_on"] = ctx.eval_data.source
+    if kind == "prune":
+        settings.update(ratio=ratio, method="structured", criterion="l1")
+    else:
+        settings["quantize"] = config_to_json(config)
+    report.update(sensitivity_settings=settings, sensitivity=rows, warnings=ctx.warnings)
+    return report

@@ -174,6 +174,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                            f"{_f(st['measured']['speedup_ci95'][1])}]",
                            _f(st["measured"]["fidelity"].get("cosine_min"), ".5g"),
                            _f(st["measured"].get("accuracy"), ".4f")] for st in steps])
+    q = report.get("quantization") or {}
+    if q.get("fallback") is not None:
+        left = q.get("fallback_layers") or []
+        out += ["", f"**Accuracy-aware fallback:** {len(left)} layer(s) left in float"
+                + ("" if q["fallback"].get("met") else " (budget not met)"), ""]
+        if left:
+            out += _md_table(["layer", "op type", "why"], [[x["layer"], x["op_type"], x["reason"]] for x in left])
     gates = report.get("gates")
     if gates:
         out += ["", f"**Quality gates: {'passed' if gates['passed'] else 'FAILED'}**", ""]

@@ -762,6 +762,7 @@ def quantize(
     format: Annotated[str, typer.Option("--format", rich_help_panel="Pass settings", metavar="auto|qdq-u8s8|qdq-s8s8|qoperator-u8s8|qoperator-s8s8|dynamic-u8s8|dynamic-u8u8", help="int8 kernel format. auto (static): build every format valid for this CPU, time them against each other and keep the fastest within cosine 0.002 of the most accurate (cached per CPU, ONNX Runtime version and model).")] = "auto",
     precision: Annotated[str, typer.Option("--precision", rich_help_panel="Pass settings", metavar="int8|int4|fp16", help="int8; int4 (weight-only blockwise, MatMulNBits, embeddings too); fp16.")] = "int8",
     block_size: Annotated[int, typer.Option("--block-size", rich_help_panel="Pass settings", metavar="N", help="int4 block size (power of two >= 16).")] = 16,
+    fallback: Annotated[bool, typer.Option("--fallback", rich_help_panel="Pass settings", metavar="", help="Accuracy-aware int8: return the most sensitive layers (Conv/Gemm/MatMul, ranked by `compressor sensitivity`) to float one at a time until --max-accuracy-drop / --min-cosine hold (NNCF / OpenVINO accuracy-aware quantization). The report lists them in quantization.fallback_layers.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel="Pass settings", metavar="GLOB", help="Node-name glob to keep in float (repeatable; each must match).")] = None,
     op_types: Annotated[Optional[str], typer.Option("--op-types", rich_help_panel="Pass settings", metavar="OP,OP,...", help="Quantize only these op types, comma-separated (e.g. MatMul,Gather).")] = None,
     keep_io_types: Annotated[bool, typer.Option("--keep-io-types/--fp16-io", rich_help_panel="Pass settings", metavar="", help="fp16: keep float32 inputs and outputs (default).")] = True,
@@ -955,6 +956,173 @@ def bench(
             check_side_files({"--report": report, "--markdown": markdown}, {"second model": other})
         rep = _rendered(bench_models, recipe, other=other)
         return _emit(rep, json_out, report, markdown)
+
+    _run(debug, body, json_out=json_out, params=params)
+
+
+def _write_report(rep: dict[str, Any], json_out: bool, report_path: Path | None) -> None:
+    """``--report FILE`` and ``--json`` of commands with their own human rendering (sensitivity, sweep)."""
+    from compressor.report import to_json, write_json_atomic
+
+    if report_path is not None:
+        write_json_atomic(rep, report_path)
+    if json_out:
+        text = (to_json(rep) + "\n").encode()
+        if _JSON_FD is not None:
+            sys.stdout.flush()
+            os.write(_JSON_FD, text)
+        else:
+            sys.stdout.buffer.write(text)
+            sys.stdout.flush()
+
+
+@app.command(epilog=_examples(
+    "compressor sensitivity model.onnx --calibration-data calib.npz --eval-data eval.npz",
+    "compressor sensitivity model.pt --kind prune --ratio 0.5 --calibration-data calib.npz --json"))
+def sensitivity(
+    tctx: typer.Context,
+    model: ModelArg = None,
+    input_shape: InputShapeOpt = None,
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustOpt = False,
+    calibration_data: CalibOpt = None,
+    eval_data: EvalOpt = None,
+    kind: Annotated[str, typer.Option("--kind", rich_help_panel="Pass settings", metavar="quantize|prune", help="quantize: each layer int8 alone (the quantize pass's settings); prune: each layer's output channels pruned alone at --ratio (structured, L1).")] = "quantize",
+    ratio: Annotated[float, typer.Option("--ratio", rich_help_panel="Pass settings", metavar="FLOAT", help="--kind prune: fraction of the layer's output channels removed, in (0, 1).")] = 0.5,
+    mode: Annotated[str, typer.Option("--mode", rich_help_panel="Pass settings", metavar="auto|dynamic|static", help="int8 mode, as in quantize: auto (static QDQ for CNNs with --calibration-data, else dynamic), dynamic or static.")] = "auto",
+    calibration_method: Annotated[str, typer.Option("--calibration-method", rich_help_panel="Pass settings", metavar="minmax|entropy|percentile", help="Static: minmax, entropy or percentile.")] = "minmax",
+    format: Annotated[str, typer.Option("--format", rich_help_panel="Pass settings", metavar="auto|qdq-u8s8|...", help="int8 kernel format, as in quantize (auto: measured once on the whole model).")] = "auto",
+    op_types: Annotated[Optional[str], typer.Option("--op-types", rich_help_panel="Pass settings", metavar="OP,OP,...", help="Quantize only these op types, as in quantize (e.g. Conv to measure dynamic ConvInteger).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", rich_help_panel="Pass settings", metavar="GLOB", help="Node-name glob kept in float in every trial (repeatable; each must match).")] = None,
+    opset: OpsetOpt = 18,
+    atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
+    exporter: ExporterOpt = "auto",
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Rank layers by the output error when only that layer is quantized to int8 (or pruned): 1 - cosine_min, and the accuracy drop with labelled --eval-data."""
+    params = dict(locals())
+
+    def body() -> int:
+        from compressor.outputs import check_side_files
+        from compressor.passes.configs import PruneConfig
+        from compressor.pipeline import run_sensitivity
+
+        if kind not in ("quantize", "prune"):
+            raise UsageError(f"--kind '{kind}' is unknown; use quantize or prune")
+        if kind == "prune":
+            PruneConfig(ratio=ratio)  # validates --ratio
+        recipe = _recipe(tctx, params, pass_name="quantize")
+        if recipe.model is None:
+            raise UsageError("no model given: pass MODEL, or set model = \"...\" in compressor.toml")
+        check_side_files({"--report": report}, {"input model": recipe.model, "calibration data": recipe.calibration_data,
+                                                 "evaluation data": recipe.eval_data})
+        rep = _rendered(run_sensitivity, recipe, kind=kind, ratio=ratio)
+        _write_report(rep, json_out, report)
+        if not json_out:
+            from rich.table import Table
+
+            acc = "accuracy_on" in rep["sensitivity_settings"]
+            what = "int8 alone" if kind == "quantize" else f"pruned alone (ratio {ratio:g})"
+            table = Table(title=f"layer sensitivity: each layer {what}, on {rep['sensitivity_settings']['measured_on']}")
+            for col in ["rank", "layer", "op type", "error (1 - cos_min)", "cos_min"] + (["acc. drop (points)"] if acc else []):
+                table.add_column(col, justify="right" if col not in ("layer", "op type") else "left")
+            for r in rep["sensitivity"]:
+                row = [str(r["rank"] or "-"), r["layer"], r["op_type"],
+                       "-" if r["error"] is None else f"{r['error']:.3g}",
+                       "-" if r["cosine_min"] is None else f"{r['cosine_min']:.5f}"]
+                if acc:
+                    row.append("-" if r["accuracy_drop_pct"] is None else f"{r['accuracy_drop_pct']:.2f}")
+                table.add_row(*row)
+            _console().print(table)
+            for r in rep["sensitivity"]:
+                if r.get("note"):
+                    _err_plain(f"{r['layer']}: not measured: {r['note']}")
+        return 0
+
+    _run(debug, body, json_out=json_out, params=params)
+
+
+@app.command(epilog=_examples(
+    "compressor sweep recipe.toml --grid 'steps[0].ratio=0.3,0.5,0.7' --grid 'steps[1].precision=int8,int4' -o sweep/",
+    "compressor sweep recipe.toml --grid 'steps[0].calibration_method=minmax,entropy' --objective size --min-cosine 0.99"))
+def sweep(
+    tctx: typer.Context,
+    recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe file (TOML) whose steps the grids change; see `compressor run`.", show_default=False)],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", rich_help_panel="Sweep", metavar="steps[i].field=V,V,...", help="One setting of one step and its values, e.g. 'steps[0].ratio=0.3,0.5,0.7' (repeat: every combination is built).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output and report", metavar="DIR", help="Output folder: candidates/<name>.onnx, chosen.onnx, pareto.json, pareto.png, pareto.md (default: <recipe stem>.sweep beside the recipe).")] = None,
+    objective: Annotated[str, typer.Option("--objective", rich_help_panel="Sweep", metavar="latency|size", help="The chosen candidate is the valid one with the least latency p50 (or file size).")] = "latency",
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = "0",
+    runs: RunsOpt = None,
+    warmup: WarmupOpt = 10,
+    min_time: MinTimeOpt = 3.0,
+    measure_memory: MemoryOpt = True,
+    max_accuracy_drop: MaxAccDropOpt = None,
+    min_speedup: MinSpeedupOpt = None,
+    max_size_ratio: MaxSizeRatioOpt = None,
+    min_cosine: MinCosineOpt = None,
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Build every combination of --grid values of a recipe, measure all against one baseline, and draw the Pareto front; the budget is the recipe's gates plus the ones given here."""
+    params = dict(locals())
+
+    def body() -> int:
+        from compressor.errors import EXIT_GATE_FAILED
+        from compressor.outputs import check_side_files
+        from compressor.recipe import recipe_layer
+        from compressor.sweep import parse_grid, run_sweep
+
+        axes = parse_grid(list(grid or []))
+        layer = recipe_layer(recipe_file)
+        cli = _cli_layer(tctx, {k: v for k, v in params.items() if k != "output"}, None, frozenset())
+        out = output if output is not None else recipe_file.with_name(f"{recipe_file.stem}.sweep")
+        check_side_files({"--report": report}, {"recipe": recipe_file})
+        renderer = _Renderer()
+        try:
+            rep = run_sweep(layer, axes, out_dir=out, objective=objective, command=_command_line(), others=[cli],
+                            callbacks=renderer.callbacks())
+        finally:
+            renderer.close()
+        par = rep["pareto"]
+        valid = [c for c in par["candidates"] if c["valid"]]
+        code = 0 if valid else EXIT_GATE_FAILED
+        if not valid:
+            rep["error"] = {"exit_code": code, "kind": "gate", "message": f"no sweep candidate met the budget (of "
+                            f"{len(par['candidates'])}); every candidate and pareto.json/png/md were written to {out}"}
+            _err(rep["error"]["message"])
+        _write_report(rep, json_out, report)
+        if not json_out:
+            from rich.table import Table
+
+            table = Table(title=f"sweep: {len(par['candidates'])} candidates against one baseline "
+                                f"(objective {objective})")
+            for col in ("name", "size", "p50 ms", "speedup", "acc. drop", "cos_min", "valid", "front", "chosen"):
+                table.add_column(col)
+            from compressor.report import _fmt_bytes
+
+            def f(x: Any, spec: str) -> str:
+                return "-" if x is None else format(x, spec)
+
+            for c in par["candidates"]:
+                table.add_row(c["name"], _fmt_bytes(c["size_bytes"]), f(c["latency_ms_p50"], ".3f"),
+                              f(c["speedup"], ".2f"), f(c["accuracy_drop_pct"], ".2f"), f(c["cosine_min"], ".4f"),
+                              "yes" if c["valid"] else "no", "yes" if c["pareto"] else "", "*" if c["chosen"] else "")
+            _console().print(table)
+            for path in par["files"].values():
+                _err_plain(f"wrote {path}")
+            if rep.get("output"):
+                _err_plain(f"chosen: {par['chosen']} ({rep['output']})")
+        return code
 
     _run(debug, body, json_out=json_out, params=params)
 

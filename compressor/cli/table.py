@@ -79,6 +79,13 @@ def render_table(report: dict[str, Any]) -> Any:
             f"{'per-channel' if q['per_channel'] else 'per-tensor'}, activations {q['activation_type']} "
             f"{q['activation_scheme']}, reduce_range={q['reduce_range']} ({q['chosen_by']})"
         )
+        fb = q.get("fallback")
+        if fb is not None:
+            left = q.get("fallback_layers") or []
+            names = ", ".join(f"{x['layer']} (int8 alone: error {_f(x.get('error'), '.3g')})" for x in left)
+            summary.append(f"accuracy-aware fallback: {len(left)} layer(s) left in float"
+                           + (f": {names}" if left else " (full int8 meets the budget)")
+                           + ("" if fb.get("met") else "; the budget was NOT met"))
     p = report.get("pruning")
     if p:
         summary.append(f"pruning: {p['method']}, ratio {p['pruning_ratio']}, criterion {p['criterion']}")

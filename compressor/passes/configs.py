@@ -182,6 +182,9 @@ class QuantizeConfig:
             fastest within fidelity tolerance, see :mod:`compressor.passes.kernel_formats`) or one of
             ``qdq-u8s8``, ``qdq-s8s8``, ``qoperator-u8s8``, ``qoperator-s8s8`` (static) and
             ``dynamic-u8s8``, ``dynamic-u8u8`` (dynamic).
+        fallback: Accuracy-aware fallback (int8 only): return the most sensitive layers to float one at a time
+            until the run's accuracy budget holds (its ``max_accuracy_drop`` / ``min_cosine`` gates); see
+            :func:`compressor.sensitivity.accuracy_aware_fallback`.
     """
 
     mode: str = "auto"
@@ -204,6 +207,7 @@ class QuantizeConfig:
     smooth: bool = True
     smooth_alpha: float = 0.7
     format: str = "auto"
+    fallback: bool = False
 
     def __post_init__(self) -> None:
         """Validate each field and refuse combinations the runtime cannot run.
@@ -253,7 +257,7 @@ class QuantizeConfig:
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             _bad(cls, "block_size", f"{{name}} must be a power of two of at least 16, got {self.block_size}")
         if self.precision != "int8":
-            int8_only = {"--mode": self.mode != "auto", "--format": self.format != "auto",
+            int8_only = {"--mode": self.mode != "auto", "--format": self.format != "auto", "--fallback": self.fallback,
                          "--activation-scheme": self.activation_scheme,
                          "--activation-type": self.activation_type, "--weight-type": self.weight_type}
             if self.precision == "fp16":

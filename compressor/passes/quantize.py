@@ -35,6 +35,8 @@ def check_quantize(config: QuantizeConfig, ctx: RunContext, *, form: str, has_py
     """
     if config.precision == "int8":
         choose_settings(config, has_conv=config.mode == "static", has_calibration=ctx.calibration is not None)
+    if config.fallback:
+        check_fallback_budget(ctx)
     if artifact is not None and not artifact.format.is_torch:
         import onnx
 
@@ -43,6 +45,28 @@ def check_quantize(config: QuantizeConfig, ctx: RunContext, *, form: str, has_py
         if config.op_types:
             require_op_types(config.op_types, (n.op_type for n in model.graph.node), flag="--op-types")
         check_input_form(model, config, ctx, excluded=excluded)
+
+
+def check_fallback_budget(ctx: RunContext) -> tuple[float | None, float | None]:
+    """The accuracy budget of ``--fallback``: the run's ``max_accuracy_drop`` and ``min_cosine`` gates.
+
+    Returns:
+        ``(max_accuracy_drop points or None, min_cosine or None)``.
+
+    Raises:
+        UsageError: Neither gate is set, or ``max_accuracy_drop`` without labelled eval data.
+    """
+    from compressor.errors import UsageError
+
+    gates = ctx.budget
+    drop = getattr(gates, "max_accuracy_drop", None)
+    cos = getattr(gates, "min_cosine", None)
+    if drop is None and cos is None:
+        raise UsageError("--fallback returns layers to float until an accuracy budget holds: give --max-accuracy-drop "
+                         "POINTS (with labelled --eval-data) or --min-cosine X")
+    if drop is not None and (ctx.eval_data is None or ctx.eval_data.labels is None):
+        raise UsageError("--fallback with --max-accuracy-drop needs --eval-data FILE.npz with 'labels'")
+    return drop, cos
 
 
 def check_input_form(model: Any, config: QuantizeConfig, ctx: RunContext, *, excluded: list[str]) -> None:
@@ -804,7 +828,9 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     """Quantize an ONNX model: int8 (dynamic, or static QDQ with calibration), int4 or fp16.
 
     Every quantized model is loaded into ONNX Runtime and run on real inputs before it is
-    accepted. The input artifact is never changed.
+    accepted. The input artifact is never changed. With ``config.fallback``, the pass runs again with the
+    most sensitive layers in float until the run's accuracy budget holds
+    (:func:`compressor.sensitivity.accuracy_aware_fallback`; details get ``fallback_layers`` and ``fallback``).
 
     Args:
         artifact: The ONNX model to quantize (``artifact.path``; external data beside it).
@@ -819,6 +845,14 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
         QuantizationError: ONNX Runtime's tool failed, quantized no node, or its model does
             not load or run in ONNX Runtime.
     """
+    if config.fallback:  # accuracy-aware: the quantize pass again, with the most sensitive layers in float
+        import dataclasses
+
+        from compressor.sensitivity import accuracy_aware_fallback
+
+        drop, cos = check_fallback_budget(ctx)
+        return accuracy_aware_fallback(artifact, dataclasses.replace(config, fallback=False), ctx,
+                                       max_accuracy_drop=drop, min_cosine=cos)
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
