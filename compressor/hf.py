@@ -16,8 +16,8 @@ from typing import Any
 
 from compressor.errors import UsageError
 
-__all__ = ["hub_id_error", "is_hf_folder", "load_image_processor", "load_tokenizer", "looks_like_hub_id", "model_folder",
-           "read_config"]
+__all__ = ["hub_id_error", "is_hf_folder", "load_image_processor", "load_tokenizer", "looks_like_hub_id",
+           "model_folder", "read_config"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 

@@ -8,8 +8,8 @@ entry in :data:`LOADERS` (and its :class:`~compressor.artifact.ModelFormat` memb
 Formats: ONNX (with external data), ``torch.export`` ExportedProgram (``.pt2``),
 TorchScript, a full-module pickle (``torch.save(model)``), a state_dict plus
 ``--model-class`` (pickled or safetensors), and a Hugging Face model folder (the only folder kind,
-recognised by its ``config.json``; see :mod:`compressor.loaders.hf_folder`). Pickles are loaded with ``torch.load(weights_only=True)``: the
-``torch.nn`` module classes a full-module pickle needs are allow-listed; any other class
+recognised by its ``config.json``; see :mod:`compressor.loaders.hf_folder`). Pickles are loaded with
+``torch.load(weights_only=True)``: the ``torch.nn`` module classes a full-module pickle needs are allow-listed; any other class
 needs ``trust_pickle=True`` (``--trust-pickle``).
 """
 

@@ -6,9 +6,9 @@ downloaded, and custom code in the folder (``auto_map``) is never run. Weights c
 ``model.safetensors`` when present; a ``pytorch_model.bin`` is unpickled by transformers with
 ``torch.load(weights_only=True)`` (transformers 5), so it cannot run code either.
 
-The loaded model is wrapped in :class:`~compressor.loaders.hf_modules.HFExportModule`: its ``forward`` takes the tokenizer's (or the image
-processor's) tensors positionally, in a fixed order, and returns the task's outputs as a tuple whose names the
-IO spec records, so the ONNX export keeps them (``last_hidden_state``, ``logits``, ``sentence_embedding``).
+The loaded model is wrapped in :class:`~compressor.loaders.hf_modules.HFExportModule`: its ``forward``
+takes the tokenizer's (or the image processor's) tensors positionally, in a fixed order, and returns the
+task's outputs as a tuple whose names the IO spec records, so the ONNX export keeps them (``last_hidden_state``, ``logits``, ``sentence_embedding``).
 A sentence-transformers folder (``modules.json`` with a ``Pooling`` module, and optionally ``Normalize``) is
 exported with its pooling and normalisation as plain torch ops, so the ONNX gives ``sentence_embedding``
 (no sentence-transformers dependency). Pattern after optimum's ONNX export configs (task -> inputs and outputs)
@@ -17,7 +17,9 @@ and Olive's ``HfModelHandler``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -221,15 +223,16 @@ class HFFolderLoader(Loader):
                 sentence-transformers folder's ``1_Pooling``, else none).
 
         Returns:
-            An artifact with ``loaded`` an ``HFExportModule`` (:mod:`compressor.loaders.hf_modules`) in eval mode, ``io`` its inputs (dynamic
-            ``batch`` and, for text, ``sequence`` axes) and named outputs, and ``details["hf"]`` (task,
-            architecture, pooling, normalize, attn_implementation, weights file) and ``details["index_high"]``
-            (exclusive bound of each integer input: ``vocab_size``, ``type_vocab_size``).
+            An artifact with ``loaded`` an ``HFExportModule`` (:mod:`compressor.loaders.hf_modules`) in eval
+            mode; ``io`` its inputs (dynamic ``batch`` and, for text, ``sequence`` axes) and named outputs;
+            ``details["hf"]`` (task, architecture, pooling, normalize, attn_implementation, weights file),
+            ``details["index_high"]`` (exclusive bound of each integer input: ``vocab_size``,
+            ``type_vocab_size``) and ``details["max_sequence_length"]`` (``max_position_embeddings``).
 
         Raises:
             UsageError: transformers is not installed, an unknown ``--task``/``--pooling``, an architecture
-                that is not exported, a folder transformers cannot load offline, or ``--pooling`` on a
-                classification head.
+                that is not exported, a folder transformers cannot load offline, a head the folder has no
+                weights for, or ``--pooling`` on a classification head or an image model.
         """
         try:
             import torch
@@ -244,7 +247,8 @@ class HFFolderLoader(Loader):
         task = canonical_task(options.task) if options.task else default_task(config)
         auto_name, output_keys = TASKS[task]
         if options.pooling is not None and options.pooling not in POOLING_MODES:
-            raise UsageError(f"--pooling {options.pooling} is not a pooling mode; use one of {', '.join(POOLING_MODES)}")
+            raise UsageError(f"--pooling {options.pooling} is not a pooling mode; use one of "
+                             f"{', '.join(POOLING_MODES)}")
         st_modes, st_normalize = None, False
         if (root / "modules.json").is_file() and task == "feature-extraction" and options.pooling != "none":
             st_modes, st_normalize = sentence_transformers_pooling(root)
@@ -269,17 +273,8 @@ class HFFolderLoader(Loader):
                              "save the model with save_pretrained")
         auto = getattr(transformers, auto_name)
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32, "output_loading_info": True}
-        hf_logging = transformers.utils.logging
-        bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-        hf_logging.disable_progress_bar()  # library code never prints: no "Loading weights" bar, no load report
-        hf_logging.set_verbosity_error()  # (missing weights are checked below, as an error)
-        try:
-            model = _from_pretrained(auto, path, task, kwargs)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            if bar:
-                hf_logging.enable_progress_bar()
-        model, info = model
+        with _transformers_quiet():  # missing weights are checked below, as an error
+            model, info = _from_pretrained(auto, path, task, kwargs)
         missing = sorted(info.get("missing_keys") or [])
         if task == "feature-extraction":  # the pooler feeds pooler_output, which the export does not return
             missing = [k for k in missing if "pooler" not in k]
@@ -341,7 +336,8 @@ class HFFolderLoader(Loader):
         from compressor.hf import load_tokenizer
 
         try:
-            used = list(load_tokenizer(path).model_input_names)
+            with _transformers_quiet():
+                used = list(load_tokenizer(path).model_input_names)
         except UsageError:
             used = ["input_ids", "attention_mask"] + (["token_type_ids"] if config.get("type_vocab_size") else [])
             details["warnings"].append(f"{path} has no tokenizer transformers can load: inputs "
@@ -363,6 +359,22 @@ class HFFolderLoader(Loader):
 
         return random_data(io, num_samples=num_samples, seed=seed, dims=dims,
                            int_high=artifact.details.get("index_high") or None)
+
+
+@contextlib.contextmanager
+def _transformers_quiet() -> Iterator[None]:
+    """No progress bars and no log lines from transformers inside (library code never prints); restored after."""
+    from transformers.utils import logging as hf_logging
+
+    bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars
+    hf_logging.set_verbosity_error()  # the load report of missing / unexpected keys
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def _output_shapes(config: Any, task: str, *, image: bool, pooled_width: int) -> dict[str, tuple[int | str, ...]]:
