@@ -16,8 +16,12 @@ from typing import Any
 
 from compressor.errors import UsageError
 
-__all__ = ["hub_id_error", "is_hf_folder", "load_image_processor", "load_tokenizer", "looks_like_hub_id",
+__all__ = ["TOKENIZER_FILES", "hub_id_error", "is_hf_folder", "load_image_processor", "load_tokenizer", "looks_like_hub_id",
            "model_folder", "read_config"]
+
+#: Files any transformers tokenizer is loaded from (fast, WordPiece, BPE, SentencePiece, tiktoken).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "merges.txt", "tokenizer.tiktoken", "vocab.model")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -68,6 +72,12 @@ def load_tokenizer(folder: Path) -> Any:
     Raises:
         UsageError: The folder has no loadable tokenizer.
     """
+    folder = Path(folder)
+    # transformers 5 builds an empty tokenizer from config.json alone (every word becomes [UNK]): a folder
+    # without tokenizer files has no tokenizer
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); pass "
+                         "--tokenizer DIR with the folder the model's tokenizer was saved to")
     from transformers import AutoTokenizer
 
     try:

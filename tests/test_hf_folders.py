@@ -480,3 +480,19 @@ def test_minilm_folder_quantizes_with_text_files_and_no_other_flag(tmp_path):
     want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), p=2, dim=1).numpy()
     cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     assert cosine.min() >= 0.99, cosine.min()
+
+
+def test_text_data_on_a_folder_without_tokenizer_files_is_refused(bert_folder, tmp_path):
+    """transformers 5 builds an empty tokenizer from config.json alone (every word [UNK]): never tokenize with it."""
+    import shutil
+
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(bert_folder / name, folder / name)
+    text = tmp_path / "calib.txt"
+    text.write_text("\n".join(SENTENCES) + "\n")
+    r = run_cli("quantize", str(folder), "-o", str(tmp_path / "out"), "--calibration-text", str(text))
+    assert r.code == 2, r.stderr
+    assert "no tokenizer files" in r.stderr and "--tokenizer" in r.stderr
+    assert not (tmp_path / "out").exists()
