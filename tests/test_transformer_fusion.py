@@ -88,19 +88,23 @@ def test_default_dynamic_int8_measures_the_fused_candidate(tiny_bert, tmp_path, 
     _validate(r.report)
     q = r.report["quantization"]
     cpu = r.report["benchmark"]["cpu"]
-    names = [n + s for n in kf.dynamic_candidates(cpu["isa"], cpu["machine"]) for s in ("", kf.FUSION_SUFFIX)]
+    names = [n + s for n in kf.dynamic_candidates(cpu["isa"], cpu["machine"])
+             for s in ("", kf.FLAT_SUFFIX, kf.FUSION_SUFFIX)]
     rows = q["format_candidates"]
     assert [x["format"] for x in rows] == names
     assert q["format_selection"] == {"by": "measured", "batch_size": 4, "threads": 1,
                                      "cosine_tolerance": kf.COSINE_TOLERANCE}
-    assert sum(x["chosen"] for x in rows) == 1 and all(x["transformer_fusion"] == ("+" in x["format"]) for x in rows)
+    assert sum(x["chosen"] for x in rows) == 1
+    assert all(x["transformer_fusion"] == x["format"].endswith("+fusion") for x in rows)
+    assert all(x["flat_layernorm"] == x["format"].endswith("+flat-layernorm") for x in rows)
     for x in rows:
         assert x["latency_ms_p50"] > 0 and 0.95 < x["cosine_min"] <= 1.0
     chosen = next(x["format"] for x in rows if x["chosen"])
     assert chosen == kf.pick(rows) and q["kernel_format"] == chosen.split("+")[0] and chosen in q["reason"]
     ops = collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)
-    fused = chosen.endswith(kf.FUSION_SUFFIX)
+    fused, flat = chosen.endswith(kf.FUSION_SUFFIX), chosen.endswith(kf.FLAT_SUFFIX)
     assert (ops["QAttention"] == 2) is fused and ("transformer_fusion" in q) is fused
+    assert (q.get("flat_layernorm") == 4) is flat and (ops["SkipLayerNormalization"] == 0 or fused)
     # the output (checked with full_check by run_cli) runs in ONNX Runtime on another batch and length
     sess = make_session(out)
     sess.run(None, {"input_ids": np.ones((3, 7), np.int64), "attention_mask": np.ones((3, 7), np.int64)})
@@ -111,6 +115,29 @@ def test_default_dynamic_int8_measures_the_fused_candidate(tiny_bert, tmp_path, 
     q2 = r2.report["quantization"]
     assert q2["format_selection"]["by"] == "cached" and q2["kernel_format"] == q["kernel_format"]
     assert [x["format"] for x in q2["format_candidates"] if x["chosen"]] == [chosen]
+
+
+def test_flat_layernorm_keeps_results_and_ort_leaves_it_unfused(tiny_bert, tmp_path):
+    import onnxruntime as ort
+
+    from compressor.passes.transformer_fusion import flatten_residual_layernorm
+
+    src, _, feeds = tiny_bert
+    model = onnx.load(str(src))
+    assert flatten_residual_layernorm(model) == 4  # 2 layers x (attention output, MLP output)
+    onnx.checker.check_model(model, full_check=True)
+    flat = tmp_path / "flat.onnx"
+    onnx.save(model, str(flat))
+    f = {k: v[:4] for k, v in feeds.items()}
+    np.testing.assert_allclose(make_session(flat).run(None, f)[0], make_session(src).run(None, f)[0], atol=1e-5)
+    # what ONNX Runtime runs: no SkipLayerNormalization in the flattened graph, 4 in the original
+    for path, want in ((src, 4), (flat, 0)):
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        got = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+        assert got["SkipLayerNormalization"] == want
 
 
 @pytest.mark.parametrize("fmt", ["dynamic-u8s8", "dynamic-u8u8"])

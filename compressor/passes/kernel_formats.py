@@ -392,6 +392,14 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
 
 #: Suffix of a candidate built on ONNX Runtime's fused transformer graph (see :mod:`transformer_fusion`).
 FUSION_SUFFIX = "+fusion"
+#: Suffix of a candidate whose residual Add + LayerNormalization pairs run on 2-D views, which ONNX Runtime
+#: leaves unfused (:func:`~compressor.passes.transformer_fusion.flatten_residual_layernorm`).
+FLAT_SUFFIX = "+flat-layernorm"
+
+
+def graph_variant(name: str) -> str:
+    """The graph a dynamic candidate is built on: ``""`` (as it is), ``FLAT_SUFFIX`` or ``FUSION_SUFFIX``."""
+    return next((s for s in (FUSION_SUFFIX, FLAT_SUFFIX) if name.endswith(s)), "")
 
 
 def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, out: Path, quantize_one: Any, *,
@@ -399,9 +407,12 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
     """Build the dynamic int8 model at ``out`` in the fastest valid form on this CPU; fill ``settings``.
 
     With ``config.format == "auto"`` and no type, scheme or reduce_range flag, the candidates are every format of
-    :func:`dynamic_candidates`, each on the graph as it is and (BERT-style encoders, ``fusable``) on ONNX
-    Runtime's fused transformer graph (:func:`compressor.passes.transformer_fusion.fuse_transformer`: Attention,
-    SkipLayerNormalization, BiasGelu; ``quantize_dynamic`` makes ``QAttention`` of Attention). They are timed
+    :func:`dynamic_candidates`, each on the graph as it is and, for BERT-style encoders (``fusable``), on two
+    variants: ``+flat-layernorm`` (:func:`~compressor.passes.transformer_fusion.flatten_residual_layernorm`:
+    residual Add + LayerNormalization on 2-D views, which ONNX Runtime does not fuse into its slow
+    SkipLayerNormalization) and ``+fusion`` (ONNX Runtime's fused transformer graph,
+    :func:`~compressor.passes.transformer_fusion.fuse_transformer`: Attention, SkipLayerNormalization,
+    BiasGelu; ``quantize_dynamic`` makes ``QAttention`` of Attention). They are timed
     against each other (:func:`measure_candidates`) at the benchmark's batch on one thread, measured for fidelity
     on held-out data (``ctx.eval_data``, else the calibration samples, else the run's inputs), and the fastest
     within ``COSINE_TOLERANCE`` of the best cosine is kept (the unfused graph when within ``PREFERENCE_MARGIN``).
@@ -412,7 +423,7 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
         ctx: The run context.
         config: The :class:`~compressor.passes.configs.QuantizeConfig`.
         settings: Resolved settings; updated in place (``kernel_format``, ``weight_type``, ``reduce_range``,
-            ``format_candidates``, ``format_selection``, ``transformer_fusion``, ``reason``).
+            ``format_candidates``, ``format_selection``, ``transformer_fusion``, ``flat_layernorm``, ``reason``).
         src: The float model to quantize (pre-processed, rewritten).
         out: Where the chosen model goes.
         quantize_one: ``quantize_one(fmt: dict, src: Path, dst: Path)`` runs ``quantize_dynamic`` with ``fmt``'s
@@ -442,9 +453,19 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
                           "fusable": fusable, "kind": "dynamic"}, cpu)
     fusion = None
     graphs = {"": src}
+    flattened = 0
     if fusable and measure:
-        from compressor.passes.transformer_fusion import fuse_transformer
+        import onnx
 
+        from compressor.passes.transformer_fusion import flatten_residual_layernorm, fuse_transformer, looks_like_bert
+
+        model = onnx.load_model(str(src))
+        if looks_like_bert(model):
+            flattened = flatten_residual_layernorm(model)
+            if flattened:
+                onnx.save(model, str(ctx.workdir / "flat_layernorm.onnx"))
+                graphs[FLAT_SUFFIX] = ctx.workdir / "flat_layernorm.onnx"
+        del model
         try:
             fusion = fuse_transformer(src, ctx.workdir / "fused_transformer.onnx",
                                       held.batch(0, min(4, held.num_samples)), ctx.workdir)
@@ -464,7 +485,7 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
         quantize_one(fmts[chosen], src, out)
     elif hit is not None and hit["chosen"] in fmts:
         chosen, rows, by = hit["chosen"], hit["candidates"], "cached"
-        quantize_one(fmts[chosen], graphs[FUSION_SUFFIX if chosen.endswith(FUSION_SUFFIX) else ""], out)
+        quantize_one(fmts[chosen], graphs[graph_variant(chosen)], out)
     else:
         by = "measured"
         built: dict[str, Path] = {}
@@ -473,7 +494,7 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
         for name in names:
             dst = ctx.workdir / f"format-{name}.onnx"
             try:
-                quantize_one(fmts[name], graphs[FUSION_SUFFIX if name.endswith(FUSION_SUFFIX) else ""], dst)
+                quantize_one(fmts[name], graphs[graph_variant(name)], dst)
                 make_session(dst)
             except Exception as e:  # a candidate this graph cannot take is skipped, with the reason
                 last_error = e
@@ -497,10 +518,11 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
             rows = [{"format": chosen, "latency_ms_p50": None, "speedup": None, "cosine_min": None, "sqnr_db": None}]
         ctx.progress(task, 1, 1)
         os.replace(built[chosen], out)
+        rows += errors
         for r in rows:
-            r["transformer_fusion"] = r["format"].endswith(FUSION_SUFFIX)
-        rows += [{**e, "transformer_fusion": e["format"].endswith(FUSION_SUFFIX)} for e in errors]
-        cache_put(key, {"chosen": chosen, "candidates": rows, "fusion": fusion})
+            r["transformer_fusion"] = graph_variant(r["format"]) == FUSION_SUFFIX
+            r["flat_layernorm"] = graph_variant(r["format"]) == FLAT_SUFFIX
+        cache_put(key, {"chosen": chosen, "candidates": rows, "fusion": fusion, "flattened": flattened})
     if by == "cached" and fusion is None:
         fusion = hit.get("fusion") if hit else None
     for r in rows:
@@ -511,14 +533,18 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
     settings["format_selection"] = {"by": by, "batch_size": batch, "threads": 1, "cosine_tolerance": COSINE_TOLERANCE}
     if rows:
         settings["format_candidates"] = rows
-    if chosen.endswith(FUSION_SUFFIX) and fusion is not None:
+    if graph_variant(chosen) == FLAT_SUFFIX:
+        settings["flat_layernorm"] = flattened or (hit or {}).get("flattened")
+        settings["format"] = ("integer ops (MatMulInteger/DynamicQuantizeMatMul); residual Add + LayerNormalization "
+                              "on 2-D views, which ONNX Runtime leaves unfused")
+    if graph_variant(chosen) == FUSION_SUFFIX and fusion is not None:
         settings["transformer_fusion"] = fusion
         settings["format"] = "integer ops (QAttention/DynamicQuantizeMatMul) on ONNX Runtime's fused transformer graph"
     timed = [r for r in rows if r.get("latency_ms_p50") is not None]
     if timed:
         what = ", ".join(f"{r['format']} {r['speedup']:.2f}x cos {r['cosine_min']:.4f}" for r in timed)
         settings["reason"] += (f"; {chosen}: the fastest within cosine {COSINE_TOLERANCE} of the most accurate (the "
-                               f"unfused graph kept within {PREFERENCE_MARGIN:.0%} of the fastest) of {len(timed)} "
+                               f"graph as it is kept within {PREFERENCE_MARGIN:.0%} of the fastest) of {len(timed)} "
                                f"timed on this CPU at batch {batch}, 1 thread ({what})"
                                + (" [cached]" if by == "cached" else ""))
     else:
