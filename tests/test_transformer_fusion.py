@@ -80,10 +80,11 @@ def test_fusion_keeps_results_for_any_padding(tiny_bert, tmp_path):
 
 
 def test_default_dynamic_int8_measures_the_fused_candidate(tiny_bert, tmp_path, monkeypatch):
+    # held-out data but no calibration data: no SmoothQuant, whose Mul before Q/K/V blocks the Attention fusion
     monkeypatch.setenv("COMPRESSOR_CACHE_DIR", str(tmp_path / "cache"))
     src, calib, _ = tiny_bert
     out = tmp_path / "q.onnx"
-    r = run_cli("quantize", src, "--calibration-data", calib, "--batch-size", "4", *FAST, "-o", out, "--json")
+    r = run_cli("quantize", src, "--eval-data", calib, "--batch-size", "4", *FAST, "-o", out, "--json")
     assert r.code == 0, r.stderr
     _validate(r.report)
     q = r.report["quantization"]
@@ -109,12 +110,26 @@ def test_default_dynamic_int8_measures_the_fused_candidate(tiny_bert, tmp_path, 
     sess = make_session(out)
     sess.run(None, {"input_ids": np.ones((3, 7), np.int64), "attention_mask": np.ones((3, 7), np.int64)})
     # a second run reuses the measurement
-    r2 = run_cli("quantize", src, "--calibration-data", calib, "--batch-size", "4", *FAST, "-o", tmp_path / "q2.onnx",
-                 "--json")
+    r2 = run_cli("quantize", src, "--eval-data", calib, "--batch-size", "4", *FAST, "-o", tmp_path / "q2.onnx", "--json")
     assert r2.code == 0, r2.stderr
     q2 = r2.report["quantization"]
     assert q2["format_selection"]["by"] == "cached" and q2["kernel_format"] == q["kernel_format"]
     assert [x["format"] for x in q2["format_candidates"] if x["chosen"]] == [chosen]
+
+
+def test_smoothed_graph_is_measured_without_the_attention_fusion(tiny_bert, tmp_path, monkeypatch):
+    # with calibration data SmoothQuant puts a Mul between LayerNorm and Q/K/V: ONNX Runtime fuses no Attention,
+    # so no +fusion candidate (SkipLayerNormalization and BiasGelu alone are fused at load anyway)
+    monkeypatch.setenv("COMPRESSOR_CACHE_DIR", str(tmp_path / "cache"))
+    src, calib, _ = tiny_bert
+    r = run_cli("quantize", src, "--calibration-data", calib, "--batch-size", "4", *FAST, "-o", tmp_path / "q.onnx",
+                "--json")
+    assert r.code == 0, r.stderr
+    q = r.report["quantization"]
+    assert "smoothquant(alpha=0.7)" in q["rewrites"]
+    cpu = r.report["benchmark"]["cpu"]
+    assert [x["format"] for x in q["format_candidates"]] == [
+        n + s for n in kf.dynamic_candidates(cpu["isa"], cpu["machine"]) for s in ("", kf.FLAT_SUFFIX)]
 
 
 def test_flat_layernorm_keeps_results_and_ort_leaves_it_unfused(tiny_bert, tmp_path):
