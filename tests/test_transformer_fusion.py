@@ -166,3 +166,55 @@ def test_explicit_dynamic_format_builds_one_unfused_model(tiny_bert, tmp_path, f
     assert q["weight_type"] == kf.FORMATS[fmt].weight_type
     ops = collections.Counter(n.op_type for n in onnx.load(str(out)).graph.node)
     assert ops["QAttention"] == 0 and ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] > 0
+
+
+def _masked_attention(causal: bool, seq: int = 6):
+    """x [B, S, 4] float32, attention_mask [B, S] int64 -> softmax(x x^T * 0.5 + mask) x; mask causal or padding only."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    keep = np.tril(np.ones((seq, seq), bool)) if causal else np.ones((seq, seq), bool)
+    inits = [numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(keep[None, None], "structure"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "fill"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "scale")]
+    nodes = [helper.make_node("Unsqueeze", ["attention_mask", "axes12"], ["m4"], name="m4"),
+             helper.make_node("Cast", ["m4"], ["mb"], name="mb", to=TensorProto.BOOL),
+             helper.make_node("And", ["mb", "structure"], ["both"], name="both"),
+             helper.make_node("Where", ["both", "zero", "fill"], ["additive"], name="additive"),
+             helper.make_node("Unsqueeze", ["x", "axis1"], ["xu"], name="xu"),
+             helper.make_node("Transpose", ["xu"], ["xt"], name="xt", perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["xu", "xt"], ["qk"], name="qk"),
+             helper.make_node("Mul", ["qk", "scale"], ["scaled"], name="scaled"),
+             helper.make_node("Add", ["scaled", "additive"], ["scores"], name="scores"),
+             helper.make_node("Softmax", ["scores"], ["p"], name="p", axis=-1),
+             helper.make_node("MatMul", ["p", "xu"], ["y"], name="y")]
+    graph = helper.make_graph(nodes, "masked_attention",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, 4]),
+                               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", seq])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 1, seq, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_mask_is_rewritten_only_when_it_is_the_padding_mask(tmp_path, causal):
+    from compressor.passes.transformer_fusion import canonicalize_attention_mask
+
+    model = _masked_attention(causal)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((3, 6, 4)).astype(np.float32),
+             "attention_mask": np.array([[1] * 6, [1] * 4 + [0] * 2, [0] * 2 + [1] * 4], np.int64)}
+    before = model.SerializeToString()
+    info = canonicalize_attention_mask(model, feeds, tmp_path)
+    if causal:  # a causal mask differs from the padding mask: left alone
+        assert info is None and model.SerializeToString() == before
+        return
+    assert info == {"input": "attention_mask", "fill_value": float(np.finfo(np.float32).min), "replaced": 1}
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / "canonical.onnx"
+    onnx.save(model, str(path))
+    orig = tmp_path / "orig.onnx"
+    orig.write_bytes(before)
+    want = make_session(orig).run(None, feeds)[0]
+    np.testing.assert_allclose(make_session(path).run(None, feeds)[0], want, atol=1e-6)
