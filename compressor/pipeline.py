@@ -32,6 +32,7 @@ from compressor.inputs import (
     fixed_batch_size,
     load_npz,
     random_data,
+    shape_batch_size,
     torch_io_spec,
 )
 from compressor.outputs import (
@@ -336,7 +337,8 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     notes: dict[str, Any] = dict(data_notes)
     data = prepare_data(io, recipe, calib, evald, artifact=artifact, notes=notes)
     ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
-                     on_progress=callbacks.on_progress, input_notes=notes, budget=recipe.gates)
+                     on_progress=callbacks.on_progress, input_notes=notes, budget=recipe.gates,
+                     bench_batch_size=recipe.batch_size or shape_batch_size(recipe.parsed_input_shapes) or 1)
     for w in recipe.warnings:
         ctx.warn(w)
     for w in artifact.details.get("warnings", []):
