@@ -27,6 +27,8 @@ class ModelFormat(str, enum.Enum):
     TORCHSCRIPT = "torchscript"
     TORCH_MODULE = "torch_module_pickle"
     STATE_DICT = "state_dict"
+    SAFETENSORS = "safetensors"
+    HF_FOLDER = "hf_folder"
 
     @property
     def is_torch(self) -> bool:
@@ -36,7 +38,8 @@ class ModelFormat(str, enum.Enum):
     @property
     def has_python_classes(self) -> bool:
         """True when loading gives the model's own ``nn.Module`` classes (needed by structured pruning)."""
-        return self in (ModelFormat.TORCH_MODULE, ModelFormat.STATE_DICT)
+        return self in (ModelFormat.TORCH_MODULE, ModelFormat.STATE_DICT, ModelFormat.SAFETENSORS,
+                        ModelFormat.HF_FOLDER)
 
 
 @dataclass(frozen=True)
@@ -122,9 +125,13 @@ def file_size_bytes(path: Path) -> int:
 
     Args:
         path: Model file. For an ONNX model, every external-data file its initializers
-            name (relative to the model's folder) is added once.
+            name (relative to the model's folder) is added once. For a model folder (Hugging Face), the
+            weights files in it (``.safetensors``, ``.bin``, ``.pt``, ``.pth``, ``.onnx``, ``.data``).
     """
     path = Path(path)
+    if path.is_dir():  # a Hugging Face folder: its weights files
+        return sum(f.stat().st_size for f in path.rglob("*")
+                   if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".data"))
     size = path.stat().st_size
     if path.suffix == ".onnx" or _looks_like_onnx(path):
         for loc in onnx_external_locations(path):

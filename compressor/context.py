@@ -42,6 +42,8 @@ class RunContext:
         workdir: Scratch folder beside the output; removed at the end.
         calibration: Calibration inputs from ``calibration_data`` (or the random opt-in), else None.
         eval_data: ``eval_data`` inputs plus labels, else None.
+        bench_batch_size: The benchmark's batch size (``--batch-size``, else the input shape's, else 1), the
+            shape at which passes time their candidates.
         train_data: ``train_data`` inputs plus labels (pruning recovery), else None.
         warnings: Every warning of the run, in order (also stored in the report).
         on_warning: Called with each warning as it happens (the CLI prints it on stderr).
@@ -57,6 +59,7 @@ class RunContext:
     workdir: Path
     calibration: SampleData | None = None
     eval_data: SampleData | None = None
+    bench_batch_size: int = 1
     train_data: SampleData | None = None
     warnings: list[str] = field(default_factory=list)
     on_warning: Callable[[str], None] | None = None

@@ -156,7 +156,8 @@ def export_to_onnx(
 
     Args:
         model: ``torch.nn.Module`` (eval mode), ``torch.jit.ScriptModule`` or ``ExportedProgram``.
-        io_spec: Inputs in call order; axis 0 of each becomes the dynamic ``batch`` axis.
+        io_spec: Inputs in call order; axis 0 of each becomes the dynamic ``batch`` axis. Its ``outputs``, when
+            there are as many as the model returns, name the ONNX outputs (else ``output`` / ``output_<i>``).
         out_path: Destination ``.onnx`` (one file unless the weights exceed 2 GB).
         check_data: Inputs to compare on (evaluation or calibration data, else generated inputs); its first
             two samples are the export example.
@@ -197,6 +198,8 @@ def export_to_onnx(
     example = batches[0] if fixed is not None else (check_data.batch(0, 2) if n >= 2 else check_data.batch(0, 1))
     refs = [torch_forward(model, b, io_spec) for b in batches]
     output_names = ["output"] if len(refs[0]) == 1 else [f"output_{i}" for i in range(len(refs[0]))]
+    if io_spec.outputs and len(io_spec.outputs) == len(refs[0]):  # names the loader knows (Hugging Face folders)
+        output_names = [t.name for t in io_spec.outputs]
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in io_spec.input_names)
     # weights over the threshold (protobuf's 2 GB limit, less headroom) are written as external data
     big = _param_bytes(model) > min(external_data_threshold(), int(0.9 * _TWO_GB))
@@ -381,6 +384,8 @@ def _run_exporter(name, model, args, io_spec, output_names, out_path, opset, big
         axes = {n: ({0: "batch", 1: "sequence"} if _is_token_input(a) else {0: "batch"}) for n, a in zip(input_names, args, strict=True)}
         token = any(_is_token_input(a) for a in args)
         axes.update({n: ({0: "batch", 1: "sequence"} if token else {0: "batch"}) for n in output_names})
+        known = {t.name: t.shape for t in io_spec.outputs if t.shape and t.name in output_names}
+        axes.update({n: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for n, shape in known.items()})
         torch.onnx.export(
             model,
             args,

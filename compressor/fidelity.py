@@ -52,9 +52,18 @@ def output_names(path: Path) -> list[str]:
     return [o.name for o in model.graph.output]
 
 
-def is_classifier_output(out: np.ndarray) -> bool:
-    """True for ``[samples, classes]`` float logits with at least 2 classes."""
-    return out.ndim == 2 and out.shape[1] >= 2 and out.dtype.kind == "f"
+#: Output names that are embeddings, never logits, whatever their shape (``[samples, hidden]`` looks like
+#: logits): sentence-transformers' pooled output, transformers' pooler and CLIP-style embeddings. Their argmax
+#: means nothing, so they get no top-1 agreement and no accuracy.
+EMBEDDING_OUTPUTS = frozenset({"sentence_embedding", "pooler_output", "text_embeds", "image_embeds", "embeddings"})
+
+
+def is_classifier_output(out: np.ndarray, name: str | None = None) -> bool:
+    """True for ``[samples, classes]`` float logits with at least 2 classes.
+
+    Never for an output named in :data:`EMBEDDING_OUTPUTS` (when ``name`` is given).
+    """
+    return out.ndim == 2 and out.shape[1] >= 2 and out.dtype.kind == "f" and name not in EMBEDDING_OUTPUTS
 
 
 def is_integer_output(out: np.ndarray) -> bool:
@@ -132,7 +141,7 @@ def _positions(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
     return mask.reshape(mask.shape + (1,) * (out.ndim - 2))
 
 
-def _compare_one(b: np.ndarray, r: np.ndarray, real: np.ndarray | None) -> dict[str, Any]:
+def _compare_one(b: np.ndarray, r: np.ndarray, real: np.ndarray | None, name: str | None = None) -> dict[str, Any]:
     """Figures of one output pair (see :func:`compare_outputs`)."""
     n = b.shape[0]
     if is_integer_output(b) or is_integer_output(r):
@@ -160,7 +169,7 @@ def _compare_one(b: np.ndarray, r: np.ndarray, real: np.ndarray | None) -> dict[
         "cosine_min": float(cos.min()),
         "sqnr_db": sqnr if np.isfinite(sqnr) else None,
     }
-    if is_classifier_output(b):
+    if is_classifier_output(b, name):
         out["top1_agreement"] = float((b.argmax(1) == r.argmax(1)).mean())
     return out
 
@@ -208,7 +217,7 @@ def compare_outputs(baseline: list[np.ndarray], result: list[np.ndarray], *, nam
     per: list[dict[str, Any]] = []
     for name, b, r in zip(names, baseline, result, strict=True):
         real = _positions(b, mask) if token_outputs is None or name in token_outputs else None
-        entry = {"name": name, **_compare_one(b, r, real),
+        entry = {"name": name, **_compare_one(b, r, real, name),
                  "positions": "all" if real is None else f"real tokens ({mask_name} == 1)"}
         per.append(entry)
     floats = [p for p in per if p["kind"] == "float"]

@@ -16,7 +16,12 @@ from typing import Any
 
 from compressor.errors import UsageError
 
-__all__ = ["hub_id_error", "is_hf_folder", "load_image_processor", "load_tokenizer", "looks_like_hub_id", "read_config"]
+__all__ = ["TOKENIZER_FILES", "hub_id_error", "is_hf_folder", "load_image_processor", "load_tokenizer", "looks_like_hub_id",
+           "model_folder", "read_config"]
+
+#: Files any transformers tokenizer is loaded from (fast, WordPiece, BPE, SentencePiece, tiktoken).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "merges.txt", "tokenizer.tiktoken", "vocab.model")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -67,6 +72,12 @@ def load_tokenizer(folder: Path) -> Any:
     Raises:
         UsageError: The folder has no loadable tokenizer.
     """
+    folder = Path(folder)
+    # transformers 5 builds an empty tokenizer from config.json alone (every word becomes [UNK]): a folder
+    # without tokenizer files has no tokenizer
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); pass "
+                         "--tokenizer DIR with the folder the model's tokenizer was saved to")
     from transformers import AutoTokenizer
 
     try:
@@ -89,3 +100,27 @@ def load_image_processor(folder: Path) -> Any | None:
     except Exception as e:  # noqa: BLE001 - any failure means: no usable processor
         raise UsageError(f"{folder}'s image processor cannot be loaded ({type(e).__name__}); pass --image-size, "
                          "--mean and --std instead") from e
+
+
+def model_folder(folder: Path) -> Path | None:
+    """The folder holding the transformers model of ``folder``, or None when it holds none.
+
+    ``folder`` itself when it is a Hugging Face folder (:func:`is_hf_folder`); for a sentence-transformers
+    folder in the older layout (``modules.json`` at the top, the transformer in a subfolder such as
+    ``0_Transformer/``), that subfolder.
+    """
+    folder = Path(folder)
+    if is_hf_folder(folder):
+        return folder
+    path = folder / "modules.json"
+    if not folder.is_dir() or not path.is_file():
+        return None
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+        sub = next((str(m.get("path", "")) for m in modules if str(m.get("type", "")).endswith(".Transformer")), None)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+        return None
+    if not sub:
+        return None
+    inner = folder / sub
+    return inner if folder.resolve() in inner.resolve().parents and is_hf_folder(inner) else None

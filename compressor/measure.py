@@ -117,7 +117,7 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         c["compare"]["fidelity"] = {**fid, "inputs": ctx.data.source, "against": against}
     out: dict[str, Any] = {}
     unlabelled = ctx.eval_data is not None and ctx.eval_data.labels is None and recipe.eval_data is None
-    if unlabelled and recipe.eval_source is not None and is_classifier_output(outs[0][0]):
+    if unlabelled and recipe.eval_source is not None and is_classifier_output(outs[0][0], names[0]):
         ctx.warn(f"{recipe.eval_source} has no labels: fidelity runs on its inputs, accuracy of this classifier is "
                  f"not measured ({recipe.how_to_label()} to measure it)")
     if recipe.eval_source is not None and ctx.eval_data is not None and ctx.eval_data.labels is not None:
@@ -125,7 +125,7 @@ def measure(ctx: RunContext, recipe: Any, baseline: dict[str, Any], candidates: 
         accs = []
         for p in paths:
             logits = run_onnx(p, ev)[0]
-            if not is_classifier_output(logits):
+            if not is_classifier_output(logits, names[0]):
                 raise UsageError(f"--eval-data needs a classifier ([samples, classes] output); {p.name} gives "
                                  f"{list(logits.shape)}")
             accs.append(top1_accuracy(logits, ev.labels))

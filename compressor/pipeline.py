@@ -32,9 +32,18 @@ from compressor.inputs import (
     fixed_batch_size,
     load_npz,
     random_data,
+    shape_batch_size,
     torch_io_spec,
 )
-from compressor.outputs import check_output, default_output, publish, scratch_dir
+from compressor.outputs import (
+    check_output,
+    default_output,
+    is_folder_output,
+    output_model_path,
+    publish,
+    publish_folder,
+    scratch_dir,
+)
 from compressor.passes import ONNX, TORCH, PassSpec, config_to_json, get_pass
 from compressor.recipe import Recipe
 
@@ -246,9 +255,14 @@ def prepare_data(io: IOSpec, recipe: Recipe, calib: SampleData | None, evald: Sa
             known_axes.update({d: size for d, size in zip(orig.shape[1:], dims[spec.name], strict=True)
                                if isinstance(d, str)})
     defaults, used_default = default_token_dims(io, dims, known_axes=known_axes)
+    seq_len = DEFAULT_SEQ_LEN
+    longest = artifact.details.get("max_sequence_length") if artifact is not None else None
+    if used_default and longest and longest < DEFAULT_SEQ_LEN:  # e.g. a model with 64 position embeddings
+        seq_len = int(longest)
+        defaults = {k: tuple(seq_len if d == DEFAULT_SEQ_LEN else d for d in v) for k, v in defaults.items()}
     dims.update(defaults)
     if used_default and notes is not None:
-        notes["default_seq_len"] = DEFAULT_SEQ_LEN
+        notes["default_seq_len"] = seq_len
     high = _int_input_ranges(artifact, io, dims, notes) if artifact is not None else None
     return random_data(io, num_samples=RANDOM_SAMPLES, dims=dims or None, int_high=high)
 
@@ -267,7 +281,13 @@ def _int_input_ranges(artifact: ModelArtifact, io: IOSpec, dims: dict[str, tuple
     if not ints:
         return {}
     ranges = {}
-    if artifact.format.is_torch:
+    known = artifact.details.get("index_high") or {}
+    if artifact.format.is_torch and known:  # the loader knows what each input indexes (Hugging Face folders)
+        from compressor.index_ranges import IndexRange
+
+        ranges = {s.name: IndexRange(int(known[s.name]), f"the model's config ({s.name} < {known[s.name]})")
+                  for s in ints if s.name in known}
+    elif artifact.format.is_torch:
         r = torch_index_high(artifact.loaded)
         if r is not None:
             ranges = {s.name: r for s in ints}
@@ -317,7 +337,8 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
     notes: dict[str, Any] = dict(data_notes)
     data = prepare_data(io, recipe, calib, evald, artifact=artifact, notes=notes)
     ctx = RunContext(io=io, data=data, workdir=workdir, on_warning=callbacks.on_warning,
-                     on_progress=callbacks.on_progress, input_notes=notes, budget=recipe.gates)
+                     on_progress=callbacks.on_progress, input_notes=notes, budget=recipe.gates,
+                     bench_batch_size=recipe.batch_size or shape_batch_size(recipe.parsed_input_shapes) or 1)
     for w in recipe.warnings:
         ctx.warn(w)
     for w in artifact.details.get("warnings", []):
@@ -327,11 +348,13 @@ def make_context(artifact: ModelArtifact, recipe: Recipe, workdir: Path, callbac
         ctx.warn(f"the program fixes its batch axis at {fixed} (torch.export without dynamic_shapes): every check and "
                  f"the benchmark run at batch {fixed}, and the ONNX output keeps that fixed batch")
     if "default_seq_len" in notes:
+        seq_len = notes["default_seq_len"]
         filled = [s.name for s in io.inputs if len(s.shape) > 1 and not isinstance(s.shape[1], int)
-                  and data.arrays[s.name].shape[1] == DEFAULT_SEQ_LEN]
+                  and data.arrays[s.name].shape[1] == seq_len]
+        longest = "" if seq_len == DEFAULT_SEQ_LEN else f" (the model's longest, under the default {DEFAULT_SEQ_LEN})"
         ctx.warn(f"no data or --input-shape gives the sequence length of {', '.join(filled)}: generated inputs use "
-                 f"the default sequence length {DEFAULT_SEQ_LEN}; set it with --input-shape "
-                 f"{filled[0]}:1x{DEFAULT_SEQ_LEN}:{next(s.dtype for s in io.inputs if s.name == filled[0])} "
+                 f"the default sequence length {seq_len}{longest}; set it with --input-shape "
+                 f"{filled[0]}:1x{seq_len}:{next(s.dtype for s in io.inputs if s.name == filled[0])} "
                  "or give --calibration-data")
     if evald is not None:
         ctx.eval_data = check_data_fits(io, evald)
@@ -395,7 +418,7 @@ def _load_text_or_images(recipe: Recipe, artifact: ModelArtifact, kind: str, not
         io = apply_shapes_to_spec(artifact.io, shapes)
     else:
         io = torch_io_spec(module, shapes, None) if shapes else None
-    folder = recipe.model if recipe.model is not None and hf.is_hf_folder(recipe.model) else None
+    folder = hf.model_folder(recipe.model) if recipe.model is not None else None
     flag = "--calibration-text" if kind == "calibration" else "--eval-text"
     if text is not None:
         from compressor.text_data import DEFAULT_MAX_LENGTH, text_sample_data
@@ -514,6 +537,12 @@ def check_labels_fit(artifact: ModelArtifact, ctx: RunContext) -> None:
 
         first = make_session(artifact.path).run(None, feeds)[0]
     first = np.asarray(first)
+    from compressor.fidelity import EMBEDDING_OUTPUTS
+
+    name = ctx.io.outputs[0].name if ctx.io.outputs else None
+    if name in EMBEDDING_OUTPUTS:
+        raise UsageError(f"labels in {ev.source} need a classifier, but the model's first output is '{name}', an "
+                         "embedding; drop the labels to measure fidelity only")
     if first.ndim != 2 or first.shape[1] < 2 or first.dtype.kind != "f":
         raise UsageError(f"labels in {ev.source} need a classifier ([samples, classes] float output), but the model's "
                          f"first output is {first.dtype.name} {list(first.shape)}; drop 'labels' to measure fidelity "
@@ -538,8 +567,15 @@ def _load(recipe: Recipe) -> ModelArtifact:
         finally:
             if added:
                 sys.path.remove(folder)
-    return load_model(recipe.model, LoadOptions(trust_pickle=recipe.trust_pickle, model_class=recipe.model_class,
-                                                model_kwargs=dict(recipe.model_kwargs)))
+    artifact = load_model(recipe.model, LoadOptions(trust_pickle=recipe.trust_pickle, model_class=recipe.model_class,
+                                                    model_kwargs=dict(recipe.model_kwargs), task=recipe.task,
+                                                    pooling=recipe.pooling))
+    for key, flag in (("task", "--task"), ("pooling", "--pooling")):
+        if getattr(recipe, key) is not None and artifact.format is not ModelFormat.HF_FOLDER:  # no silent no-op
+            where = flag if recipe.source(key) in ("command line", "default") else f"{key} in {recipe.source(key)}"
+            raise UsageError(f"{where} applies to Hugging Face model folders, and {recipe.model} is "
+                             f"{artifact.format.value}; drop it")
+    return artifact
 
 
 def _input_entry(recipe: Recipe, artifact: ModelArtifact, ctx: RunContext) -> dict[str, Any]:
@@ -547,6 +583,8 @@ def _input_entry(recipe: Recipe, artifact: ModelArtifact, ctx: RunContext) -> di
              "inputs": [s.to_json() for s in ctx.io.inputs], "source": recipe.source("model"), **ctx.input_notes}
     if "checkpoint" in artifact.details:  # case R15: where the weights were found, prefixes removed
         entry["checkpoint"] = artifact.details["checkpoint"]
+    if "hf" in artifact.details:  # a Hugging Face folder: the head, pooling and attention it was exported with
+        entry["hf"] = artifact.details["hf"]
     return entry
 
 
@@ -817,7 +855,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
                 base["entry"]["note"] = "size, parameters and latency of the fp32 ONNX export of the input"
             macs = None
             for c in candidates:
-                shown = out if c is final else f"steps[{c['step']['step']}] {c['spec'].name} (intermediate, not written)"
+                shown = output_model_path(recipe.model, out) if c is final else f"steps[{c['step']['step']}] {c['spec'].name} (intermediate, not written)"
                 c["entry"] = model_entry(c["onnx"], shown)
                 macs = _macs(c, base, macs)
             against = ("baseline fp32 ONNX (checked against the original PyTorch model)" if artifact.format.is_torch
@@ -860,7 +898,7 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
                 if torch_tmp is not None:
                     os.replace(torch_tmp, recipe.save_torch)
                     report["torch_output"] = {"path": str(recipe.save_torch), "format": torch_tmp.kind}
-                publish(final["onnx"], out)
+                _publish(final["onnx"], out, recipe, report)
             finally:
                 if torch_tmp is not None:
                     Path(torch_tmp).unlink(missing_ok=True)
@@ -869,9 +907,22 @@ def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compresse
         with contextlib.suppress(AttributeError, TypeError):
             e.report = report
         raise
-    report["output"] = str(out)
+    report["output"] = str(output_model_path(recipe.model, out))
     report["warnings"] = ctx.warnings
     return report
+
+
+def _publish(tmp_model: Path, out: Path, recipe: Recipe, report: dict[str, Any]) -> None:
+    """Put the verified model in place: the file ``out``, or a model folder.
+
+    A Hugging Face input written as a folder gets ``out/model.onnx`` with the input folder's configuration and
+    tokenizer files (``report["output_folder"]``).
+    """
+    if is_folder_output(recipe.model, out):
+        files = publish_folder(tmp_model, out, recipe.model)
+        report["output_folder"] = {"path": str(out), "files": files}
+    else:
+        publish(tmp_model, out)
 
 
 def _data_files(recipe: Recipe) -> dict[str, Path | None]:
@@ -990,7 +1041,8 @@ def export_only(recipe: Recipe, *, command: str, callbacks: Callbacks = Callback
     artifact = _load(recipe)
     if artifact.format is ModelFormat.ONNX:
         raise UsageError(f"{recipe.model} is already ONNX; export takes a PyTorch model")
-    out = recipe.output or recipe.model.with_suffix(".onnx")
+    out = recipe.output or (recipe.model.with_name(recipe.model.name + ".onnx") if recipe.model.is_dir()
+                            else recipe.model.with_suffix(".onnx"))
     check_output(recipe.model, out, others=_data_files(recipe))
     report = new_report(command)
     with scratch_dir(out) as work:
@@ -1001,10 +1053,10 @@ def export_only(recipe: Recipe, *, command: str, callbacks: Callbacks = Callback
         report["sources"] = dict(recipe.sources)
         report["export"] = {"name": "export", "of": "original model", **result.details}
         report["steps"] = [report["export"]]
-        report["result"] = model_entry(result.artifact.path, out)
+        report["result"] = model_entry(result.artifact.path, output_model_path(recipe.model, out))
         _shield(callbacks)
-        publish(result.artifact.path, out)
-    report["output"] = str(out)
+        _publish(result.artifact.path, out, recipe, report)
+    report["output"] = str(output_model_path(recipe.model, out))
     report["warnings"] = ctx.warnings
     return report
 

@@ -77,6 +77,8 @@ TOP_LEVEL: dict[str, Any] = {
     "model_kwargs": dict,
     "trust_pickle": bool,
     "save_torch": Path,
+    "task": str,
+    "pooling": str,
 }
 PATH_KEYS = tuple(k for k, t in TOP_LEVEL.items() if t is Path)
 #: ``[benchmark]`` keys beside :class:`~compressor.benchmark.BenchmarkSettings`' fields.
@@ -130,6 +132,10 @@ class Recipe:
         model_kwargs: Constructor arguments of ``model_class``.
         trust_pickle: Allow pickles that need classes outside ``torch.nn``.
         save_torch: Also write the final PyTorch model here (``.pt2`` or ``.pt``).
+        task: Hugging Face folders: the head to export (``feature-extraction``, ``sequence-classification``, ...);
+            None for the one the folder's ``architectures`` names.
+        pooling: Hugging Face folders: ``mean``, ``cls``, ``max`` or ``none``; None for a sentence-transformers
+            folder's own pooling (none for other folders).
         steps: The passes to apply, in order.
         export: Settings of every export step the pipeline inserts (and of the baseline export).
         bench: Benchmark settings.
@@ -163,6 +169,8 @@ class Recipe:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     trust_pickle: bool = False
     save_torch: Path | None = None
+    task: str | None = None
+    pooling: str | None = None
     steps: tuple[Step, ...] = ()
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchmarkSettings = field(default_factory=BenchmarkSettings)
@@ -457,6 +465,8 @@ def build_recipe(layers: list[Layer]) -> Recipe:
             elif key in TOP_LEVEL:
                 _check(key, value, TOP_LEVEL[key], layer)
                 if key in PATH_KEYS and value is not None:
+                    if key == "model":
+                        _refuse_hub_id(layer, value)
                     value = _resolve(layer.base_dir, value)
                 values[key] = value
                 sources[key], origin[key] = layer.label, layer
@@ -549,6 +559,8 @@ def build_recipe(layers: list[Layer]) -> Recipe:
         model_kwargs=dict(values.get("model_kwargs") or {}),
         trust_pickle=bool(values.get("trust_pickle", False)),
         save_torch=values.get("save_torch"),
+        task=values.get("task"),
+        pooling=values.get("pooling"),
         steps=tuple(steps),
         export=export,
         bench=bench,
@@ -568,6 +580,24 @@ def build_recipe(layers: list[Layer]) -> Recipe:
             raise UsageError(f"{layer.name_of('input_shape')}: {e}") from None
         raise
     return recipe
+
+
+def _refuse_hub_id(layer: Layer, value: Any) -> None:
+    """Refuse a model that is not on disk but reads like a hub id (``bert-base-uncased``, ``org/name``).
+
+    compressor never downloads, so the message says so, naming the value as written.
+
+    Raises:
+        UsageError: The never-downloads message of :func:`compressor.hf.hub_id_error`.
+    """
+    from compressor.hf import hub_id_error, looks_like_hub_id
+
+    if _resolve(layer.base_dir, value).exists() or Path(value).exists() or not looks_like_hub_id(str(value)):
+        return
+    error = hub_id_error(str(value))
+    if layer.file is not None:
+        raise UsageError(f"{layer.name_of('model')}: {error}")
+    raise error
 
 
 #: The keys that each give one kind of data, in every form it can take.

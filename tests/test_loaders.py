@@ -32,13 +32,15 @@ from compressor.loaders import (
     registered_formats,
 )
 from compressor.loaders.exported_program import ExportedProgramLoader
+from compressor.loaders.hf_folder import HFFolderLoader
 from compressor.loaders.onnx import OnnxLoader
+from compressor.loaders.safetensors_file import SafetensorsLoader
 from compressor.loaders.torch_pickle import TorchPickleLoader
 from compressor.loaders.torchscript import TorchScriptLoader
 from tests.conftest import run_cli
 
 UNKNOWN = ("is not a model compressor can read: expected ONNX, a torch.export .pt2, TorchScript, "
-           "or a torch.save file (full module or state_dict)")
+           "a torch.save file (full module or state_dict), or a safetensors state_dict")
 
 
 def _onnx_relu(path: Path, *, external: bool = False) -> Path:
@@ -75,10 +77,12 @@ def model_files(tmp_path_factory, samples) -> dict[str, Path]:
 
 def test_registry_lists_the_formats():
     assert [type(loader) for loader in LOADERS] == [OnnxLoader, ExportedProgramLoader, TorchScriptLoader,
-                                                    TorchPickleLoader]
-    assert [loader.name for loader in LOADERS] == ["onnx", "exported_program", "torchscript", "torch_module_pickle"]
+                                                    TorchPickleLoader, SafetensorsLoader, HFFolderLoader]
+    assert [loader.name for loader in LOADERS] == ["onnx", "exported_program", "torchscript", "torch_module_pickle",
+                                                   "safetensors", "hf_folder"]
     assert registered_formats() == [ModelFormat.ONNX, ModelFormat.EXPORTED_PROGRAM, ModelFormat.TORCHSCRIPT,
-                                    ModelFormat.TORCH_MODULE, ModelFormat.STATE_DICT]
+                                    ModelFormat.TORCH_MODULE, ModelFormat.STATE_DICT, ModelFormat.SAFETENSORS,
+                                    ModelFormat.HF_FOLDER]
     assert set(registered_formats()) == set(ModelFormat)  # every format has a loader
     assert type(get_loader(ModelFormat.STATE_DICT)) is TorchPickleLoader
 
@@ -200,7 +204,8 @@ def test_adding_a_loader_is_one_registry_entry(tmp_path, monkeypatch, model_file
     art = load_model(model)
     assert art.loaded == [1.0, 2.0, 3.0] and art.io.inputs[0].shape == ("batch", 3)
     assert registered_formats()[-1] is _DummyFormat.TEXT and type(get_loader(_DummyFormat.TEXT)) is _TextLoader
-    with pytest.raises(UnknownFormatError, match=r"a torch\.save file \(full module or state_dict\), or a text model$"):
+    with pytest.raises(UnknownFormatError,
+                       match=r"a torch\.save file \(full module or state_dict\), a safetensors state_dict, or a text model$"):
         detect_format(junk)
     assert detect_format(model_files["cnn"]) is ModelFormat.TORCH_MODULE  # the others are unaffected
     data = example_inputs(art, art.io, num_samples=5, seed=3)  # the default: seeded random inputs

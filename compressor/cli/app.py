@@ -68,7 +68,7 @@ app = typer.Typer(
 )
 
 # ----------------------------------------------------------------------------- shared options
-ModelArg = Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict (format read from content). Default: `model` in compressor.toml or \\[tool.compressor] of pyproject.toml.", show_default=False)]
+ModelArg = Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Model file: ONNX, .pt2 ExportedProgram, TorchScript, torch.save module or state_dict, safetensors state_dict (format read from content); or a Hugging Face model folder (config.json; never downloads). Default: `model` in compressor.toml or \\[tool.compressor] of pyproject.toml.", show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output and report", metavar="PATH", help="Output ONNX file (default beside the input: <stem>.pruned.onnx for prune, <stem>.quantized.onnx for quantize, <stem>.compressed.onnx for a recipe of several steps).")]
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", rich_help_panel="Input", metavar="SHAPE", help="Input shape: 1,1,8,8 (one float32 input) or name:1x128:int64 (repeat or comma-separate for several).")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calibration-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs keyed by input name (samples first), a folder of <name>.npy, or 'random' (warned opt-in).")]
@@ -84,6 +84,8 @@ MeanOpt = Annotated[Optional[str], typer.Option("--mean", rich_help_panel="Data"
 StdOpt = Annotated[Optional[str], typer.Option("--std", rich_help_panel="Data", metavar="R,G,B", help="Image data: per-channel standard deviation (default ImageNet's 0.229,0.224,0.225).")]
 ModelClassOpt = Annotated[Optional[str], typer.Option("--model-class", rich_help_panel="Input", metavar="MODULE:CLASS", help="package.module:ClassName to load a state_dict into (current folder is importable).")]
 ModelKwargsOpt = Annotated[Optional[str], typer.Option("--model-kwargs", rich_help_panel="Input", metavar="JSON", help="JSON object of constructor arguments for --model-class.")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", rich_help_panel="Input", metavar="TASK", help="Hugging Face folder: the head to export: feature-extraction, sequence-classification, token-classification, question-answering, fill-mask, image-classification (default: from config.json's architectures).")]
+PoolingOpt = Annotated[Optional[str], typer.Option("--pooling", rich_help_panel="Input", metavar="mean|cls|max|none", help="Hugging Face text encoder: pool token embeddings into a sentence_embedding output (default: a sentence-transformers folder's own pooling and normalisation; none = token outputs only).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-pickle", rich_help_panel="Input", metavar="", help="Allow pickles that need classes outside torch.nn (runs code from the file).")]
 JsonOpt = Annotated[bool, typer.Option("--json", rich_help_panel="Output and report", metavar="", help="Print the JSON report to stdout and nothing else.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", rich_help_panel="Output and report", metavar="PATH", help="Write the JSON report to this file.")]
@@ -290,7 +292,7 @@ _TOP = {"model": "model", "output": "output", "input_shape": "input_shape", "cal
         "model_kwargs": "model_kwargs", "trust_pickle": "trust_pickle", "save_torch": "save_torch",
         "calibration_text": "calibration_text", "eval_text": "eval_text", "calibration_images": "calibration_images",
         "eval_images": "eval_images", "tokenizer": "tokenizer", "max_length": "max_length",
-        "image_size": "image_size", "mean": "mean", "std": "std"}
+        "image_size": "image_size", "mean": "mean", "std": "std", "task": "task", "pooling": "pooling"}
 _TABLES = {
     "export": {"opset": "opset", "atol": "atol", "rtol": "rtol", "exporter": "exporter"},
     "benchmark": {"batch_size": "batch_size", "batch_sizes": "batch_sizes", "seq_lens": "seq_lens",
@@ -559,7 +561,12 @@ def _dry_run(recipe: Any, out: Path | None, json_out: bool, *, saved_to: Path | 
     rep = _rendered(dry_run, recipe)
     if out is not None:
         check_output(recipe.model, out)
-        rep["output"] = str(out)
+        from compressor.outputs import FOLDER_MODEL_FILE, folder_files, is_folder_output, output_model_path
+
+        rep["output"] = str(output_model_path(recipe.model, out))
+        if is_folder_output(recipe.model, out):  # what the run would write
+            rep["output_folder"] = {"path": str(out),
+                                    "files": [FOLDER_MODEL_FILE, *map(str, folder_files(recipe.model))]}
     if json_out:
         _emit(rep, True, None)
         return
@@ -572,7 +579,8 @@ def _dry_run(recipe: Any, out: Path | None, json_out: bool, *, saved_to: Path | 
     if measures:
         print("then:   measure the baseline" + (" and each step in one interleaved benchmark" if rep["plan"] else ""))
     if out is not None:
-        print(f"output: {out}")
+        print(f"output: {out}" + (f" (a folder: {', '.join(rep['output_folder']['files'])})"
+                                  if "output_folder" in rep else ""))
     print("dry run: nothing was done" + (f" but writing the recipe {saved_to}" if saved_to else ""))
 
 
@@ -653,6 +661,8 @@ def prune(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    task: TaskOpt = None,
+    pooling: PoolingOpt = None,
     train_data: Annotated[Optional[Path], typer.Option("--train-data", rich_help_panel="Data", metavar="PATH", help=".npz of inputs plus labels: adds the supervised loss to recovery.")] = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
@@ -734,6 +744,8 @@ def quantize(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    task: TaskOpt = None,
+    pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
     calibration_text: CalibTextOpt = None,
@@ -843,6 +855,8 @@ def export(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    task: TaskOpt = None,
+    pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
     calibration_text: CalibTextOpt = None,
     calibration_images: CalibImagesOpt = None,
@@ -895,6 +909,8 @@ def bench(
     model_class: ModelClassOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     trust_pickle: TrustOpt = False,
+    task: TaskOpt = None,
+    pooling: PoolingOpt = None,
     calibration_data: CalibOpt = None,
     eval_data: EvalOpt = None,
     calibration_text: CalibTextOpt = None,

@@ -79,6 +79,14 @@ def render_table(report: dict[str, Any]) -> Any:
             f"{'per-channel' if q['per_channel'] else 'per-tensor'}, activations {q['activation_type']} "
             f"{q['activation_scheme']}, reduce_range={q['reduce_range']} ({q['chosen_by']})"
         )
+        timed = [c for c in q.get("format_candidates") or [] if c.get("latency_ms_p50") is not None]
+        if timed:
+            sel = q.get("format_selection") or {}
+            chosen = next((c["format"] for c in timed if c.get("chosen")), q.get("kernel_format"))
+            summary.append(
+                f"kernel format: {chosen} ({sel.get('by')} at batch {sel.get('batch_size')}, {sel.get('threads')} "
+                "thread; " + ", ".join(f"{c['format']} {c['latency_ms_p50']:.3g} ms cos {_f(c.get('cosine_min'), '.4f')}"
+                                       for c in timed) + ")")
         fb = q.get("fallback")
         if fb is not None:
             left = q.get("fallback_layers") or []

@@ -6,9 +6,10 @@ sniffs its kind from the file's bytes, loads it, gives its IO spec and example i
 entry in :data:`LOADERS` (and its :class:`~compressor.artifact.ModelFormat` member).
 
 Formats: ONNX (with external data), ``torch.export`` ExportedProgram (``.pt2``),
-TorchScript, a full-module pickle (``torch.save(model)``) and a state_dict plus
-``--model-class``. Pickles are loaded with ``torch.load(weights_only=True)``: the
-``torch.nn`` module classes a full-module pickle needs are allow-listed; any other class
+TorchScript, a full-module pickle (``torch.save(model)``), a state_dict plus
+``--model-class`` (pickled or safetensors), and a Hugging Face model folder (the only folder kind,
+recognised by its ``config.json``; see :mod:`compressor.loaders.hf_folder`). Pickles are loaded with
+``torch.load(weights_only=True)``: the ``torch.nn`` module classes a full-module pickle needs are allow-listed; any other class
 needs ``trust_pickle=True`` (``--trust-pickle``).
 """
 
@@ -22,7 +23,9 @@ from compressor.artifact import IOSpec, ModelArtifact, ModelFormat
 from compressor.errors import UnknownFormatError, UsageError
 from compressor.loaders.base import Loader, LoadOptions
 from compressor.loaders.exported_program import ExportedProgramLoader
+from compressor.loaders.hf_folder import HFFolderLoader
 from compressor.loaders.onnx import OnnxLoader
+from compressor.loaders.safetensors_file import SafetensorsLoader
 from compressor.loaders.torch_pickle import TorchPickleLoader
 from compressor.loaders.torchscript import TorchScriptLoader
 
@@ -43,8 +46,10 @@ __all__ = [
 ]
 
 #: The registry: sniffed in this order, first match wins; the unknown-format error names them
-#: in this order. ONNX is only tried on files that are not zip archives.
-LOADERS: list[Loader] = [OnnxLoader(), ExportedProgramLoader(), TorchScriptLoader(), TorchPickleLoader()]
+#: in this order. ONNX is only tried on files that are not zip archives. Folders are offered to
+#: :meth:`Loader.sniff_folder` (only the Hugging Face loader takes them).
+LOADERS: list[Loader] = [OnnxLoader(), ExportedProgramLoader(), TorchScriptLoader(), TorchPickleLoader(),
+                         SafetensorsLoader(), HFFolderLoader()]
 
 #: Bytes of the file's start handed to every :meth:`Loader.sniff`.
 HEAD_BYTES = 64
@@ -58,20 +63,29 @@ def registered_formats() -> list[ModelFormat]:
 
 
 def find_loader(path: Path) -> Loader:
-    """The registered loader whose ``sniff`` accepts the file's content (never its extension).
+    """The registered loader whose ``sniff`` (``sniff_folder`` for a folder) accepts the content (never its extension).
 
     Args:
-        path: Model file.
+        path: Model file, or a Hugging Face model folder.
 
     Raises:
-        UsageError: The file does not exist, is a folder, or cannot be read.
+        UsageError: The path does not exist (a name that reads like a hub id gets the never-downloads message),
+            is a folder no loader takes, or cannot be read.
         UnknownFormatError: A damaged zip, or content no registered loader accepts.
     """
     path = Path(path)
     if not path.exists():
+        from compressor.hf import hub_id_error, looks_like_hub_id
+
+        if looks_like_hub_id(str(path)):
+            raise hub_id_error(str(path))
         raise UsageError(f"model file not found: {path}")
     if path.is_dir():
-        raise UsageError(f"{path} is a folder; pass the model file inside it")
+        for loader in LOADERS:
+            if loader.sniff_folder(path):
+                return loader
+        raise UsageError(f"{path} is a folder; pass the model file inside it (or a Hugging Face model folder, "
+                         "which has a config.json)")
     try:
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES)
@@ -91,7 +105,7 @@ def find_loader(path: Path) -> Loader:
         raise UnknownFormatError(
             f"{path} is a zip archive but not a PyTorch file (torch.save, torch.export.save or TorchScript)"
         )
-    kinds = [loader.description for loader in LOADERS]
+    kinds = [loader.description for loader in LOADERS if loader.takes_files]
     expected = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])}, or {kinds[-1]}"
     raise UnknownFormatError(f"{path} is not a model compressor can read: expected {expected}")
 

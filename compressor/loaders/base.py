@@ -27,11 +27,17 @@ class LoadOptions:
         trust_pickle: Allow arbitrary classes in a pickle (runs code from the file).
         model_class: ``"package.module:ClassName"`` for a state_dict file.
         model_kwargs: Keyword arguments for ``model_class`` (from ``--model-kwargs`` JSON).
+        task: Hugging Face folders: the head to load (``--task``, e.g. ``"sequence-classification"``); None
+            for the one the folder's ``architectures`` names.
+        pooling: Hugging Face folders: ``--pooling`` (``mean``, ``cls``, ``max`` or ``none``); None for the
+            sentence-transformers folder's own pooling (none for other folders).
     """
 
     trust_pickle: bool = False
     model_class: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    pooling: str | None = None
 
 
 class Loader(abc.ABC):
@@ -42,10 +48,12 @@ class Loader(abc.ABC):
             :func:`compressor.loaders.detect_format` reports once ``sniff`` matched (a torch.save
             file sniffs as ``TORCH_MODULE`` and loads as ``TORCH_MODULE`` or ``STATE_DICT``).
         description: How the unknown-format error names this kind, e.g. ``"a torch.export .pt2"``.
+        takes_files: False for a kind that is only ever a folder (left out of the unknown-file error).
     """
 
     formats: ClassVar[tuple[ModelFormat, ...]]
     description: ClassVar[str]
+    takes_files: ClassVar[bool] = True
 
     @property
     def name(self) -> str:
@@ -62,6 +70,10 @@ class Loader(abc.ABC):
                 when the file is shorter).
             zip_names: Member names when the file is a zip archive, else None.
         """
+
+    def sniff_folder(self, path: Path) -> bool:
+        """True when the folder ``path`` is this kind (by its content); most kinds are files: False."""
+        return False
 
     @abc.abstractmethod
     def load(self, path: Path, options: LoadOptions) -> ModelArtifact:

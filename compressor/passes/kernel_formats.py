@@ -140,7 +140,8 @@ def cache_get(key: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     entry = data.get(key) if isinstance(data, dict) else None
-    return entry if isinstance(entry, dict) and entry.get("chosen") in FORMATS else None
+    ok = isinstance(entry, dict) and str(entry.get("chosen")).split("+")[0] in FORMATS
+    return entry if ok else None
 
 
 def cache_put(key: str, entry: dict[str, Any]) -> None:
@@ -188,7 +189,7 @@ def measure_candidates(reference: Path, candidates: dict[str, Path], data: Any, 
     import numpy as np
 
     from compressor.benchmark import BenchmarkSettings, benchmark_detailed
-    from compressor.fidelity import compare_outputs, run_onnx
+    from compressor.fidelity import attention_mask_of, compare_outputs, output_names, run_onnx, sequence_outputs
 
     names = list(candidates)
     paths = [reference, *[candidates[n] for n in names]]
@@ -203,8 +204,11 @@ def measure_candidates(reference: Path, candidates: dict[str, Path], data: Any, 
                              threads=[threads] * len(paths))
     lat = det["latency"]
     rows = []
+    # token outputs are compared on real positions only (padding has no meaning), as in the run's fidelity
+    mask = attention_mask_of(data)
+    tokens = sequence_outputs(reference, mask[0]) if mask is not None else None
     for i, name in enumerate(names, 1):
-        fid = compare_outputs(outs[0], outs[i])
+        fid = compare_outputs(outs[0], outs[i], names=output_names(reference), attention_mask=mask, token_outputs=tokens)
         rows.append({"format": name, "latency_ms_p50": lat[i].p50, "speedup": lat[0].p50 / lat[i].p50,
                      "cosine_min": fid.get("cosine_min"), "sqnr_db": fid.get("sqnr_db")})
     return rows
@@ -227,11 +231,16 @@ def pick(rows: list[dict[str, Any]], tolerance: float = COSINE_TOLERANCE, margin
 
 
 def quantized_weight_count(path: Path) -> int:
-    """Weight tensors stored as 8-bit integers (rank >= 2 initializers of dtype int8/uint8) in an ONNX model."""
+    """Weight elements stored as 8-bit integers (in rank >= 2 initializers of dtype int8/uint8) in an ONNX model.
+
+    Elements, not tensors: a fused ``QAttention`` stores the Q, K and V weights as one tensor.
+    """
+    import math
+
     import onnx
 
     model = onnx.load_model(str(path), load_external_data=False)
-    return sum(1 for t in model.graph.initializer
+    return sum(math.prod(t.dims) for t in model.graph.initializer
                if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) >= 2)
 
 
@@ -340,7 +349,7 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
             counts = {name: quantized_weight_count(p) for name, p in built.items()}
             most = max(counts.values())
             for name in [n for n, c in counts.items() if c < most]:
-                errors.append({"format": name, "error": f"quantizes {counts[name]} weight tensors, others {most}"})
+                errors.append({"format": name, "error": f"quantizes {counts[name]} weight elements, others {most}"})
                 built.pop(name).unlink(missing_ok=True)
             held = held_out if held_out is not None else ctx.eval_data if ctx.eval_data is not None else calib
             if held.num_samples > 64:
@@ -379,6 +388,167 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
     if fmt["reduce_range"] and config.reduce_range is None:
         reason += "; 7-bit weights: 8-bit ones can saturate this CPU's int8 kernels (no VNNI)"
     settings["reason"] = reason
+
+
+#: Suffix of a candidate built on ONNX Runtime's fused transformer graph (see :mod:`transformer_fusion`).
+FUSION_SUFFIX = "+fusion"
+#: Suffix of a candidate whose residual Add + LayerNormalization pairs run on 2-D views, which ONNX Runtime
+#: leaves unfused (:func:`~compressor.passes.transformer_fusion.flatten_residual_layernorm`).
+FLAT_SUFFIX = "+flat-layernorm"
+
+
+def graph_variant(name: str) -> str:
+    """The graph a dynamic candidate is built on: ``""`` (as it is), ``FLAT_SUFFIX`` or ``FUSION_SUFFIX``."""
+    return next((s for s in (FUSION_SUFFIX, FLAT_SUFFIX) if name.endswith(s)), "")
+
+
+def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, out: Path, quantize_one: Any, *,
+                    fusable: bool = True, measure: bool = True, cpu: dict[str, Any] | None = None) -> None:
+    """Build the dynamic int8 model at ``out`` in the fastest valid form on this CPU; fill ``settings``.
+
+    With ``config.format == "auto"`` and no type, scheme or reduce_range flag, the candidates are every format of
+    :func:`dynamic_candidates`, each on the graph as it is and, for BERT-style encoders (``fusable``), on two
+    variants: ``+flat-layernorm`` (:func:`~compressor.passes.transformer_fusion.flatten_residual_layernorm`:
+    residual Add + LayerNormalization on 2-D views, which ONNX Runtime does not fuse into its slow
+    SkipLayerNormalization) and ``+fusion`` (ONNX Runtime's fused transformer graph,
+    :func:`~compressor.passes.transformer_fusion.fuse_transformer`: Attention, SkipLayerNormalization,
+    BiasGelu; ``quantize_dynamic`` makes ``QAttention`` of Attention). They are timed
+    against each other (:func:`measure_candidates`) at the benchmark's batch on one thread, measured for fidelity
+    on held-out data (``ctx.eval_data``, else the calibration samples, else the run's inputs), and the fastest
+    within ``COSINE_TOLERANCE`` of the best cosine is kept (the unfused graph when within ``PREFERENCE_MARGIN``).
+    Candidates that quantize fewer weight elements are dropped. Selections are cached like the static ones.
+    An explicit ``--format`` or explicit type flags build one unfused model.
+
+    Args:
+        ctx: The run context.
+        config: The :class:`~compressor.passes.configs.QuantizeConfig`.
+        settings: Resolved settings; updated in place (``kernel_format``, ``weight_type``, ``reduce_range``,
+            ``format_candidates``, ``format_selection``, ``transformer_fusion``, ``flat_layernorm``, ``reason``).
+        src: The float model to quantize (pre-processed, rewritten).
+        out: Where the chosen model goes.
+        quantize_one: ``quantize_one(fmt: dict, src: Path, dst: Path)`` runs ``quantize_dynamic`` with ``fmt``'s
+            ``weight_type`` and ``reduce_range``.
+        fusable: False skips the fusion candidate (models quantized one node at a time, partial quantizations).
+        measure: False builds the first format of :func:`dynamic_candidates` unfused (models too large to build
+            several times).
+        cpu: ``cpu_info()``-shaped facts (default: this CPU).
+
+    Raises:
+        Exception: Whatever ``quantize_one`` raises when no candidate can be built.
+    """
+    from compressor.runtime import cpu_info, make_session
+
+    cpu = cpu or cpu_info()
+    isa, machine = cpu["isa"], cpu["machine"]
+    if config.format != "auto" or settings.get("chosen_by") == "user":
+        fmt = {"weight_type": settings["weight_type"], "reduce_range": settings["reduce_range"]}
+        quantize_one(fmt, src, out)
+        settings.setdefault("format_selection", {"by": "flags"})
+        return
+    held = ctx.eval_data if ctx.eval_data is not None else ctx.calibration if ctx.calibration is not None else ctx.data
+    if held.num_samples > 64:
+        held = type(held)({k: v[:64] for k, v in held.arrays.items()}, None, held.source)
+    batch = ctx.batch_size(ctx.bench_batch_size)
+    key = cache_key(src, {"config": dataclasses.asdict(config), "held_out": _data_digest(held), "batch": batch,
+                          "fusable": fusable, "kind": "dynamic"}, cpu)
+    fusion = None
+    graphs = {"": src}
+    flattened = 0
+    if fusable and measure:
+        import onnx
+
+        from compressor.passes.transformer_fusion import flatten_residual_layernorm, fuse_transformer, looks_like_bert
+
+        model = onnx.load_model(str(src))
+        if looks_like_bert(model):
+            flattened = flatten_residual_layernorm(model)
+            if flattened:
+                onnx.save(model, str(ctx.workdir / "flat_layernorm.onnx"))
+                graphs[FLAT_SUFFIX] = ctx.workdir / "flat_layernorm.onnx"
+        del model
+        try:
+            fusion = fuse_transformer(src, ctx.workdir / "fused_transformer.onnx",
+                                      held.batch(0, min(4, held.num_samples)), ctx.workdir)
+        except Exception as e:  # ONNX Runtime's optimizer on a graph it does not know: no fusion candidate
+            settings["transformer_fusion_error"] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+            fusion = None
+        if fusion is not None:
+            graphs[FUSION_SUFFIX] = ctx.workdir / "fused_transformer.onnx"
+    names = [n + suffix for n in dynamic_candidates(isa, machine) for suffix in graphs]
+    if not measure:
+        names = names[:1]
+    fmts = {n: _format_settings(n.split("+")[0], config.reduce_range, isa, machine) for n in names}
+    rows: list[dict[str, Any]] = []
+    hit = cache_get(key) if len(names) > 1 else None
+    if len(names) == 1:
+        chosen, by = names[0], "rule (one candidate on this CPU)" if measure else "rule (model too large to build twice)"
+        quantize_one(fmts[chosen], src, out)
+    elif hit is not None and hit["chosen"] in fmts:
+        chosen, rows, by = hit["chosen"], hit["candidates"], "cached"
+        quantize_one(fmts[chosen], graphs[graph_variant(chosen)], out)
+    else:
+        by = "measured"
+        built: dict[str, Path] = {}
+        errors: list[dict[str, Any]] = []
+        last_error: Exception | None = None
+        for name in names:
+            dst = ctx.workdir / f"format-{name}.onnx"
+            try:
+                quantize_one(fmts[name], graphs[graph_variant(name)], dst)
+                make_session(dst)
+            except Exception as e:  # a candidate this graph cannot take is skipped, with the reason
+                last_error = e
+                errors.append({"format": name, "error": f"{type(e).__name__}: {str(e).strip()[:200]}"})
+                continue
+            built[name] = dst
+        if not built:
+            raise last_error  # type: ignore[misc]
+        counts = {name: quantized_weight_count(p) for name, p in built.items()}
+        most = max(counts.values())
+        for name in [n for n, c in counts.items() if c < most]:
+            errors.append({"format": name, "error": f"quantizes {counts[name]} weight elements, others {most}"})
+            built.pop(name).unlink(missing_ok=True)
+        task = f"timing {len(built)} dynamic int8 candidates on this CPU"
+        ctx.progress(task, 0, 1)
+        if len(built) > 1:
+            rows = measure_candidates(src, built, held, batch_size=batch, min_time_s=1.0)
+            chosen = pick(rows)
+        else:
+            chosen = next(iter(built))
+            rows = [{"format": chosen, "latency_ms_p50": None, "speedup": None, "cosine_min": None, "sqnr_db": None}]
+        ctx.progress(task, 1, 1)
+        os.replace(built[chosen], out)
+        rows += errors
+        for r in rows:
+            r["transformer_fusion"] = graph_variant(r["format"]) == FUSION_SUFFIX
+            r["flat_layernorm"] = graph_variant(r["format"]) == FLAT_SUFFIX
+        cache_put(key, {"chosen": chosen, "candidates": rows, "fusion": fusion, "flattened": flattened})
+    if by == "cached" and fusion is None:
+        fusion = hit.get("fusion") if hit else None
+    for r in rows:
+        r["chosen"] = r["format"] == chosen
+    fmt = fmts[chosen]
+    base = chosen.split("+")[0]
+    settings.update(weight_type=fmt["weight_type"], reduce_range=fmt["reduce_range"], kernel_format=base)
+    settings["format_selection"] = {"by": by, "batch_size": batch, "threads": 1, "cosine_tolerance": COSINE_TOLERANCE}
+    if rows:
+        settings["format_candidates"] = rows
+    if graph_variant(chosen) == FLAT_SUFFIX:
+        settings["flat_layernorm"] = flattened or (hit or {}).get("flattened")
+        settings["format"] = ("integer ops (MatMulInteger/DynamicQuantizeMatMul); residual Add + LayerNormalization "
+                              "on 2-D views, which ONNX Runtime leaves unfused")
+    if graph_variant(chosen) == FUSION_SUFFIX and fusion is not None:
+        settings["transformer_fusion"] = fusion
+        settings["format"] = "integer ops (QAttention/DynamicQuantizeMatMul) on ONNX Runtime's fused transformer graph"
+    timed = [r for r in rows if r.get("latency_ms_p50") is not None]
+    if timed:
+        what = ", ".join(f"{r['format']} {r['speedup']:.2f}x cos {r['cosine_min']:.4f}" for r in timed)
+        settings["reason"] += (f"; {chosen}: the fastest within cosine {COSINE_TOLERANCE} of the most accurate (the "
+                               f"graph as it is kept within {PREFERENCE_MARGIN:.0%} of the fastest) of {len(timed)} "
+                               f"timed on this CPU at batch {batch}, 1 thread ({what})"
+                               + (" [cached]" if by == "cached" else ""))
+    else:
+        settings["reason"] += f"; kernel format {chosen} ({by})"
 
 
 def probe_model(path: Path) -> None:

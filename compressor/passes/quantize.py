@@ -944,18 +944,25 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
                     by_node, excluded=excluded, op_types=op_types):
                 _move_scratch_model(by_node, out)  # every quantizable node is done
             else:
-                quantize_dynamic(
-                    str(src_for_main),
-                    str(out),
-                    per_channel=settings["per_channel"],
-                    reduce_range=settings["reduce_range"],
-                    weight_type=qtype[settings["weight_type"]],
-                    op_types_to_quantize=op_types,
-                    nodes_to_exclude=excluded + per_tensor_nodes + gemm_aliases,
-                    use_external_data_format=large,
-                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": settings["weight_scheme"] == "symmetric",
-                                   "DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
+                def quantize_one(fmt: dict[str, Any], src: Path, dst: Path) -> None:
+                    quantize_dynamic(
+                        str(src),
+                        str(dst),
+                        per_channel=settings["per_channel"],
+                        reduce_range=fmt["reduce_range"],
+                        weight_type=qtype[fmt["weight_type"]],
+                        op_types_to_quantize=op_types,
+                        nodes_to_exclude=excluded + per_tensor_nodes + gemm_aliases,
+                        use_external_data_format=large,
+                        extra_options={"MatMulConstBOnly": True,
+                                       "WeightSymmetric": settings["weight_scheme"] == "symmetric",
+                                       "DefaultTensorType": onnx.TensorProto.FLOAT},
+                    )
+
+                from compressor.passes.kernel_formats import dynamic_formats
+
+                dynamic_formats(ctx, config, settings, src_for_main, out, quantize_one, cpu=cpu_info(), measure=not large,
+                                fusable=by_node is None and not per_tensor_nodes)
         else:
             calib, held_out = _split_held_out(ctx, ctx.calibration, config.calibration_samples)
             method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

@@ -66,6 +66,7 @@ HELD_OUT: list[str] = [
     ),
 ]
 MAX_LENGTH = 128
+ATTN_IMPLEMENTATION = os.environ.get("MINILM_ATTN", "eager")
 OPSET = 18
 HIDDEN_SIZE = 384
 
@@ -191,7 +192,9 @@ def _load_model_and_tokenizer():
 
     folder = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder, dtype=torch.float32)
+    # eager attention: an explicit Softmax(QK^T + mask) that ONNX Runtime's transformer optimizer fuses into
+    # Attention (SDPA's export guards the mask with IsNaN/Where, which breaks the fusion pattern)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32, attn_implementation=ATTN_IMPLEMENTATION)
     model = model.float().eval()
     return model, tokenizer
 

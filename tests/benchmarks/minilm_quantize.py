@@ -111,7 +111,9 @@ def benchmark(work_dir: Path, check: bool, precisions: list[str]) -> int:
     for precision, rep, cos_c, cos_h, q in rows:
         lo, hi = rep["speedup_ci95"]
         settings = (f"{q['mode']} w={q['weight_type']} {q['weight_scheme']} a={q['activation_type']} "
-                    f"per_channel={q['per_channel']} rewrites={q.get('rewrites')}")
+                    f"per_channel={q['per_channel']} rewrites={q.get('rewrites')}"
+                    + (f" candidate={next(c['format'] for c in q['format_candidates'] if c.get('chosen'))}"
+                       if q.get("format_candidates") else ""))
         print(f"{precision:<9} {rep['size_ratio']:>10.3f} {rep['speedup']:>8.3f} {f'[{lo:.2f}, {hi:.2f}]':>15} "
               f"{rep['baseline']['latency_ms']['p50']:>9.1f} {rep['result']['latency_ms']['p50']:>8.1f} "
               f"{cos_c.min():>8.4f} {cos_c.mean():>8.4f} {cos_h.min():>8.4f} {cos_h.mean():>9.4f}  {settings}")

