@@ -37,7 +37,8 @@ EXECUTORS = ("local", "ray")
 STUDY_NAME = "compressor-auto"
 #: Prune ratios (fraction of channels removed per layer) the search tries; recovery always follows with data.
 PRUNE_RATIOS = (0.25, 0.5, 0.625, 0.75)
-#: Quantization choices: int8 dynamic / static (kernel format measured, ``--format auto``), int4 weight-only, fp16.
+#: Quantization choices: int8 dynamic / static (kernel format measured, ``--format auto``; with or without the
+#: accuracy-aware fallback), int4 weight-only, fp16.
 PRECISIONS = ("int8-dynamic", "int8-static", "int4", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 #: Samples of the held-out data on which a candidate's outputs are checked first (collapsed: pruned early).
@@ -165,7 +166,9 @@ def suggest(trial: Any, *, prunable: bool, static: bool) -> dict[str, Any]:
         static: Calibration data is given (static int8 possible; recovery after pruning).
 
     Returns:
-        ``{"chain": "quantize" | "prune" | "prune+quantize", "prune_ratio"?, "precision"?, "calibration_method"?}``.
+        ``{"chain": "quantize" | "prune" | "prune+quantize", "prune_ratio"?, "precision"?, "calibration_method"?,
+        "fallback"?}``; ``fallback`` (static int8): the accuracy-aware fallback returns the most sensitive layers to
+        float until the budget holds against the step's input (:func:`compressor.sensitivity.accuracy_aware_fallback`).
     """
     chains = ("quantize", "prune", "prune+quantize") if prunable else ("quantize",)
     chain = trial.suggest_categorical("chain", chains)
@@ -177,6 +180,7 @@ def suggest(trial: Any, *, prunable: bool, static: bool) -> dict[str, Any]:
         params["precision"] = trial.suggest_categorical("precision", precisions)
         if params["precision"] == "int8-static":
             params["calibration_method"] = trial.suggest_categorical("calibration_method", CALIBRATION_METHODS)
+            params["fallback"] = trial.suggest_categorical("fallback", (False, True))
     return params
 
 
@@ -184,7 +188,8 @@ def all_settings(*, prunable: bool, static: bool) -> list[dict[str, Any]]:
     """Every distinct setting :func:`suggest` can give, in a fixed order."""
     quant = [{"precision": p} for p in PRECISIONS if p != "int8-static"]
     if static:
-        quant += [{"precision": "int8-static", "calibration_method": m} for m in CALIBRATION_METHODS]
+        quant += [{"precision": "int8-static", "calibration_method": m, "fallback": f} for m in CALIBRATION_METHODS
+                  for f in (False, True)]
     out = [{"chain": "quantize", **q} for q in quant]
     if prunable:
         out += [{"chain": "prune", "prune_ratio": r} for r in PRUNE_RATIOS]
@@ -199,7 +204,8 @@ def space_size(*, prunable: bool, static: bool) -> int:
 
 def defaults_to_try(*, prunable: bool, static: bool) -> list[dict[str, Any]]:
     """Settings enqueued first: what the single commands do by default (quantize; prune with recovery, quantize)."""
-    q = {"precision": "int8-static", "calibration_method": "minmax"} if static else {"precision": "int8-dynamic"}
+    q = ({"precision": "int8-static", "calibration_method": "minmax", "fallback": False} if static
+         else {"precision": "int8-dynamic"})
     out = [{"chain": "quantize", **q}]
     if prunable:
         out.append({"chain": "prune+quantize", "prune_ratio": 0.5, **q})
@@ -213,7 +219,9 @@ def describe(params: dict[str, Any]) -> str:
         parts.append(f"prune {params['prune_ratio']:g}")
     if "precision" in params:
         p = params["precision"]
-        parts.append(p + (f" ({params['calibration_method']})" if "calibration_method" in params else ""))
+        how = [params["calibration_method"]] if "calibration_method" in params else []
+        how += ["fallback"] if params.get("fallback") else []
+        parts.append(p + (f" ({', '.join(how)})" if how else ""))
     return " + ".join(parts)
 
 
@@ -230,7 +238,8 @@ def trial_steps(params: dict[str, Any], *, recover: bool, seed: int, recover_ste
         if p == "int8-dynamic":
             cfg = QuantizeConfig(mode="dynamic")
         elif p == "int8-static":
-            cfg = QuantizeConfig(mode="static", calibration_method=params["calibration_method"], format="auto")
+            cfg = QuantizeConfig(mode="static", calibration_method=params["calibration_method"], format="auto",
+                                 fallback=bool(params.get("fallback")))
         else:
             cfg = QuantizeConfig(precision=p)
         steps.append(Step("quantize", cfg))
