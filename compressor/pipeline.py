@@ -735,6 +735,72 @@ def apply_steps(steps: list[PlannedStep], artifact: ModelArtifact, ctx: RunConte
     return AppliedSteps(baseline_onnx, candidates, sections, torch_model)
 
 
+def build_candidate(recipe: Recipe, out: Path, *, baseline: Path | None = None, callbacks: Callbacks = Callbacks(),
+                    work_root: Path | None = None, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """Run a recipe's steps through the orchestrator and publish the result at ``out``; no benchmark.
+
+    The search (``compressor auto``) builds each candidate with this, possibly in another process or on another
+    machine, and measures it against its one baseline itself. The result is loaded, run in ONNX Runtime on the
+    run's inputs and checked with the full ONNX checker before it appears at ``out``.
+
+    Args:
+        recipe: Model, data and steps (benchmark, gates and output settings are ignored).
+        out: Where the candidate's ONNX file goes (its folder must exist).
+        baseline: The fp32 ONNX export of a PyTorch input, made once by the caller: the plan's baseline export is
+            skipped, and steps that need ONNX start from it (see :func:`apply_steps`).
+        callbacks: Warning and progress callbacks.
+        work_root: Folder that outlives this call (the caller's scratch folder); the steps' files go in a new
+            sub-folder of it, so that ``cache`` entries stay valid for later candidates. None: a scratch
+            folder beside ``out``, removed at the end.
+        cache: Step results shared by candidates built in this process (see :func:`apply_steps`); needs
+            ``work_root``.
+
+    Returns:
+        ``{"steps": [...step report entries...], "sections": {...}, "warnings": [...], "output": str(out)}``.
+
+    Raises:
+        CompressorError: A step failed or the result does not run.
+    """
+    import shutil
+
+    import onnx
+
+    from compressor.artifact import onnx_external_locations
+    from compressor.errors import SessionError, stop_requested
+    from compressor.runtime import make_session
+
+    artifact = _load(recipe)
+    steps = plan(recipe, TORCH if artifact.format.is_torch else ONNX)
+    if cache is not None and work_root is None:
+        raise ValueError("build_candidate: a cache needs a work_root that outlives the call")
+    folder = (contextlib.nullcontext(Path(tempfile.mkdtemp(prefix="candidate-", dir=work_root)))
+              if work_root is not None else scratch_dir(out))
+    with folder as work:
+        ctx = make_context(artifact, recipe, work, callbacks)
+        base = ModelArtifact(Path(baseline), ModelFormat.ONNX, io=ctx.io) if baseline is not None else None
+        check_steps(steps, artifact, ctx)
+        entries: list[dict[str, Any]] = []
+        applied = apply_steps(steps, artifact, ctx, work, entries, baseline=base, cache=cache)
+        final = Path(applied.candidates[-1]["onnx"])
+        try:
+            onnx.checker.check_model(str(final), full_check=True)
+            make_session(final).run(None, ctx.data.batch(0, ctx.batch_size(min(2, ctx.data.num_samples))))
+        except Exception as e:
+            stop = stop_requested()
+            if stop is not None:
+                raise stop from e
+            raise SessionError(f"the candidate built by {len(recipe.steps)} step(s) does not pass the ONNX checker "
+                               f"or does not run in ONNX Runtime ({str(e).strip().splitlines()[0][:200]})") from e
+        if cache is not None:  # a later candidate may reuse this file: publish a copy
+            copy = work / f"published-{final.name}"
+            shutil.copyfile(final, copy)
+            for data in onnx_external_locations(final):
+                shutil.copyfile(final.parent / data, copy.parent / data)
+            final = copy
+        publish(final, out)
+    return {"steps": entries, "sections": applied.sections, "warnings": list(ctx.warnings), "output": str(out)}
+
+
 def run_recipe(recipe: Recipe, *, command: str, default_suffix: str = "compressed",
                callbacks: Callbacks = Callbacks()) -> dict[str, Any]:
     """Run a recipe end to end and publish its output model.

@@ -1,4 +1,4 @@
-"""Typer app: ``compressor prune | quantize | run | export | bench | doctor``.
+"""Typer app: ``compressor prune | quantize | run | export | bench | sensitivity | sweep | auto | doctor``.
 
 Commands only build a recipe (project config, recipe file, flags given on the command line),
 call the orchestrator in :mod:`compressor.pipeline`, and render its report, warnings and
@@ -49,6 +49,12 @@ EXAMPLES = {
     "bench": _examples("compressor bench model.onnx",
                        "compressor bench model.onnx model.quantized.onnx --batch-sizes 1,8,32 --markdown bench.md"),
     "doctor": _examples("compressor doctor", "compressor doctor --json"),
+    "auto": _examples(
+        "compressor auto model.pt --eval-data eval.npz --calibration-data calib.npz --max-accuracy-drop 1.0",
+        "compressor auto model.onnx --eval-data inputs.npz --min-cosine 0.99 --objective size --trials 30 -o best/",
+        "compressor auto model.pt --eval-data eval.npz --max-accuracy-drop 1 -o best/ --resume    (continue a study)",
+        "RAY_ADDRESS=auto compressor auto model.pt --eval-data eval.npz --max-accuracy-drop 1 --executor ray "
+        "--workers 8"),
 }
 
 app = typer.Typer(
@@ -1122,6 +1128,93 @@ def sweep(
                 _err_plain(f"wrote {path}")
             if rep.get("output"):
                 _err_plain(f"chosen: {par['chosen']} ({rep['output']})")
+        return code
+
+    _run(debug, body, json_out=json_out, params=params)
+
+
+@app.command(epilog=EXAMPLES["auto"])
+def auto(
+    tctx: typer.Context,
+    model: ModelArg = None,
+    eval_data: EvalOpt = None,
+    calibration_data: CalibOpt = None,
+    input_shape: InputShapeOpt = None,
+    model_class: ModelClassOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_pickle: TrustOpt = False,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", rich_help_panel="Search", metavar="POINTS", help="Budget: largest top-1 accuracy drop in percentage points on --eval-data (needs labels).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", rich_help_panel="Search", metavar="C", help="Budget without labels: least per-sample output cosine to the baseline on --eval-data.")] = None,
+    objective: Annotated[str, typer.Option("--objective", rich_help_panel="Search", metavar="latency|size", help="Minimize latency (p50 at the benchmark batch, paired against the baseline) or file size.")] = "latency",
+    time_budget: Annotated[str, typer.Option("--time-budget", rich_help_panel="Search", metavar="DURATION", help="Start no wave of trials that could end after this (longest wave so far + 5 s): 90s, 10m, 1h.")] = "10m",
+    trials: Annotated[int, typer.Option("--trials", rich_help_panel="Search", metavar="N", min=1, help="Candidates to evaluate (distinct settings, counted over every session of the study).")] = 20,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel="Search", metavar="N", help="Seed of the sampler (Optuna NSGA-II) and of recovery training.")] = 0,
+    study: Annotated[Optional[Path], typer.Option("--study", rich_help_panel="Search", metavar="PATH", help="Optuna study file (SQLite; default DIR/study.db).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", rich_help_panel="Search", metavar="", help="Continue the study in --study (same model, data, budget and seed) up to --trials.")] = False,
+    executor: Annotated[str, typer.Option("--executor", rich_help_panel="Search", metavar="local|ray", help="Build candidates in this process (local) or as Ray tasks (ray: RAY_ADDRESS or a local Ray); benchmarks always run here.")] = "local",
+    workers: Annotated[int, typer.Option("--workers", rich_help_panel="Search", metavar="N", min=1, help="Candidates asked and built together per wave (parallel with --executor ray); the same N tries the same settings on either executor.")] = 1,
+    recover_steps: Annotated[int, typer.Option("--recover-steps", rich_help_panel="Search", metavar="N", min=1, help="Recovery (distillation) steps after each structured pruning (needs --calibration-data).")] = 300,
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = "0",
+    inter_threads: InterThreadsOpt = 0,
+    runs: RunsOpt = None,
+    warmup: WarmupOpt = 10,
+    min_time: MinTimeOpt = 3.0,
+    measure_memory: MemoryOpt = False,
+    opset: OpsetOpt = 18,
+    atol: AtolOpt = 1e-4,
+    rtol: RtolOpt = 1e-3,
+    exporter: ExporterOpt = "auto",
+    out_dir: Annotated[Optional[Path], typer.Option("-o", "--output", rich_help_panel="Output and report", metavar="DIR", help="Output folder: model.onnx (best so far), report.json, pareto.json/png/md, study.db (default: <stem>.auto beside the input).")] = None,
+    quiet: QuietOpt = False,
+    no_color: NoColorOpt = False,
+    json_out: JsonOpt = False,
+    report: ReportOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Search prune/quantize settings for the fastest (or smallest) model within an accuracy budget (Optuna; Pareto plot)."""
+    params = dict(locals())
+
+    def body() -> int:
+        from compressor.auto import AutoSettings, parse_duration
+        from compressor.outputs import check_side_files
+
+        settings = AutoSettings(out_dir=Path("."), objective=objective, max_accuracy_drop=max_accuracy_drop,
+                                min_cosine=min_cosine, time_budget_s=parse_duration(time_budget), trials=trials,
+                                seed=seed, study_path=study, resume=resume, executor=executor, workers=workers,
+                                recover_steps=recover_steps)
+        recipe = _recipe(tctx, params)
+        if recipe.model is None:
+            raise UsageError("no model given: pass MODEL, or set model = \"...\" in compressor.toml")
+        import dataclasses
+
+        folder = out_dir or recipe.model.with_name(f"{recipe.model.stem}.auto")
+        settings = dataclasses.replace(settings, out_dir=folder)
+        check_side_files({"--report": report}, {"input model": recipe.model, "evaluation data": recipe.eval_data,
+                                                "calibration data": recipe.calibration_data})
+        from compressor.auto import run_auto
+
+        rep = _rendered(run_auto, recipe, settings=settings)
+        info = rep["auto"]
+        if rep.get("result") is None:
+            from compressor.errors import EXIT_GATE_FAILED
+            from compressor.report import write_json_atomic
+
+            more = "" if recipe.calibration_data else " or give --calibration-data (static int8, recovery)"
+            msg = (f"no candidate of {info['trials_done']} met the budget; see {info['pareto'].get('md')} for why "
+                   f"each failed, and loosen the budget, raise --trials{more}")
+            rep["error"] = {"exit_code": EXIT_GATE_FAILED, "kind": "gate", "message": msg}
+            if report is not None:
+                write_json_atomic(rep, report)
+            _fail(None, EXIT_GATE_FAILED, "gate", msg, False)
+            if json_out:
+                _emit(rep, True, None)
+            return EXIT_GATE_FAILED
+        code = _emit(rep, json_out, report)
+        if not json_out:
+            c = info["chosen"]
+            _err_plain(f"chose trial {info['chosen_trial']} ({c['name']}) of {info['trials_done']}; Pareto front in "
+                       f"{info['pareto'].get('png')}, {info['pareto'].get('md')}; study {info['study']}")
         return code
 
     _run(debug, body, json_out=json_out, params=params)
