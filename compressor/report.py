@@ -14,7 +14,7 @@ from typing import Any
 
 from compressor import __version__
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 def schema() -> dict[str, Any]:

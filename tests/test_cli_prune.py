@@ -23,7 +23,7 @@ def test_structured_prune_cnn_pickle(samples, tmp_path):
     r = run_cli("prune", src, "--ratio", "0.5", "--input-shape", "1,1,8,8", "-o", out, "--json", *FAST_BENCH)
     assert r.code == 0, r.stderr
     rep = r.report
-    assert rep["schema_version"] == "1.2" and rep["command"].startswith("compressor prune")
+    assert rep["schema_version"] == "1.3" and rep["command"].startswith("compressor prune")
     assert rep["result"]["parameters"] < rep["baseline"]["parameters"]
     assert rep["size_ratio"] < 0.6
     assert rep["speedup"] > 0
