@@ -311,11 +311,14 @@ def _node_summary(baseline: Any, result: Any, *, precision: str = "int8") -> dic
 def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
     """Run ONNX Runtime's quantization pre-processing (shape inference + graph optimisation).
 
-    Falls back to no symbolic shape inference, then to no pre-processing at all, with a
-    warning each time (case Q4).
+    Falls back to no symbolic shape inference, then to no pre-processing at all with a warning
+    (case Q4).
 
     Returns:
-        The path to quantize and a one-word description of what ran.
+        The path to quantize, a short description of what ran (``full``, ``without symbolic shape
+        inference``, ``skipped``), and why it did not run in full (None when it did): a fallback
+        without symbolic shape inference is a note in the report, not a warning (ONNX Runtime's
+        symbolic shape inference gives up on common transformer exports such as all-MiniLM-L6-v2).
     """
     import contextlib
 
@@ -338,14 +341,14 @@ def preprocess(src: Path, dst: Path, ctx: RunContext) -> tuple[Path, str]:
             # ... and prints its own failures with a traceback on stderr: keep them in the warning below
             with contextlib.chdir(dst.parent), _quiet_calibration():
                 quant_pre_process(str(src), str(dst), **kwargs)
-            if label != "full":
-                ctx.warn(f"quantization pre-processing failed with symbolic shape inference ({errors[-1]}); "
-                         "ran it without")
-            return dst, label
+            if label != "full":  # a note, not a warning: the result is checked like any other (and ORT's
+                # symbolic shape inference gives up on common transformer exports, such as all-MiniLM-L6-v2)
+                return dst, label, f"symbolic shape inference failed ({errors[-1]}); ran without it"
+            return dst, label, None
         except Exception as e:
             errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
     ctx.warn(f"quantization pre-processing failed ({errors[-1]}); quantizing the graph as it is")
-    return src, "skipped"
+    return src, "skipped", f"pre-processing failed ({errors[-1]})"
 
 
 def preprocess_skip_reason(src: Path) -> str | None:
@@ -867,7 +870,7 @@ def run_quantize(artifact: ModelArtifact, config: QuantizeConfig, ctx: RunContex
     source, opset_upgrade = _upgrade_opset_for(config, onnx.load_model(str(source), load_external_data=False) if upcast else base_model, source, ctx)
     skip_reason = preprocess_skip_reason(source)
     if skip_reason is None:
-        pre, pre_label = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
+        pre, pre_label, skip_reason = preprocess(source, ctx.workdir / "preprocessed.onnx", ctx)
     else:  # never silent: the reason goes in the report and a warning
         pre, pre_label = source, "skipped"
         ctx.warn(f"quantization pre-processing {skip_reason}")
