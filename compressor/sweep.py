@@ -157,6 +157,27 @@ def _gate_view(c: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+#: What a sweep writes in its output folder; an earlier sweep's outputs may be replaced, anything else is kept safe.
+SWEEP_OUTPUTS = frozenset({"candidates", "chosen.onnx", "chosen.onnx.data", "pareto.json", "pareto.png", "pareto.md"})
+
+
+def _check_earlier_outputs(out_dir: Path) -> None:
+    """Refuse an output folder holding files a sweep did not write (they would sit beside stale results).
+
+    Raises:
+        UsageError: ``out_dir`` holds other files, or its ``candidates/`` holds files that are not models.
+    """
+    if not out_dir.is_dir():
+        return
+    others = [p.name for p in out_dir.iterdir() if p.name not in SWEEP_OUTPUTS and not p.name.startswith(".compressor-")]
+    cands = out_dir / "candidates"
+    if cands.is_dir():
+        others += [f"candidates/{p.name}" for p in cands.iterdir() if not p.name.endswith((".onnx", ".onnx.data"))]
+    if others:
+        raise UsageError(f"-o {out_dir} holds files a sweep did not write ({', '.join(sorted(others)[:3])}); choose "
+                         "an empty or new folder (an earlier sweep's outputs there are replaced)")
+
+
 def run_sweep(layer: Any, axes: list[GridAxis], *, out_dir: Path, objective: str = "latency",
               command: str, others: list[Any] | None = None, callbacks: Any = None) -> dict[str, Any]:
     """Build and measure every grid combination of a recipe; write the candidates and the Pareto outputs.
@@ -207,6 +228,7 @@ def run_sweep(layer: Any, axes: list[GridAxis], *, out_dir: Path, objective: str
         raise UsageError(f"-o {out_dir} is a file; give a folder for the sweep's outputs")
     if not out_dir.parent.exists():
         raise UsageError(f"folder {out_dir.parent} does not exist; create it or choose another -o")
+    _check_earlier_outputs(out_dir)
     names = [candidate_name(axes, v) for v in combos]
     inputs = {"input model": base.model, "recipe": layer.file, "calibration data": base.calibration_data,
               "evaluation data": base.eval_data, "training data": base.train_data}
@@ -296,6 +318,14 @@ def run_sweep(layer: Any, axes: list[GridAxis], *, out_dir: Path, objective: str
             dest = out_dir / "candidates" / f"{c['row']['name']}.onnx"
             publish(c["onnx"], dest)
             c["row"]["model_path"] = str(dest)
+        # an earlier sweep's models that this one did not build (other grid, failed candidate) must not linger
+        keep = {f"{c['row']['name']}.onnx" for c in built}
+        for p in (out_dir / "candidates").iterdir():
+            if p.is_file() and p.name not in keep and p.name.removesuffix(".data") not in keep:
+                p.unlink()
+        if chosen is None:
+            for name in ("chosen.onnx", "chosen.onnx.data"):
+                (out_dir / name).unlink(missing_ok=True)
         if chosen is not None:
             import shutil
 

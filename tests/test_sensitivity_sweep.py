@@ -205,6 +205,22 @@ def test_sweep_with_no_valid_candidate_exits_3(cnn, samples, tmp_path):
     assert not (tmp_path / "s" / "chosen.onnx").exists()
 
 
+def test_a_second_sweep_into_the_same_folder_leaves_no_stale_model(cnn, samples, tmp_path):
+    recipe = _quant_recipe(tmp_path / "r.toml", cnn, samples)
+    out = tmp_path / "s"
+    r = run_cli("sweep", recipe, "--grid", "steps[0].per_channel=true,false", "-o", out)
+    assert r.code == 0, r.stderr
+    assert len(list((out / "candidates").glob("*.onnx"))) == 2
+    r = run_cli("sweep", recipe, "--grid", "steps[0].per_channel=false", "-o", out)
+    assert r.code == 0, r.stderr
+    doc = json.loads((out / "pareto.json").read_text())
+    assert sorted(p.name for p in (out / "candidates").iterdir()) == [f"{c['name']}.onnx" for c in doc["candidates"]]
+    (out / "notes.txt").write_text("mine")
+    r = run_cli("sweep", recipe, "--grid", "steps[0].per_channel=true", "-o", out)
+    assert r.code == 2 and "holds files a sweep did not write (notes.txt)" in r.stderr, r.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize(("grid", "says"), [
     ("steps[5].ratio=0.3", "steps[5].ratio: the recipe has 1 step"),
     ("steps[0].ratio=0.3", "quantize has no setting 'ratio'"),
