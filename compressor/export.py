@@ -113,7 +113,8 @@ def torch_forward(model: Any, feeds: dict[str, np.ndarray], io_spec: IOSpec) -> 
         shapes = {n: list(feeds[n].shape) for n in io_spec.input_names}
         raise UsageError(
             f"the model fails on inputs of shape {shapes}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
-            "check --input-shape / --calibration-data"
+            "check --input-shape and the data (--calibration-data / --eval-data; for text data, a --max-length "
+            "the model accepts)"
         ) from e
     return [t.detach().cpu().numpy() for t in _flatten(out)]
 

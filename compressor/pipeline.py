@@ -440,8 +440,15 @@ def _load_text_or_images(recipe: Recipe, artifact: ModelArtifact, kind: str, not
         label2id = (config or {}).get("label2id")
         label2id = {str(k): v for k, v in label2id.items() if isinstance(v, int)} if isinstance(label2id, dict) \
             else None
+        max_length = recipe.max_length or DEFAULT_MAX_LENGTH
+        longest = artifact.details.get("max_sequence_length") if artifact is not None else None
+        if isinstance(longest, int) and max_length > longest:
+            if recipe.max_length:
+                raise UsageError(f"--max-length {recipe.max_length} is longer than the model accepts (its config's "
+                                 f"max_position_embeddings is {longest}); use --max-length {longest} or less")
+            max_length = longest  # the default 128 is cut to the model's limit, as generated inputs are
         data, entry = text_sample_data(Path(text), tokenizers[source], io=io, module=module,
-                                       max_length=recipe.max_length or DEFAULT_MAX_LENGTH, label2id=label2id)
+                                       max_length=max_length, label2id=label2id)
         entry["tokenizer"] = str(source)
         notes.setdefault("text_data", {})[kind] = entry
         return data

@@ -496,3 +496,20 @@ def test_text_data_on_a_folder_without_tokenizer_files_is_refused(bert_folder, t
     assert r.code == 2, r.stderr
     assert "no tokenizer files" in r.stderr and "--tokenizer" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_text_longer_than_the_models_positions_is_cut_to_them(bert_folder, tmp_path):
+    """The tiny BERT has 64 position embeddings: the default --max-length 128 is cut to 64, as generated inputs are;
+    an explicit longer --max-length is refused naming the limit."""
+    text = tmp_path / "long.jsonl"
+    text.write_text("\n".join(json.dumps({"text": " ".join(["the cat sat on the mat"] * 20), "label": i % 3})
+                              for i in range(6)) + "\n")
+    r = run_cli("quantize", str(bert_folder), "-o", str(tmp_path / "out"), "--eval-text", str(text), "--json",
+                *FAST_BENCH)
+    assert r.code == 0, r.stderr
+    entry = r.report["input"]["text_data"]["evaluation"]
+    assert entry["seq_len"] == 64 and entry["truncated"] == 6
+    r = run_cli("quantize", str(bert_folder), "-o", str(tmp_path / "out2"), "--eval-text", str(text),
+                "--max-length", "100")
+    assert r.code == 2 and "max_position_embeddings is 64" in r.stderr, r.stderr
+    assert not (tmp_path / "out2").exists()
