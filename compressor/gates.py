@@ -120,9 +120,22 @@ class Gates:
         """
         parts = []
         for f in failed:
-            m = "n/a" if f["measured"] is None else f"{f['measured']:.4g}"
+            m, t = ("n/a", f"{f['threshold']:g}") if f["measured"] is None else _apart(f["measured"], f["threshold"])
             where = f" on output '{f['output']}'" if f.get("output") else ""
-            parts.append(f"{f['gate']} (measured {m}{where}, threshold {f['threshold']:g})")
+            parts.append(f"{f['gate']} (measured {m}{where}, threshold {t})")
         tail = f"; {' and '.join(written)} {'was' if len(written) == 1 else 'were'} written" if written else \
             "; no file was written"
         return "quality gate failed: " + ", ".join(parts) + tail
+
+
+def _apart(measured: float, threshold: float) -> tuple[str, str]:
+    """The threshold as given, and the measured value in the fewest digits that keep it on its side.
+
+    At least 4 significant digits: 0.9999786 against 0.99999999 reads "0.99998", not "1 against 1".
+    """
+    t = f"{threshold}" if isinstance(threshold, float) else f"{threshold:g}"
+    for digits in range(4, 17):
+        m = f"{measured:.{digits}g}"
+        if (float(m) < threshold) == (measured < threshold) and (float(m) > threshold) == (measured > threshold):
+            return m, t
+    return f"{measured!r}", t

@@ -186,3 +186,11 @@ def test_sequence_length_sweep(tmp_path):
     assert [(row["batch_size"], row["seq_len"]) for row in r.report["sweep"]] == [(1, 8), (1, 32), (2, 8), (2, 32)]
     r = run_cli("bench", "sample_models/digits_mlp.pt2", "--seq-lens", "8", *FAST_BENCH)
     assert r.code == 2 and "token inputs" in r.stderr
+
+
+def test_gate_failure_message_keeps_the_measured_value_on_its_side_of_the_threshold():
+    from compressor.gates import Gates
+
+    line = Gates.describe([{"gate": "min_cosine", "threshold": 0.99999999, "measured": 0.9999786, "passed": False}],
+                          written=["the result"])
+    assert "measured 0.99998" in line and "threshold 0.99999999" in line, line
