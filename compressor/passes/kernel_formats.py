@@ -371,7 +371,8 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
     old_a = settings["activation_type"]
     settings.update(activation_type=fmt["activation_type"], weight_type=fmt["weight_type"],
                     reduce_range=fmt["reduce_range"], format=fmt["quant_format"], kernel_format=chosen)
-    settings["format_selection"] = {"by": by, "batch_size": 1, "threads": 1, "cosine_tolerance": COSINE_TOLERANCE}
+    settings["format_selection"] = {"by": by, "batch_size": 1, "threads": 1, "cosine_tolerance": COSINE_TOLERANCE,
+                                    "chosen": chosen}
     if rows:
         settings["format_candidates"] = rows
     reason = str(settings.get("reason", ""))
@@ -530,7 +531,8 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
     fmt = fmts[chosen]
     base = chosen.split("+")[0]
     settings.update(weight_type=fmt["weight_type"], reduce_range=fmt["reduce_range"], kernel_format=base)
-    settings["format_selection"] = {"by": by, "batch_size": batch, "threads": 1, "cosine_tolerance": COSINE_TOLERANCE}
+    settings["format_selection"] = {"by": by, "batch_size": batch, "threads": 1, "cosine_tolerance": COSINE_TOLERANCE,
+                                    "chosen": chosen}
     if rows:
         settings["format_candidates"] = rows
     if graph_variant(chosen) == FLAT_SUFFIX:
