@@ -485,7 +485,7 @@ def _warn_unused_data_settings(ctx: RunContext, recipe: Recipe) -> None:
                                                        ("std", recipe.std)) if v and not images]
     if unused:
         ctx.warn(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} unused: "
-                 "they apply to --calibration-text/--eval-text (tokenizer, max length) and "
+                 "these settings apply to --calibration-text/--eval-text (tokenizer, max length) and "
                  "--calibration-images/--eval-images (image size, mean, std)")
 
 

@@ -304,6 +304,12 @@ def test_a_folder_that_is_not_a_hf_folder_keeps_its_error(tmp_path):
     plain.mkdir()
     (plain / "config.json").write_text(json.dumps({"lr": 0.1}))  # a config.json, but not a model's
     r = run_cli("quantize", plain)
+    assert r.code == 2 and "config.json names neither 'architectures' nor 'model_type'" in r.stderr, r.stderr
+    (plain / "config.json").write_text("{not json")
+    r = run_cli("quantize", plain)
+    assert r.code == 2 and "config.json is not a JSON object" in r.stderr, r.stderr
+    (plain / "config.json").unlink()
+    r = run_cli("quantize", plain)
     assert r.code == 2 and "is a folder; pass the model file inside it" in r.stderr, r.stderr
 
 

@@ -84,6 +84,13 @@ def find_loader(path: Path) -> Loader:
         for loader in LOADERS:
             if loader.sniff_folder(path):
                 return loader
+        from compressor.hf import read_config
+
+        if (path / "config.json").is_file():
+            what = ("is not a JSON object" if read_config(path) is None
+                    else "names neither 'architectures' nor 'model_type'")
+            raise UsageError(f"{path} is a folder whose config.json {what}, so it is not a Hugging Face model "
+                             "folder; fix config.json (save the model with save_pretrained) or pass a model file")
         raise UsageError(f"{path} is a folder; pass the model file inside it (or a Hugging Face model folder, "
                          "which has a config.json)")
     try:

@@ -265,7 +265,8 @@ class QuantizeConfig:
             given = [k for k, v in int8_only.items() if v]
             if given:
                 raise UsageError(
-                    f"{', '.join(given)} only apply to int8 quantization, not --precision {self.precision}; drop them"
+                    f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to int8 quantization, not "
+                    f"--precision {self.precision}; drop {'it' if len(given) == 1 else 'them'}"
                 )
         if self.mode == "dynamic":
             if self.activation_type == "int8" or self.activation_scheme == "symmetric":
