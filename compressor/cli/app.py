@@ -103,7 +103,7 @@ MinTimeOpt = Annotated[float, typer.Option("--min-time", rich_help_panel="Benchm
 InterThreadsOpt = Annotated[int, typer.Option("--inter-threads", rich_help_panel="Benchmark", metavar="N", min=0, help="ONNX Runtime inter-op threads (0 = its default).")]
 BatchSizesOpt = Annotated[Optional[str], typer.Option("--batch-sizes", rich_help_panel="Benchmark", metavar="N,N,...", help="Also time a sweep of batch sizes, e.g. 1,8,32.")]
 SeqLensOpt = Annotated[Optional[str], typer.Option("--seq-lens", rich_help_panel="Benchmark", metavar="N,N,...", help="Also time a sweep of sequence lengths of token inputs (axis 1), e.g. 64,128.")]
-MaxAccDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", rich_help_panel="Quality gates", metavar="POINTS", help="Gate: largest top-1 accuracy drop in percentage points (needs --eval-data).")]
+MaxAccDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", rich_help_panel="Quality gates", metavar="POINTS", help="Gate: largest top-1 accuracy drop in percentage points (needs labelled eval data).")]
 MinSpeedupOpt = Annotated[Optional[float], typer.Option("--min-speedup", rich_help_panel="Quality gates", metavar="X", help="Gate: least speedup, judged on the lower bound of its 95% confidence interval.")]
 MaxSizeRatioOpt = Annotated[Optional[float], typer.Option("--max-size-ratio", rich_help_panel="Quality gates", metavar="R", help="Gate: largest result/baseline size ratio.")]
 MinCosineOpt = Annotated[Optional[float], typer.Option("--min-cosine", rich_help_panel="Quality gates", metavar="C", help="Gate: least cosine similarity of any sample's output (fidelity.cosine_min).")]
