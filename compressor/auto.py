@@ -645,9 +645,13 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
             executor.close()
             return final_report()
     except BaseException:
-        if created and not searching:  # stopped or failed before the search began: leave no empty folder behind
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
+        if not searching:  # stopped or failed before the search began: leave nothing behind
+            if not settings.resume:  # a study file now is one this run began to create (check_paths)
+                for p in (settings.study, settings.study.with_name(settings.study.name + "-journal")):
+                    p.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
         raise
 
 

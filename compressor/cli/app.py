@@ -1278,8 +1278,11 @@ def main(argv: list[str] | None = None) -> None:
         STOP_REQUESTED.clear()
         _main(cx, _ARGV)
     finally:  # in-process callers (tests) get their handlers and help colours back
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
+        if argv is not None:
+            # the console script keeps them until the process is gone: a Ctrl-C that lands while the interpreter
+            # shuts down (seconds with torch loaded) after a shielded publish must not turn the exit code into 130
+            signal.signal(signal.SIGINT, handlers[0])
+            signal.signal(signal.SIGTERM, handlers[1])
         if restore_color is not None:
             import typer.rich_utils
 
