@@ -474,3 +474,24 @@ def test_scratch_folder_is_removed_even_when_ctrl_c_lands_during_its_removal(tmp
             (work / "local").mkdir()
             (work / "local" / "x.onnx").write_bytes(b"x")
     assert not list(tmp_path.glob(".compressor-*"))
+
+
+def test_ctrl_c_before_the_search_began_leaves_nothing(tmp_path, monkeypatch, cnn_onnx):
+    """An interrupt while the study file is being created: no study, no empty output folder."""
+    import os
+    import signal
+
+    import compressor.auto as auto_mod
+
+    real = auto_mod._open_study
+
+    def open_then_stop(*a, **k):
+        real(*a, **k)  # the SQLite file now exists
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the SIGINT was not delivered")
+
+    monkeypatch.setattr(auto_mod, "_open_study", open_then_stop)
+    out = tmp_path / "auto"
+    r = _auto(cnn_onnx, out, trials=1)
+    assert r.code == 130, r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
