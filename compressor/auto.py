@@ -559,8 +559,9 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
                     if spent + longest + BUDGET_RESERVE_S > settings.time_budget_s:
                         auto["stopped_by"] = "time budget"
                         if done == restored:
-                            ctx.warn(f"--time-budget of {settings.time_budget_s:g} s ran out before any trial: the "
-                                     f"baseline's export and measurement took {auto['baseline_s']:.0f} s")
+                            ctx.warn(f"--time-budget of {settings.time_budget_s:g} s left no time for a trial: the "
+                                     f"baseline's export and measurement took {auto['baseline_s']:.0f} s (and "
+                                     f"{BUDGET_RESERVE_S:g} s are kept for the outputs)")
                         else:
                             ctx.warn(f"time budget of {settings.time_budget_s:g} s reached after {done} of "
                                      f"{settings.trials} trials")
@@ -733,7 +734,8 @@ def no_valid_message(rep: dict[str, Any], *, has_calibration: bool) -> str:
     if info.get("stopped_by") == "time budget" and not info.get("trials_this_session"):
         took = info.get("baseline_s")
         return (f"no trial ran: the --time-budget of {info['time_budget_s']:g} s ran out before the first trial (the "
-                f"baseline's export and measurement took {took:.0f} s); give a larger --time-budget, e.g. 10m")
+                f"baseline's export and measurement took {took:.0f} s, and {BUDGET_RESERVE_S:g} s are kept for the "
+                "outputs); give a larger --time-budget, e.g. 10m")
     cands = (rep.get("pareto") or {}).get("candidates") or []
     slower = [c for c in cands if str(c.get("reason") or "").startswith(SLOWER_REASONS)]
     more = "" if has_calibration else "--calibration-data (static int8, recovery), "
