@@ -4,14 +4,17 @@ Every trial is a recipe (prune -> quantize chains of the registered passes and t
 orchestrator as ``compressor run`` (:func:`compressor.pipeline.build_candidate`) and measured against one
 baseline: the input's fp32 ONNX export, exported, evaluated and timed once, and timed again interleaved with each
 candidate (paired speedup, :func:`compressor.measure.measure`). Trials whose outputs miss the budget on the
-held-out data are recorded invalid and skip the benchmark (pruned early). The search is Optuna's NSGA-II
-multi-objective sampler (objective, accuracy drop), seeded; its first generation is seeded random sampling (after
-a few enqueued defaults), so the settings tried depend on the seed and the trial count only. Trials are asked and
+held-out data are recorded invalid and skip the benchmark (stopped early); with ``objective="latency"`` a
+candidate whose paired speedup's 95% CI lies wholly below 1 is invalid too (with ``"size"``, one not smaller than
+the baseline): the chosen model always beats the original, or the search ends with none. The search is Optuna's
+NSGA-II multi-objective sampler (objective, accuracy drop), seeded; its first generation is seeded random sampling
+(after a few enqueued defaults), so the settings tried depend on the seed and the trial count only. Trials are asked and
 told in the driver in a fixed order; with ``executor="ray"`` only the construction of candidates runs as Ray tasks,
 so both executors try the same settings. The study lives in an Optuna RDB (SQLite file) and ``resume`` continues
 it. The best valid model so far is always at ``DIR/model.onnx`` with ``DIR/report.json`` (both replaced
-atomically), and the Pareto outputs of the trials done are rewritten after every trial, so an interrupted search
-leaves them all. (Search after Optuna's ask-and-tell interface; budgeted fallback in the spirit of NNCF's
+atomically), and the Pareto outputs of the trials done are rewritten after every trial (a stop asked for meanwhile
+waits for them), so an interrupted search leaves them all, with ``report.json`` saying so; once the search is over,
+a stop no longer cuts the run. (Search after Optuna's ask-and-tell interface; budgeted fallback in the spirit of NNCF's
 accuracy-aware quantization.)
 """
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import CompressorError, UsageError, stop_requested
+from compressor.errors import CompressorError, UsageError, stop_deferred, stop_requested
 from compressor.pipeline import Callbacks
 from compressor.recipe import Recipe, Step
 
@@ -41,15 +44,17 @@ PRUNE_RATIOS = (0.25, 0.5, 0.625, 0.75)
 #: accuracy-aware fallback), int4 weight-only, fp16.
 PRECISIONS = ("int8-dynamic", "int8-static", "int4", "fp16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-#: Samples of the held-out data on which a candidate's outputs are checked first (collapsed: pruned early).
+#: Samples of the held-out data on which a candidate's outputs are checked first (collapsed: stopped early).
 QUICK_SAMPLES = 64
 #: Most ``ask`` calls per trial counted, so that a small search space ends the search instead of looping.
 MAX_ASKS_PER_TRIAL = 25
-#: A candidate whose accuracy drop on the first samples exceeds the budget by this many points is pruned early
-#: (a subset's drop does not bound the whole set's, so only hopeless candidates are stopped there).
+#: A candidate whose accuracy drop on the first samples exceeds the budget by this many points is stopped
+#: early (a subset's drop does not bound the whole set's, so only hopeless candidates are stopped there).
 QUICK_MARGIN_POINTS = 10.0
 #: Seconds kept free at the end of ``--time-budget`` for the final report and Pareto outputs.
 BUDGET_RESERVE_S = 5.0
+#: How the reasons of candidates that met the accuracy budget but did not beat the original begin.
+SLOWER_REASONS = ("slower than the original", "not smaller than the original")
 
 
 def parse_duration(text: str) -> float:
@@ -410,6 +415,7 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
         _input_entry,
         _load,
         _run_step,
+        _shield,
         check_input_runs,
         check_labels_fit,
         make_context,
@@ -426,6 +432,7 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
     check_paths(settings, recipe)
     artifact = _load(recipe)
     out_dir = Path(settings.out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     node = socket.gethostname()
@@ -437,211 +444,307 @@ def run_auto(recipe: Recipe, settings: AutoSettings, *, command: str,
         "time_budget_s": settings.time_budget_s, "seed": settings.seed, "executor": settings.executor,
         "workers": settings.workers, "recover_steps": settings.recover_steps, "study": str(settings.study), "resumed": settings.resume,
         "sampler": "optuna NSGAIISampler (seeded)", "benchmark_node": node, "chosen_trial": None, "chosen": None,
-        "interrupted": False, "stopped_by": None, "pareto": {}, "elapsed_s": 0.0,
+        "interrupted": False, "stopped_by": None, "pareto": {}, "elapsed_s": 0.0, "baseline_s": None,
+        "trials_this_session": 0,
     }
-    with scratch_dir(out_dir / "model.onnx") as work:
-        ctx = make_context(artifact, recipe, work, callbacks)
-        check_input_runs(artifact, ctx)
-        check_labels_fit(artifact, ctx)
-        prunable = artifact.format.is_torch and artifact.format.has_python_classes
-        static = ctx.calibration is not None
-        recover = static or ctx.train_data is not None
+    searching = False  # the study is open: from here an interrupt leaves the outputs of the trials done
+    try:
+        with scratch_dir(out_dir / "model.onnx") as work:
+            ctx = make_context(artifact, recipe, work, callbacks)
+            check_input_runs(artifact, ctx)
+            check_labels_fit(artifact, ctx)
+            prunable = artifact.format.is_torch and artifact.format.has_python_classes
+            static = ctx.calibration is not None
+            recover = static or ctx.train_data is not None
 
-        # the one baseline: exported once, evaluated once, timed once alone (and again beside each candidate)
-        if artifact.format.is_torch:
-            ctx.progress("baseline export", 0, 1)
-            res = _run_step(PlannedStep(_export_spec(), recipe.export, None, "original model"), artifact, ctx, work,
-                            0)
-            ctx.progress("baseline export", 1, 1)
-            baseline_onnx = work / "baseline.onnx"
-            os.replace(res.artifact.path, baseline_onnx)
-            export_entry = {"name": "export", "of": "original model", **res.details}
-        else:
-            baseline_onnx, export_entry = Path(artifact.path), None
-        base_entry = model_entry(baseline_onnx, recipe.model)
-        baseline = _measure_baseline(ctx, recipe, baseline_onnx, base_entry, node)
-        quick = _Quick(ctx, baseline_onnx)
+            # the one baseline: exported once, evaluated once, timed once alone (and again beside each candidate)
+            if artifact.format.is_torch:
+                ctx.progress("baseline export", 0, 1)
+                res = _run_step(PlannedStep(_export_spec(), recipe.export, None, "original model"), artifact, ctx,
+                                work, 0)
+                ctx.progress("baseline export", 1, 1)
+                baseline_onnx = work / "baseline.onnx"
+                os.replace(res.artifact.path, baseline_onnx)
+                export_entry = {"name": "export", "of": "original model", **res.details}
+            else:
+                baseline_onnx, export_entry = Path(artifact.path), None
+            base_entry = model_entry(baseline_onnx, recipe.model)
+            baseline = _measure_baseline(ctx, recipe, baseline_onnx, base_entry, node)
+            quick = _Quick(ctx, baseline_onnx)
+            auto["baseline_s"] = time.perf_counter() - started
 
-        study, fresh = _open_study(settings, recipe)
-        if fresh:
-            stale = [out_dir / n for n in ("model.onnx", "model.onnx.data", "report.json", "pareto.json",
-                                           "pareto.png", "pareto.md")]
-            stale = [p for p in stale if p.is_file()]
-            if stale:  # a new study: files of an earlier search in DIR would describe another model
-                ctx.warn(f"{out_dir} held the outputs of an earlier search ({', '.join(p.name for p in stale)}); "
-                         "they are replaced by this one's (use --resume to continue a search instead)")
-                for p in stale:
-                    p.unlink()
-            for params in defaults_to_try(prunable=prunable, static=static):
-                study.enqueue_trial(params)
-        _restore(study, state, out_dir)
-        auto["trials_done"] = len(state.candidates)
-        total_space = space_size(prunable=prunable, static=static)
-        if state.best is not None and (out_dir / "report.json").is_file():
-            state.best_report = json.loads((out_dir / "report.json").read_text())
+            pareto_section: dict[str, Any] = {}
 
-        pareto_section: dict[str, Any] = {}
+            def finish_outputs() -> None:
+                auto["trials_done"] = len(state.candidates)
+                auto["elapsed_s"] = time.perf_counter() - started
+                from compressor.pareto import write_pareto
 
-        def finish_outputs() -> None:
-            auto["trials_done"] = len(state.candidates)
-            auto["elapsed_s"] = time.perf_counter() - started
-            from compressor.pareto import write_pareto
+                title = (f"compressor auto: {Path(recipe.model).name}, objective {settings.objective}, budget "
+                         + (f"accuracy drop <= {settings.max_accuracy_drop:g} points" if settings.max_accuracy_drop
+                            is not None else f"cosine_min >= {settings.min_cosine:g}"))
+                paths = write_pareto(out_dir, baseline=baseline, candidates=state.candidates, chosen=state.best,
+                                     objective=settings.objective, title=title)
+                auto["pareto"] = {k: str(v) for k, v in paths.items()}
+                doc = json.loads(paths["json"].read_text())
+                pareto_section.clear()
+                pareto_section.update(objective=settings.objective, accuracy_metric=doc["accuracy_metric"],
+                                      chosen=doc["chosen"], files=auto["pareto"], candidates=doc["candidates"])
+                auto["chosen_trial"] = state.candidates[state.best]["trial"] if state.best is not None else None
+                auto["chosen"] = state.candidates[state.best] if state.best is not None else None
+                if state.best_report is not None:
+                    state.best_report["auto"] = dict(auto)
+                    state.best_report["pareto"] = dict(pareto_section)
+                    write_json_atomic(state.best_report, out_dir / "report.json")
 
-            title = (f"compressor auto: {Path(recipe.model).name}, objective {settings.objective}, budget "
-                     + (f"accuracy drop <= {settings.max_accuracy_drop:g} points" if settings.max_accuracy_drop
-                        is not None else f"cosine_min >= {settings.min_cosine:g}"))
-            paths = write_pareto(out_dir, baseline=baseline, candidates=state.candidates, chosen=state.best,
-                                 objective=settings.objective, title=title)
-            auto["pareto"] = {k: str(v) for k, v in paths.items()}
-            doc = json.loads(paths["json"].read_text())
-            pareto_section.clear()
-            pareto_section.update(objective=settings.objective, accuracy_metric=doc["accuracy_metric"],
-                                  chosen=doc["chosen"], files=auto["pareto"], candidates=doc["candidates"])
-            auto["chosen_trial"] = state.candidates[state.best]["trial"] if state.best is not None else None
-            auto["chosen"] = state.candidates[state.best] if state.best is not None else None
-            if state.best_report is not None:
-                state.best_report["auto"] = dict(auto)
-                state.best_report["pareto"] = dict(pareto_section)
-                write_json_atomic(state.best_report, out_dir / "report.json")
-
-        executor = RayExecutor() if settings.executor == "ray" else LocalExecutor(callbacks, work / "local")
-        (work / "local").mkdir()
-        asks = 0
-        durations: list[float] = []
-        try:
-            while True:
-                done = len(state.candidates)
-                if done >= settings.trials:
-                    auto["stopped_by"] = "trials"
-                    break
-                if len(state.keys) >= total_space:
-                    auto["stopped_by"] = "search space exhausted"
-                    ctx.warn(f"every one of the {total_space} settings in the search space was tried after {done} "
-                             "trials")
-                    break
-                spent = time.perf_counter() - started
-                # the longest wave so far, plus the time to write the outputs: the search ends within the budget
-                longest = max(durations) if durations else 0.0
-                if spent + longest + BUDGET_RESERVE_S > settings.time_budget_s:
-                    auto["stopped_by"] = "time budget"
-                    ctx.warn(f"time budget of {settings.time_budget_s:g} s reached after {done} of {settings.trials} "
-                             "trials")
-                    break
-                wave: list[tuple[Any, dict[str, Any]]] = []
-                while len(wave) < min(settings.workers, settings.trials - done):
-                    if asks >= MAX_ASKS_PER_TRIAL * settings.trials:
-                        break
-                    trial = study.ask()
-                    asks += 1
-                    params = suggest(trial, prunable=prunable, static=static)
-                    key = _key(params)
-                    if key in state.keys or any(_key(p) == key for _, p in wave):
-                        # tried already: record it, and ask next for an untried setting drawn with a seeded RNG
-                        # (NSGA-II's later generations repeat settings of a small discrete space)
-                        trial.set_user_attr("duplicate", True)
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                        taken = set(state.keys) | {_key(p) for _, p in wave}
-                        left = [p for p in all_settings(prunable=prunable, static=static) if _key(p) not in taken]
-                        if left:
-                            import random
-
-                            study.enqueue_trial(random.Random(settings.seed * 100_003 + trial.number).choice(left))
-                        continue
-                    wave.append((trial, params))
-                if not wave:
-                    auto["stopped_by"] = "no new settings"
-                    break
-                wave_start = time.perf_counter()
-                jobs = []
-                for trial, params in wave:
-                    # absolute paths: a Ray worker on another node (shared storage) or in another folder reads them
-                    r = dataclasses.replace(recipe, model=Path(recipe.model).absolute(), **_absolute(recipe),
-                                            steps=trial_steps(params, recover=recover, seed=settings.seed,
-                                                              recover_steps=settings.recover_steps))
-                    jobs.append((r, str((work / f"trial-{trial.number:04d}.onnx").absolute())))
-                    ctx.progress(f"trial {trial.number}: building {describe(params)}", 0, None)
-                try:
-                    built = executor.build(jobs, str(baseline_onnx.absolute()) if artifact.format.is_torch else None)
-                except BaseException:
-                    _fail_trials(study, [t for t, _ in wave])
-                    raise
-                for i, ((trial, params), b) in enumerate(zip(wave, built, strict=True)):
-                    ctx.progress(f"trial {trial.number}: building {describe(params)}", 1, 1)
-                    try:
-                        cand = _evaluate(trial.number, params, b, jobs[i][0], ctx, recipe, settings, baseline,
-                                         baseline_onnx, base_entry, quick, measure, model_entry, bench_feeds)
-                    except BaseException:
-                        _fail_trials(study, [t for t, _ in wave[i:]])
-                        raise
-                    rep = cand.pop("_report", None)
-                    stage = cand.pop("_stage", None)
-                    trial.set_user_attr("candidate", {**cand, "model_path": None})
-                    state.candidates.append(cand)
-                    state.keys[_key(params)] = len(state.candidates) - 1
-                    if cand["valid"]:
-                        study.tell(trial, _values(cand, settings, baseline))
-                    elif stage == "build":
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    else:
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    new_best = cand["valid"] and (state.best is None or _better(
-                        cand, state.candidates[state.best], settings.objective))
-                    if new_best:
-                        final = out_dir / "model.onnx"
-                        publish(Path(cand["model_path"]), final)
-                        if state.best is not None:
-                            state.candidates[state.best]["model_path"] = None
-                        cand["model_path"] = str(final)
-                        state.best = len(state.candidates) - 1
-                        study.set_user_attr("best_trial", cand["trial"])
-                        rep["output"] = str(final)
-                        rep["result"]["path"] = str(final)
-                        rep["command"] = command
-                        rep["input"] = _input_entry(recipe, artifact, ctx)
-                        if export_entry is not None:
-                            rep["export"] = export_entry
-                        state.best_report = rep
-                    elif cand.get("model_path"):
-                        Path(cand["model_path"]).unlink(missing_ok=True)
-                        cand["model_path"] = None
-                    info = {"valid": 1.0 if cand["valid"] else 0.0}
-                    if cand.get("speedup") is not None:
-                        info["speedup"] = cand["speedup"]
-                    if cand.get("accuracy_drop_pct") is not None:
-                        info["drop_points"] = cand["accuracy_drop_pct"]
-                    ctx.progress(f"trial {trial.number} ({len(state.candidates)}/{settings.trials}) "
-                                 f"{cand['name']}: {'valid' if cand['valid'] else 'invalid: ' + cand['reason']}"
-                                 + (" (best so far)" if new_best else ""), 1, 1, **info)
-                    finish_outputs()
-                durations.append(time.perf_counter() - wave_start)
-                stop = stop_requested()
-                if stop is not None:
-                    raise stop
-        except (KeyboardInterrupt, SystemExit) as e:
-            auto["interrupted"] = True
-            auto["stopped_by"] = "interrupted"
-            try:
+            def final_report() -> dict[str, Any]:
+                """Write and return report.json: the chosen model's report, or (none valid) one without a result."""
                 finish_outputs()
-            finally:
-                executor.close()
-            partial = state.best_report or {"baseline": base_entry}
-            with contextlib.suppress(AttributeError, TypeError):  # the CLI's --json error object shows it
-                e.report = {**partial, "auto": auto, "pareto": pareto_section, "warnings": ctx.warnings}
-            raise
-        executor.close()
-        finish_outputs()
-    if state.best_report is None:
-        rep = new_report(command)
-        rep.update(input=_input_entry(recipe, artifact, ctx), baseline=base_entry, auto=auto, pareto=pareto_section,
-                   warnings=ctx.warnings)
-        write_json_atomic(rep, out_dir / "report.json")
-        return rep
-    rep = state.best_report
-    rep["auto"] = auto
-    rep["pareto"] = pareto_section
-    rep["warnings"] = list(dict.fromkeys([*ctx.warnings, *rep.get("warnings", [])]))
-    write_json_atomic(rep, out_dir / "report.json")
-    return rep
+                if state.best is not None:
+                    w = speed_warning(state.candidates[state.best], settings.objective, baseline["batch_size"])
+                    if w is not None:
+                        ctx.warn(w)
+                if state.best_report is None:
+                    rep = new_report(command)
+                    rep.update(input=_input_entry(recipe, artifact, ctx), baseline=base_entry, auto=auto,
+                               pareto=pareto_section, warnings=ctx.warnings)
+                else:
+                    rep = state.best_report
+                    rep["auto"] = auto
+                    rep["pareto"] = pareto_section
+                    rep["warnings"] = list(dict.fromkeys([*ctx.warnings, *rep.get("warnings", [])]))
+                write_json_atomic(rep, out_dir / "report.json")
+                return rep
+
+            study, fresh = _open_study(settings, recipe)
+            searching = True
+            restored = 0
+            try:
+                if fresh:
+                    stale = [out_dir / n for n in ("model.onnx", "model.onnx.data", "report.json", "pareto.json",
+                                                   "pareto.png", "pareto.md")]
+                    stale = [p for p in stale if p.is_file()]
+                    if stale:  # a new study: files of an earlier search in DIR would describe another model
+                        ctx.warn(f"{out_dir} held the outputs of an earlier search ({', '.join(p.name for p in stale)}"
+                                 "); they are replaced by this one's (use --resume to continue a search instead)")
+                        for p in stale:
+                            p.unlink()
+                    for params in defaults_to_try(prunable=prunable, static=static):
+                        study.enqueue_trial(params)
+                _restore(study, state, out_dir)
+                restored = len(state.candidates)
+                auto["trials_done"] = restored
+                total_space = space_size(prunable=prunable, static=static)
+                if state.best is not None and (out_dir / "report.json").is_file():
+                    state.best_report = json.loads((out_dir / "report.json").read_text())
+
+                executor = RayExecutor() if settings.executor == "ray" else LocalExecutor(callbacks, work / "local")
+                (work / "local").mkdir()
+                asks = 0
+                durations: list[float] = []
+                while True:
+                    done = len(state.candidates)
+                    auto["trials_this_session"] = done - restored
+                    if done >= settings.trials:
+                        auto["stopped_by"] = "trials"
+                        break
+                    if len(state.keys) >= total_space:
+                        auto["stopped_by"] = "search space exhausted"
+                        ctx.warn(f"every one of the {total_space} settings in the search space was tried after {done} "
+                                 "trials")
+                        break
+                    spent = time.perf_counter() - started
+                    # the longest wave so far, plus the time to write the outputs: the search ends within the budget
+                    longest = max(durations) if durations else 0.0
+                    if spent + longest + BUDGET_RESERVE_S > settings.time_budget_s:
+                        auto["stopped_by"] = "time budget"
+                        if done == restored:
+                            ctx.warn(f"--time-budget of {settings.time_budget_s:g} s left no time for a trial: the "
+                                     f"baseline's export and measurement took {auto['baseline_s']:.0f} s (and "
+                                     f"{BUDGET_RESERVE_S:g} s are kept for the outputs)")
+                        else:
+                            ctx.warn(f"time budget of {settings.time_budget_s:g} s reached after {done} of "
+                                     f"{settings.trials} trials")
+                        break
+                    wave: list[tuple[Any, dict[str, Any]]] = []
+                    while len(wave) < min(settings.workers, settings.trials - done):
+                        if asks >= MAX_ASKS_PER_TRIAL * settings.trials:
+                            break
+                        trial = study.ask()
+                        asks += 1
+                        params = suggest(trial, prunable=prunable, static=static)
+                        key = _key(params)
+                        if key in state.keys or any(_key(p) == key for _, p in wave):
+                            # tried already: record it, and ask next for an untried setting drawn with a seeded RNG
+                            # (NSGA-II's later generations repeat settings of a small discrete space)
+                            trial.set_user_attr("duplicate", True)
+                            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                            taken = set(state.keys) | {_key(p) for _, p in wave}
+                            left = [p for p in all_settings(prunable=prunable, static=static) if _key(p) not in taken]
+                            if left:
+                                import random
+
+                                study.enqueue_trial(random.Random(settings.seed * 100_003 + trial.number).choice(left))
+                            continue
+                        wave.append((trial, params))
+                    if not wave:
+                        auto["stopped_by"] = "no new settings"
+                        break
+                    wave_start = time.perf_counter()
+                    jobs = []
+                    for trial, params in wave:
+                        # absolute paths: a Ray worker on another node (shared storage) or in another folder reads them
+                        r = dataclasses.replace(recipe, model=Path(recipe.model).absolute(), **_absolute(recipe),
+                                                steps=trial_steps(params, recover=recover, seed=settings.seed,
+                                                                  recover_steps=settings.recover_steps))
+                        jobs.append((r, str((work / f"trial-{trial.number:04d}.onnx").absolute())))
+                        ctx.progress(f"trial {trial.number}: building {describe(params)}", 0, None)
+                    try:
+                        built = executor.build(jobs,
+                                               str(baseline_onnx.absolute()) if artifact.format.is_torch else None)
+                    except BaseException:
+                        _fail_trials(study, [t for t, _ in wave])
+                        raise
+                    for i, ((trial, params), b) in enumerate(zip(wave, built, strict=True)):
+                        ctx.progress(f"trial {trial.number}: building {describe(params)}", 1, 1)
+                        try:
+                            cand = _evaluate(trial.number, params, b, jobs[i][0], ctx, recipe, settings, baseline,
+                                             baseline_onnx, base_entry, quick, measure, model_entry, bench_feeds)
+                        except BaseException:
+                            _fail_trials(study, [t for t, _ in wave[i:]])
+                            raise
+                        try:
+                            # the trial's record, the model, its report and the Pareto files go together: a stop
+                            # asked for meanwhile is raised once they are all in place
+                            with stop_deferred():
+                                _record(trial, params, cand, study, state, settings, baseline, out_dir, publish,
+                                        command, _input_entry(recipe, artifact, ctx), export_entry, ctx)
+                                finish_outputs()
+                        except BaseException:
+                            _fail_trials(study, [t for t, _ in wave[i + 1:]])
+                            raise
+                    auto["trials_this_session"] = len(state.candidates) - restored
+                    durations.append(time.perf_counter() - wave_start)
+                    stop = stop_requested()
+                    if stop is not None:
+                        raise stop
+            except (KeyboardInterrupt, SystemExit) as e:
+                _shield(callbacks)  # a second Ctrl-C must not cut the outputs of the trials done in two
+                auto["interrupted"] = True
+                auto["stopped_by"] = "interrupted"
+                auto["trials_this_session"] = len(state.candidates) - restored
+                try:
+                    rep = final_report()
+                finally:
+                    if executor is not None:
+                        executor.close()
+                with contextlib.suppress(AttributeError, TypeError):  # the CLI's --json error object shows it
+                    e.report = rep
+                raise
+            # the search is over and its outputs are being put in place: a stop asked for now lets the run finish
+            _shield(callbacks)
+            executor.close()
+            return final_report()
+    except BaseException:
+        if not searching:  # stopped or failed before the search began: leave nothing behind
+            if not settings.resume:  # a study file now is one this run began to create (check_paths)
+                for p in (settings.study, settings.study.with_name(settings.study.name + "-journal")):
+                    p.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
+        raise
+
+
+def _record(trial: Any, params: dict[str, Any], cand: dict[str, Any], study: Any, state: _State,
+            settings: AutoSettings, baseline: dict[str, Any], out_dir: Path, publish: Any, command: str,
+            input_entry: dict[str, Any], export_entry: dict[str, Any] | None, ctx: Any) -> None:
+    """Record one judged candidate in the study and the state; a new best is published as ``out_dir/model.onnx``."""
+    import optuna
+
+    rep = cand.pop("_report", None)
+    stage = cand.pop("_stage", None)
+    trial.set_user_attr("candidate", {**cand, "model_path": None})
+    state.candidates.append(cand)
+    state.keys[_key(params)] = len(state.candidates) - 1
+    if cand["valid"]:
+        study.tell(trial, _values(cand, settings, baseline))
+    elif stage == "build":
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    else:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    new_best = cand["valid"] and (state.best is None or _better(cand, state.candidates[state.best],
+                                                                settings.objective))
+    if new_best:
+        final = out_dir / "model.onnx"
+        publish(Path(cand["model_path"]), final)
+        if state.best is not None:
+            state.candidates[state.best]["model_path"] = None
+        cand["model_path"] = str(final)
+        state.best = len(state.candidates) - 1
+        study.set_user_attr("best_trial", cand["trial"])
+        rep["output"] = str(final)
+        rep["result"]["path"] = str(final)
+        rep["command"] = command
+        rep["input"] = input_entry
+        if export_entry is not None:
+            rep["export"] = export_entry
+        state.best_report = rep
+    elif cand.get("model_path"):
+        Path(cand["model_path"]).unlink(missing_ok=True)
+        cand["model_path"] = None
+    info = {"valid": 1.0 if cand["valid"] else 0.0}
+    if cand.get("speedup") is not None:
+        info["speedup"] = cand["speedup"]
+    if cand.get("accuracy_drop_pct") is not None:
+        info["drop_points"] = cand["accuracy_drop_pct"]
+    ctx.progress(f"trial {trial.number} ({len(state.candidates)}/{settings.trials}) "
+                 f"{cand['name']}: {'valid' if cand['valid'] else 'invalid: ' + cand['reason']}"
+                 + (" (best so far)" if new_best else ""), 1, 1, **info)
+
+
+def speed_warning(chosen: dict[str, Any], objective: str, batch: int) -> str | None:
+    """The warning for a chosen candidate not shown faster than the original, or None.
+
+    With ``objective="latency"`` a candidate slower beyond doubt is never chosen (it is invalid), so the case left is
+    a 95% CI of the paired speedup that holds 1.0; with ``"size"`` the chosen one may be slower beyond doubt.
+    """
+    sp, ci = chosen.get("speedup"), chosen.get("speedup_ci95")
+    if sp is None or not ci:
+        return None
+    figures = f"speedup {sp:.2f}, 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]"
+    if ci[1] < 1.0:
+        return (f"the result is slower than the baseline on this CPU ({figures}) at batch {batch}; see the op types "
+                "in the report")
+    if ci[0] < 1.0 and objective == "latency":
+        return (f"the result may be no faster than the baseline on this CPU ({figures}: the interval holds 1.0) at "
+                f"batch {batch}; try --calibration-data (static int8) or a larger --bench-batch-size")
+    return None
+
+
+def no_valid_message(rep: dict[str, Any], *, has_calibration: bool) -> str:
+    """The one-line error of a search that found no valid candidate (what happened, and what to try).
+
+    Args:
+        rep: The search's report (``auto`` and ``pareto`` sections).
+        has_calibration: Calibration data was given (static int8 and recovery were in the search space).
+    """
+    info = rep["auto"]
+    md = info["pareto"].get("md")
+    if info.get("stopped_by") == "time budget" and not info.get("trials_this_session"):
+        took = info.get("baseline_s")
+        return (f"no trial ran: the --time-budget of {info['time_budget_s']:g} s ran out before the first trial (the "
+                f"baseline's export and measurement took {took:.0f} s, and {BUDGET_RESERVE_S:g} s are kept for the "
+                "outputs); give a larger --time-budget, e.g. 10m")
+    cands = (rep.get("pareto") or {}).get("candidates") or []
+    slower = [c for c in cands if str(c.get("reason") or "").startswith(SLOWER_REASONS)]
+    more = "" if has_calibration else "--calibration-data (static int8, recovery), "
+    if slower:
+        what = "faster" if info["objective"] == "latency" else "smaller"
+        return (f"no candidate beat the original: {len(slower)} of {info['trials_done']} met the budget but none was "
+                f"{what} than the original (see {md}); try {more}a larger --bench-batch-size, or raise --trials")
+    return (f"no candidate of {info['trials_done']} met the budget; see {md} for why each failed, and loosen the "
+            f"budget, raise --trials" + (f" or give {more.rstrip(', ')}" if more else ""))
 
 
 def _fail_trials(study: Any, trials: list[Any]) -> None:
@@ -788,6 +891,7 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
     Outputs on a few samples first, then the budget on all held-out data, then (valid ones only) the interleaved
     benchmark against the baseline.
     """
+    from compressor.artifact import file_size_bytes
     from compressor.fidelity import compare_outputs, output_names, run_onnx, top1_accuracy
 
     cand: dict[str, Any] = {
@@ -802,7 +906,7 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
         cand.update(reason=f"construction failed: {built['error']}"[:300], _stage="build")
         return cand
     path = Path(built["output"])
-    cand["size_bytes"] = path.stat().st_size
+    cand["size_bytes"] = file_size_bytes(path)
     names = output_names(baseline_onnx)
     few_out = run_onnx(path, quick.few)
     few = compare_outputs(quick.few_out, few_out, names=names)
@@ -810,7 +914,7 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
     if settings.min_cosine is not None and (few.get("cosine_min") or -1.0) < settings.min_cosine:
         # the least cosine over a subset bounds the least over all samples: this candidate cannot pass
         cand.update(cosine_min=few.get("cosine_min"),
-                    reason=f"pruned early: cosine_min {few.get('cosine_min'):.5f} < {settings.min_cosine:g} on the "
+                    reason=f"stopped early: cosine_min {few.get('cosine_min'):.5f} < {settings.min_cosine:g} on the "
                            f"first {n} samples")
         return cand
     labels = ctx.eval_data.labels if ctx.eval_data is not None else None
@@ -818,13 +922,13 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
         few_drop = 100.0 * (top1_accuracy(quick.few_logits, labels[:n]) - top1_accuracy(few_out[0], labels[:n]))
         if few_drop > settings.max_accuracy_drop + QUICK_MARGIN_POINTS:
             cand.update(accuracy_drop_pct=few_drop,
-                        reason=f"pruned early: accuracy drop {few_drop:.1f} points on the first {n} samples (budget "
+                        reason=f"stopped early: accuracy drop {few_drop:.1f} points on the first {n} samples (budget "
                                f"{settings.max_accuracy_drop:g})")
             return cand
     fid = compare_outputs(quick.all_out, run_onnx(path, ctx.data), names=names)
     cand["cosine_min"] = fid.get("cosine_min")
     if settings.min_cosine is not None and (fid.get("cosine_min") or -1.0) < settings.min_cosine:
-        cand["reason"] = f"pruned early: cosine_min {fid.get('cosine_min'):.5f} < {settings.min_cosine:g}"
+        cand["reason"] = f"stopped early: cosine_min {fid.get('cosine_min'):.5f} < {settings.min_cosine:g}"
         return cand
     if quick.eval_logits is not None and ctx.eval_data.labels is not None:
         labels = ctx.eval_data.labels
@@ -832,8 +936,12 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
                                                                                   labels))
         cand["accuracy_drop_pct"] = drop
         if settings.max_accuracy_drop is not None and drop > settings.max_accuracy_drop:
-            cand["reason"] = f"pruned early: accuracy drop {drop:.2f} points > {settings.max_accuracy_drop:g}"
+            cand["reason"] = f"stopped early: accuracy drop {drop:.2f} points > {settings.max_accuracy_drop:g}"
             return cand
+    if settings.objective == "size" and cand["size_bytes"] >= base_entry["size_bytes"]:
+        cand["reason"] = (f"not smaller than the original ({cand['size_bytes']} bytes, original "
+                          f"{base_entry['size_bytes']} bytes)")
+        return cand
     # within budget: time it beside the baseline, interleaved, on this node
     from compressor.pipeline import settings_block
     from compressor.report import new_report
@@ -873,6 +981,10 @@ def _evaluate(number: int, params: dict[str, Any], built: dict[str, Any], trial_
     rep["warnings"] = list(dict.fromkeys([*(built.get("warnings") or []), *tctx.warnings]))
     if not rep["gates"]["passed"]:  # the benchmark's figures disagree with the early check: not valid
         cand.update(valid=False, reason="quality gate failed on the measured report")
+        return cand
+    if settings.objective == "latency" and ci[1] < 1.0:  # slower beyond doubt: never the fastest model
+        cand.update(valid=False, reason=f"slower than the original (speedup {sp:.2f}, 95% CI [{ci[0]:.3f}, "
+                                        f"{ci[1]:.3f}])")
         return cand
     cand["_report"] = rep
     return cand

@@ -6,6 +6,9 @@ entry point is the only place that turns an error into an exit code.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 EXIT_OK = 0
 EXIT_STEP_FAILED = 1
 EXIT_USAGE = 2
@@ -99,3 +102,28 @@ def stop_requested() -> BaseException | None:
     if not STOP_REQUESTED:
         return None
     return KeyboardInterrupt() if STOP_REQUESTED[-1] == 130 else SystemExit(STOP_REQUESTED[-1])
+
+
+#: Depth of :func:`stop_deferred` blocks now running; the CLI's signal handlers only record a stop while it is > 0.
+DEFERRING: list[int] = []
+
+
+@contextlib.contextmanager
+def stop_deferred() -> Iterator[None]:
+    """Run a short block that must not be cut in two (files and records that go together).
+
+    A Ctrl-C or SIGTERM during the block is recorded by the CLI's handlers (see ``compressor.cli.app.main``), not
+    raised there; at the end of the block any stop the user asked for is raised (KeyboardInterrupt, or SystemExit
+    with 143). Without those handlers (library use) Python raises KeyboardInterrupt where it lands, as usual.
+
+    Raises:
+        KeyboardInterrupt, SystemExit: A stop was requested before or during the block (raised at its end).
+    """
+    DEFERRING.append(1)
+    try:
+        yield
+    finally:
+        DEFERRING.pop()
+    stop = stop_requested() if not DEFERRING else None
+    if stop is not None:
+        raise stop

@@ -40,7 +40,16 @@ def scratch_dir(near: Path | None):
     try:
         yield d
     finally:
+        _remove_tree(d)
+
+
+def _remove_tree(d: Path) -> None:
+    """Remove a scratch folder; a Ctrl-C that lands during the removal lets it finish first, then goes on."""
+    try:
         shutil.rmtree(d, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
 
 
 def publish(tmp_model: Path, final: Path) -> None:

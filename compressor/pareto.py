@@ -277,7 +277,7 @@ def _plot(path: Path, baseline: dict[str, Any], rows: list[dict[str, Any]], fron
     ax = fig.add_subplot()
     plotted = [(i, r, cost(r), accuracy_loss(r, metric)) for i, r in enumerate(rows)]
     plotted = [(i, r, x, y) for i, r, x, y in plotted if x is not None and y is not None]
-    for valid, colour, label in ((False, "0.7", "invalid (over budget or failed)"), (True, "tab:blue", "valid")):
+    for valid, colour, label in ((False, "0.7", "invalid (over budget, no gain or failed)"), (True, "tab:blue", "valid")):
         pts = [(i, r, x, y) for i, r, x, y in plotted if bool(r.get("valid")) == valid]
         if not pts:
             continue

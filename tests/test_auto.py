@@ -182,6 +182,9 @@ def test_no_candidate_within_budget_exits_3_and_writes_no_model(tmp_path, cnn_on
     assert any("earlier search" in w for w in r.report["warnings"])
     cands = json.loads((out / "pareto.json").read_text())["candidates"]
     assert len(cands) == 1 and not cands[0]["valid"] and "cosine_min" in cands[0]["reason"]
+    # a candidate rejected on the first samples is "stopped early", not Optuna's "pruned" (prune is a pass here)
+    assert cands[0]["reason"].startswith("stopped early: ") and "stopped early: " in (out / "pareto.md").read_text()
+    assert "pruned early" not in r.stderr + (out / "pareto.md").read_text()
     _validate(json.loads((out / "report.json").read_text()))
 
 
@@ -325,3 +328,170 @@ def test_sigint_mid_run_leaves_best_so_far_and_resume_finishes(tmp_path, cnn_onn
                     "--resume", "--json")
     assert again.code == 0, again.stderr
     assert again.report["auto"]["trials_done"] == 6 or again.report["auto"]["stopped_by"] == "search space exhausted"
+
+
+def _pin_speedup(monkeypatch, speedup: float, ci: tuple[float, float]) -> None:
+    """Run the real interleaved benchmark, then pin the paired speedup the search sees to these figures."""
+    import compressor.measure as measure_mod
+
+    real = measure_mod.measure
+
+    def pinned(ctx, recipe, base, candidates, **kw):
+        out = real(ctx, recipe, base, candidates, **kw)
+        for c in candidates:
+            c["compare"].update(speedup=speedup, speedup_ci95=[ci[0], ci[1]])
+        return out
+
+    monkeypatch.setattr(measure_mod, "measure", pinned)
+
+
+def test_candidate_slower_than_the_original_is_never_chosen(tmp_path, monkeypatch, cnn_onnx):
+    """A speedup whose 95% CI lies wholly below 1.0 makes the candidate invalid; with none left: exit 3, no model."""
+    _pin_speedup(monkeypatch, 0.93, (0.874, 0.994))
+    out = tmp_path / "auto"
+    r = _auto(cnn_onnx, out, "--objective", "latency", trials=1)
+    assert r.code == 3, r.stderr
+    assert "no candidate beat the original" in r.error_lines[-1] and "--bench-batch-size" in r.error_lines[-1]
+    assert "result" not in r.report and not (out / "model.onnx").exists()
+    cand = json.loads((out / "pareto.json").read_text())["candidates"][0]
+    assert not cand["valid"] and cand["reason"] == "slower than the original (speedup 0.93, 95% CI [0.874, 0.994])"
+    assert cand["speedup"] == 0.93  # measured, so the table shows why
+    _validate(json.loads((out / "report.json").read_text()))
+
+
+def test_candidate_whose_speedup_interval_holds_one_is_chosen_with_a_warning(tmp_path, monkeypatch, cnn_onnx):
+    _pin_speedup(monkeypatch, 0.98, (0.93, 1.03))
+    out = tmp_path / "auto"
+    r = _auto(cnn_onnx, out, trials=1)
+    assert r.code == 0, r.stderr
+    assert r.report["auto"]["chosen"]["valid"]
+    warned = [w for w in r.report["warnings"] if "may be no faster than the baseline" in w]
+    assert len(warned) == 1 and "0.98" in warned[0] and warned[0] in r.stderr
+    _validate(r.report)
+
+
+def test_size_objective_rejects_a_candidate_not_smaller_than_the_original(tmp_path, monkeypatch, cnn_onnx):
+    import compressor.artifact as artifact_mod
+
+    real = artifact_mod.file_size_bytes
+    monkeypatch.setattr(artifact_mod, "file_size_bytes",  # every candidate file counts as big as 1 GB
+                        lambda p: 10**9 if Path(p).name.startswith("trial-") else real(p))
+    out = tmp_path / "auto"
+    r = _auto(cnn_onnx, out, "--objective", "size", trials=1)
+    assert r.code == 3, r.stderr
+    assert "no candidate beat the original" in r.error_lines[-1] and "smaller" in r.error_lines[-1]
+    cand = json.loads((out / "pareto.json").read_text())["candidates"][0]
+    assert not cand["valid"] and cand["reason"].startswith("not smaller than the original (1000000000 bytes")
+    assert cand["latency_ms_p50"] is None  # rejected before the benchmark
+
+
+def test_time_budget_spent_before_any_trial_says_so(tmp_path, cnn_onnx):
+    out = tmp_path / "auto"
+    r = _auto(cnn_onnx, out, "--time-budget", "1", trials=1)
+    assert r.code == 3, r.stderr
+    line = r.error_lines[-1]
+    assert "no trial ran" in line and "--time-budget" in line and "baseline" in line and "took" in line
+    auto = r.report["auto"]
+    assert auto["stopped_by"] == "time budget" and auto["trials_this_session"] == 0 and auto["baseline_s"] > 0
+    _validate(json.loads((out / "report.json").read_text()))
+
+
+@pytest.mark.parametrize("call, code", [(1, 130), (2, 0)])
+def test_ctrl_c_while_outputs_are_written(tmp_path, monkeypatch, cnn_onnx, call, code):
+    """A real SIGINT while the Pareto files are written: after a trial (call 1) the outputs of that trial are
+    finished first, then the run stops with 130 and says so in report.json; once the search is over (call 2: the
+    final outputs) the run finishes with its normal code and report.json says it was not interrupted."""
+    import os
+    import signal
+
+    import compressor.pareto as pareto_mod
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI installs its own handler
+    real = pareto_mod.write_pareto
+    calls = []
+
+    def write_pareto(*a, **k):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered here, between two bytecodes: the user's Ctrl-C
+        return real(*a, **k)
+
+    monkeypatch.setattr(pareto_mod, "write_pareto", write_pareto)
+    out = tmp_path / "auto"
+    r = _auto(cnn_onnx, out, trials=1)
+    assert r.code == code, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    _validate(rep)
+    assert rep["auto"]["interrupted"] == (code == 130)
+    assert rep["auto"]["stopped_by"] == ("interrupted" if code == 130 else "trials")
+    assert rep["auto"]["trials_done"] == 1 and rep["auto"]["chosen_trial"] == 0
+    assert_valid_onnx(out / "model.onnx")
+    assert json.loads((out / "pareto.json").read_text())["chosen"] == rep["auto"]["chosen"]["name"]
+    assert not list(out.glob(".compressor-*"))
+
+
+def test_ctrl_c_before_any_trial_finished_still_writes_the_report(tmp_path, monkeypatch, cnn_onnx):
+    import os
+    import signal
+
+    import compressor.auto as auto_mod
+
+    def interrupted(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the SIGINT was not delivered")
+
+    monkeypatch.setattr(auto_mod, "_evaluate", interrupted)
+    out = tmp_path / "auto"
+    r = _auto(cnn_onnx, out, trials=2)
+    assert r.code == 130, r.stderr
+    assert r.report["error"]["kind"] == "interrupted"
+    rep = json.loads((out / "report.json").read_text())
+    _validate(rep)
+    assert rep["auto"]["interrupted"] and rep["auto"]["stopped_by"] == "interrupted"
+    assert rep["auto"]["trials_done"] == 0 and rep["auto"]["chosen"] is None and "result" not in rep
+    assert json.loads((out / "pareto.json").read_text())["candidates"] == []
+    assert (out / "study.db").is_file() and not (out / "model.onnx").exists()
+    assert not list(out.glob(".compressor-*"))
+
+
+def test_scratch_folder_is_removed_even_when_ctrl_c_lands_during_its_removal(tmp_path, monkeypatch):
+    import shutil
+
+    import compressor.outputs as outputs_mod
+
+    real = shutil.rmtree
+    calls = []
+
+    def rmtree(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(outputs_mod.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with outputs_mod.scratch_dir(tmp_path / "model.onnx") as work:
+            (work / "local").mkdir()
+            (work / "local" / "x.onnx").write_bytes(b"x")
+    assert not list(tmp_path.glob(".compressor-*"))
+
+
+def test_ctrl_c_before_the_search_began_leaves_nothing(tmp_path, monkeypatch, cnn_onnx):
+    """An interrupt while the study file is being created: no study, no empty output folder."""
+    import os
+    import signal
+
+    import compressor.auto as auto_mod
+
+    real = auto_mod._open_study
+
+    def open_then_stop(*a, **k):
+        real(*a, **k)  # the SQLite file now exists
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the SIGINT was not delivered")
+
+    monkeypatch.setattr(auto_mod, "_open_study", open_then_stop)
+    out = tmp_path / "auto"
+    r = _auto(cnn_onnx, out, trials=1)
+    assert r.code == 130, r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []

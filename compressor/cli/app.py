@@ -1197,12 +1197,11 @@ def auto(
         rep = _rendered(run_auto, recipe, settings=settings)
         info = rep["auto"]
         if rep.get("result") is None:
+            from compressor.auto import no_valid_message
             from compressor.errors import EXIT_GATE_FAILED
             from compressor.report import write_json_atomic
 
-            more = "" if recipe.calibration_data else " or give --calibration-data (static int8, recovery)"
-            msg = (f"no candidate of {info['trials_done']} met the budget; see {info['pareto'].get('md')} for why "
-                   f"each failed, and loosen the budget, raise --trials{more}")
+            msg = no_valid_message(rep, has_calibration=bool(recipe.calibration_data))
             rep["error"] = {"exit_code": EXIT_GATE_FAILED, "kind": "gate", "message": msg}
             if report is not None:
                 write_json_atomic(rep, report)
@@ -1260,15 +1259,17 @@ def main(argv: list[str] | None = None) -> None:
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so scratch folders and temp files are removed
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    from compressor.errors import STOP_REQUESTED
+    from compressor.errors import DEFERRING, STOP_REQUESTED
 
     def on_term(*_: Any) -> None:
         STOP_REQUESTED.append(143)
-        sys.exit(143)
+        if not DEFERRING:  # inside errors.stop_deferred(): raised at the end of the block
+            sys.exit(143)
 
     def on_int(*_: Any) -> None:
         STOP_REQUESTED.append(130)
-        raise KeyboardInterrupt
+        if not DEFERRING:
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     if handlers[0] is signal.default_int_handler:
@@ -1277,8 +1278,11 @@ def main(argv: list[str] | None = None) -> None:
         STOP_REQUESTED.clear()
         _main(cx, _ARGV)
     finally:  # in-process callers (tests) get their handlers and help colours back
-        signal.signal(signal.SIGINT, handlers[0])
-        signal.signal(signal.SIGTERM, handlers[1])
+        if argv is not None:
+            # the console script keeps them until the process is gone: a Ctrl-C that lands while the interpreter
+            # shuts down (seconds with torch loaded) after a shielded publish must not turn the exit code into 130
+            signal.signal(signal.SIGINT, handlers[0])
+            signal.signal(signal.SIGTERM, handlers[1])
         if restore_color is not None:
             import typer.rich_utils
 
