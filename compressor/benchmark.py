@@ -243,23 +243,34 @@ def paired_speedup(
     b, r = b[:n], r[:n]
     ids = np.zeros(n, dtype=np.int64) if block_ids is None else np.asarray(block_ids)[:n]
     speedup = float(np.median(b) / np.median(r))
+    boots = _cluster_bootstrap(ids, lambda idx: np.median(b[idx]) / np.median(r[idx]), resamples=resamples,
+                               seed=seed)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return speedup, (float(min(low, speedup)), float(max(high, speedup)))
+
+
+_BOOT_ROUNDS_PER_BLOCK = 400
+
+
+def _cluster_bootstrap(ids: np.ndarray, statistic: Any, *, resamples: int, seed: int) -> np.ndarray:
+    """``statistic(indices)`` over two-stage resamples: blocks with replacement, then rounds within each block.
+
+    Blocks with more than :data:`_BOOT_ROUNDS_PER_BLOCK` rounds are subsampled evenly first (keeps it cheap).
+    Source: Davison & Hinkley 1997, sec. 3.8 (cluster bootstrap).
+    """
     rng = np.random.default_rng(seed)
     groups = []
     for k in np.unique(ids):
         g = np.flatnonzero(ids == k)
-        if g.size > _BOOT_ROUNDS_PER_BLOCK:  # evenly spaced subsample keeps the bootstrap cheap
+        if g.size > _BOOT_ROUNDS_PER_BLOCK:
             g = g[np.linspace(0, g.size - 1, _BOOT_ROUNDS_PER_BLOCK).astype(np.int64)]
         groups.append(g)
     boots = np.empty(resamples)
     for j in range(resamples):
         chosen = rng.integers(0, len(groups), size=len(groups)) if len(groups) > 1 else [0]
         idx = np.concatenate([groups[g][rng.integers(0, groups[g].size, size=groups[g].size)] for g in chosen])
-        boots[j] = np.median(b[idx]) / np.median(r[idx])
-    low, high = np.percentile(boots, [2.5, 97.5])
-    return speedup, (float(min(low, speedup)), float(max(high, speedup)))
-
-
-_BOOT_ROUNDS_PER_BLOCK = 400
+        boots[j] = statistic(idx)
+    return boots
 
 
 def median_ci95(samples_ms: tuple[float, ...], *, block_ids: np.ndarray | None = None, resamples: int = 1000,
@@ -281,18 +292,7 @@ def median_ci95(samples_ms: tuple[float, ...], *, block_ids: np.ndarray | None =
     x = np.asarray(samples_ms, dtype=np.float64)
     ids = np.zeros(x.size, dtype=np.int64) if block_ids is None else np.asarray(block_ids)[: x.size]
     med = float(np.median(x))
-    rng = np.random.default_rng(seed)
-    groups = []
-    for k in np.unique(ids):
-        g = np.flatnonzero(ids == k)
-        if g.size > _BOOT_ROUNDS_PER_BLOCK:
-            g = g[np.linspace(0, g.size - 1, _BOOT_ROUNDS_PER_BLOCK).astype(np.int64)]
-        groups.append(g)
-    boots = np.empty(resamples)
-    for j in range(resamples):
-        chosen = rng.integers(0, len(groups), size=len(groups)) if len(groups) > 1 else [0]
-        idx = np.concatenate([groups[g][rng.integers(0, groups[g].size, size=groups[g].size)] for g in chosen])
-        boots[j] = np.median(x[idx])
+    boots = _cluster_bootstrap(ids, lambda idx: np.median(x[idx]), resamples=resamples, seed=seed)
     low, high = np.percentile(boots, [2.5, 97.5])
     return float(min(low, med)), float(max(high, med))
 
