@@ -259,6 +259,49 @@ def _data_digest(data: Any) -> str:
     return h.hexdigest()
 
 
+def build_candidates(names: list[str], build: Any, workdir: Path) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """Build each candidate format with ``build(name, dst)`` and keep those that load and quantize the most weights.
+
+    A candidate whose build or ONNX Runtime session fails is skipped with its reason; one that leaves more weight
+    elements in float than the others (e.g. QOperator has no ConvTranspose kernel) is no candidate either: only
+    the formats that quantize the most compete.
+
+    Args:
+        names: Candidate names, in order of preference.
+        build: ``build(name, dst)`` writes the candidate's ONNX model to ``dst``.
+        workdir: Scratch folder for ``format-<name>.onnx``.
+
+    Returns:
+        ``({name: path}, [{"format", "error"}, ...])`` of the candidates kept and those dropped.
+
+    Raises:
+        Exception: The last build error, when no candidate could be built.
+    """
+    from compressor.runtime import make_session
+
+    built: dict[str, Path] = {}
+    errors: list[dict[str, Any]] = []
+    last_error: Exception | None = None
+    for name in names:
+        dst = workdir / f"format-{name}.onnx"
+        try:
+            build(name, dst)
+            make_session(dst)
+        except Exception as e:  # a candidate this graph cannot take is skipped, with the reason
+            last_error = e
+            errors.append({"format": name, "error": f"{type(e).__name__}: {str(e).strip()[:200]}"})
+            continue
+        built[name] = dst
+    if not built:
+        raise last_error  # type: ignore[misc]
+    counts = {name: quantized_weight_count(p) for name, p in built.items()}
+    most = max(counts.values())
+    for name in [n for n, c in counts.items() if c < most]:
+        errors.append({"format": name, "error": f"quantizes {counts[name]} weight elements, others {most}"})
+        built.pop(name).unlink(missing_ok=True)
+    return built, errors
+
+
 def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, out: Path, calib: Any,
                    quantize_one: Any, *, held_out: Any = None, max_bytes: int | None = None,
                    cpu: dict[str, Any] | None = None) -> None:
@@ -325,32 +368,8 @@ def static_formats(ctx: Any, config: Any, settings: dict[str, Any], pre: Path, o
             fmt = _format_settings(chosen, config.reduce_range, isa, machine)
             quantize_one(fmt, out)
         else:
-            built: dict[str, Path] = {}
-            fmts: dict[str, dict[str, Any]] = {}
-            errors: list[dict[str, Any]] = []
-            last_error: Exception | None = None
-            for name in names:
-                dst = ctx.workdir / f"format-{name}.onnx"
-                fmts[name] = _format_settings(name, config.reduce_range, isa, machine)
-                try:
-                    quantize_one(fmts[name], dst)
-                    from compressor.runtime import make_session
-
-                    make_session(dst)
-                except Exception as e:  # a format this graph cannot take is skipped, with the reason
-                    last_error = e
-                    errors.append({"format": name, "error": f"{type(e).__name__}: {str(e).strip()[:200]}"})
-                    continue
-                built[name] = dst
-            if not built:
-                raise last_error  # type: ignore[misc]
-            # a format that leaves more weights in float (e.g. QOperator has no ConvTranspose kernel) is no
-            # candidate: only the formats that quantize the most weight tensors compete
-            counts = {name: quantized_weight_count(p) for name, p in built.items()}
-            most = max(counts.values())
-            for name in [n for n, c in counts.items() if c < most]:
-                errors.append({"format": name, "error": f"quantizes {counts[name]} weight elements, others {most}"})
-                built.pop(name).unlink(missing_ok=True)
+            fmts = {name: _format_settings(name, config.reduce_range, isa, machine) for name in names}
+            built, errors = build_candidates(names, lambda name, dst: quantize_one(fmts[name], dst), ctx.workdir)
             held = held_out if held_out is not None else ctx.eval_data if ctx.eval_data is not None else calib
             if held.num_samples > 64:
                 held = type(held)({k: v[:64] for k, v in held.arrays.items()}, None, held.source)
@@ -437,7 +456,7 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
     Raises:
         Exception: Whatever ``quantize_one`` raises when no candidate can be built.
     """
-    from compressor.runtime import cpu_info, make_session
+    from compressor.runtime import cpu_info
 
     cpu = cpu or cpu_info()
     isa, machine = cpu["isa"], cpu["machine"]
@@ -489,26 +508,8 @@ def dynamic_formats(ctx: Any, config: Any, settings: dict[str, Any], src: Path, 
         quantize_one(fmts[chosen], graphs[graph_variant(chosen)], out)
     else:
         by = "measured"
-        built: dict[str, Path] = {}
-        errors: list[dict[str, Any]] = []
-        last_error: Exception | None = None
-        for name in names:
-            dst = ctx.workdir / f"format-{name}.onnx"
-            try:
-                quantize_one(fmts[name], graphs[graph_variant(name)], dst)
-                make_session(dst)
-            except Exception as e:  # a candidate this graph cannot take is skipped, with the reason
-                last_error = e
-                errors.append({"format": name, "error": f"{type(e).__name__}: {str(e).strip()[:200]}"})
-                continue
-            built[name] = dst
-        if not built:
-            raise last_error  # type: ignore[misc]
-        counts = {name: quantized_weight_count(p) for name, p in built.items()}
-        most = max(counts.values())
-        for name in [n for n, c in counts.items() if c < most]:
-            errors.append({"format": name, "error": f"quantizes {counts[name]} weight elements, others {most}"})
-            built.pop(name).unlink(missing_ok=True)
+        built, errors = build_candidates(
+            names, lambda name, dst: quantize_one(fmts[name], graphs[graph_variant(name)], dst), ctx.workdir)
         task = f"timing {len(built)} dynamic int8 candidates on this CPU"
         ctx.progress(task, 0, 1)
         if len(built) > 1:
