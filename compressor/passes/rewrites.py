@@ -31,17 +31,18 @@ import numpy as np
 from compressor import onnx_graph
 
 
-def _constants(model: Any) -> dict[str, np.ndarray]:
+def _constants(model: Any, *, max_size: int | None = None) -> dict[str, np.ndarray]:
     """Values of the initializers and Constant nodes held in the graph.
 
     Initializers left in external data files (the large weights of a graph loaded by
     :func:`compressor.external_data.load_graph`) are skipped: no rewrite here reads a weight.
+    ``max_size`` also skips initializers with more elements (no weight is converted to numpy).
     """
     import onnx
     from onnx import numpy_helper
 
     consts = {name: numpy_helper.to_array(i) for name, i in onnx_graph.initializers(model).items()
-              if i.data_location != onnx.TensorProto.EXTERNAL}
+              if i.data_location != onnx.TensorProto.EXTERNAL and (max_size is None or np.prod(i.dims) <= max_size)}
     for n in model.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:

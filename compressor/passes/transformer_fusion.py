@@ -215,7 +215,9 @@ def attention_heads(model: Any) -> tuple[int, int] | None:
     projection feeding the Reshape (``MatMul`` weight ``[in, hidden]``, maybe through a bias ``Add``). The
     most common pair wins. None when no such Reshape exists.
     """
-    consts = {k: v for k, v in _constants(model).items() if v.size <= 8}
+    from compressor.passes.rewrites import _constants
+
+    consts = {k: v for k, v in _constants(model, max_size=8).items() if v.size <= 8}
     producers = onnx_graph.producers(model)
     inits = onnx_graph.initializers(model)
 
@@ -252,19 +254,6 @@ def attention_heads(model: Any) -> tuple[int, int] | None:
         return None
     heads, size = pairs.most_common(1)[0][0]
     return heads, heads * size
-
-
-def _constants(model: Any) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    out = {name: numpy_helper.to_array(t) for name, t in onnx_graph.initializers(model).items()
-           if t.data_location != 1 and np.prod(t.dims) <= 8}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
-    return out
 
 
 def fuse_transformer(src: Path, dst: Path, feeds: dict[str, np.ndarray], workdir: Path) -> dict[str, Any] | None:
